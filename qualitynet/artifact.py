@@ -1,0 +1,192 @@
+"""The artifact contract: what a checkpoint, an ONNX model or a TensorRT plan says about itself.
+
+Every exported model carries one :class:`ArtifactMeta` record: in the checkpoint (as a
+plain dict), in the ONNX file's ``metadata_props`` (key :data:`ONNX_METADATA_KEY`, a JSON
+string) and, for TensorRT plans, in a ``<plan>.json`` sidecar. The runtime reads only this
+record to preprocess images and to map the network's output back to the dataset's MOS
+scale, so it never imports the trainer.
+
+Only the standard library is used here, so every stage (including the lean runtime) can
+import it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qualitynet.errors import QualityNetError
+
+__all__ = [
+    "ARTIFACT_FORMAT",
+    "ArtifactMeta",
+    "BatchProfile",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "ONNX_METADATA_KEY",
+    "PreprocessCfg",
+    "ScoreScale",
+    "file_sha256",
+    "sidecar_path",
+]
+
+ARTIFACT_FORMAT = "qualitynet-artifact/1"
+ONNX_METADATA_KEY = "qualitynet"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class PreprocessCfg:
+    """How an image becomes the network's input tensor.
+
+    The whole image is resized (aspect ratio not kept, as in the paper) to
+    ``height x width`` with ``interpolation``, scaled to [0, 1], normalised with
+    ``mean``/``std`` per channel and laid out as ``layout`` float32.
+    """
+
+    input_name: str = "image"
+    output_name: str = "quality"
+    layout: str = "NCHW"
+    height: int = 224
+    width: int = 224
+    interpolation: str = "bilinear"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PreprocessCfg:
+        """Build from a dict as written by :func:`dataclasses.asdict` (lists become tuples)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+@dataclass(frozen=True)
+class ScoreScale:
+    """The MOS range the model was trained on; the network predicts ``(mos - low) / (high - low)``."""
+
+    low: float = 0.0
+    high: float = 1.0
+    name: str = "unit"
+
+    def to_mos(self, unit: Any) -> Any:
+        """Map network output (a float or a numpy array) back to the dataset's MOS scale."""
+        return self.low + unit * (self.high - self.low)
+
+    def to_unit(self, mos: Any) -> Any:
+        """Map MOS (a float or a numpy array) to the network's training target."""
+        return (mos - self.low) / (self.high - self.low)
+
+
+@dataclass(frozen=True)
+class BatchProfile:
+    """A TensorRT optimization profile over the batch axis (tactics are tuned for ``opt``)."""
+
+    min: int = 1
+    opt: int = 16
+    max: int = 64
+
+    @classmethod
+    def parse(cls, text: str) -> BatchProfile:
+        """Parse ``"min:opt:max"``, e.g. ``"1:16:64"``."""
+        try:
+            low, opt, high = (int(part) for part in text.split(":"))
+        except ValueError:
+            raise QualityNetError(f"batch profile {text!r} is not MIN:OPT:MAX, e.g. 1:16:64") from None
+        if not 1 <= low <= opt <= high:
+            raise QualityNetError(f"batch profile {text!r} needs 1 <= MIN <= OPT <= MAX")
+        return cls(low, opt, high)
+
+
+@dataclass
+class ArtifactMeta:
+    """Everything a consumer of an exported model needs to know about it."""
+
+    config_name: str
+    preprocess: PreprocessCfg
+    score_scale: ScoreScale
+    precision: str = "fp32"
+    checkpoint_sha256: str = ""
+    batch_profile: BatchProfile | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+    gpu_name: str | None = None
+    compute_capability: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    format: str = ARTIFACT_FORMAT
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict."""
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        """The record as a JSON string (what goes into ONNX metadata and sidecars)."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "metadata") -> ArtifactMeta:
+        """Parse a record, refusing anything that is not this toolkit's format."""
+        if not isinstance(data, dict) or data.get("format") != ARTIFACT_FORMAT:
+            found = data.get("format") if isinstance(data, dict) else type(data).__name__
+            raise QualityNetError(
+                f"{source}: not a QualityNet artifact record (format {found!r}, expected "
+                f"{ARTIFACT_FORMAT!r}); re-export the model with this toolkit's iqa-export"
+            )
+        try:
+            profile = data.get("batch_profile")
+            return cls(
+                config_name=data["config_name"],
+                preprocess=PreprocessCfg.from_dict(data["preprocess"]),
+                score_scale=ScoreScale(**data["score_scale"]),
+                precision=data.get("precision", "fp32"),
+                checkpoint_sha256=data.get("checkpoint_sha256", ""),
+                batch_profile=BatchProfile(**profile) if profile else None,
+                versions=dict(data.get("versions", {})),
+                gpu_name=data.get("gpu_name"),
+                compute_capability=data.get("compute_capability"),
+                extra=dict(data.get("extra", {})),
+            )
+        except (KeyError, TypeError) as exc:
+            raise QualityNetError(f"{source}: artifact record is incomplete or malformed ({exc})") from None
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "metadata") -> ArtifactMeta:
+        """Parse the JSON form written by :meth:`to_json`."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise QualityNetError(f"{source}: artifact record is not valid JSON ({exc})") from None
+        return cls.from_dict(data, source)
+
+    def write_sidecar(self, artifact: Path) -> Path:
+        """Write ``<artifact>.json`` next to a plan and return its path."""
+        path = sidecar_path(artifact)
+        path.write_text(self.to_json() + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def read_sidecar(cls, artifact: Path) -> ArtifactMeta:
+        """Read ``<artifact>.json``; a clear error if it is missing."""
+        path = sidecar_path(artifact)
+        if not path.is_file():
+            raise QualityNetError(
+                f"{artifact}: sidecar {path.name} is missing; it is written by iqa-export next to the "
+                "plan and holds the preprocessing and score scale, so copy it along with the plan"
+            )
+        return cls.from_json(path.read_text(encoding="utf-8"), str(path))
+
+
+def sidecar_path(artifact: Path) -> Path:
+    """``model.plan`` -> ``model.plan.json``."""
+    return artifact.with_name(artifact.name + ".json")
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

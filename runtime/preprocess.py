@@ -1,0 +1,85 @@
+"""Image -> network input, exactly as the artifact's :class:`PreprocessCfg` says.
+
+This is the single implementation of preprocessing: the trainer imports it too, so the
+tensors a model was trained on and the ones the runtime feeds it cannot drift apart.
+Needs only numpy and Pillow.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from qualitynet.artifact import PreprocessCfg
+from qualitynet.errors import QualityNetError
+
+__all__ = ["INTERPOLATIONS", "image_to_tensor", "load_rgb", "to_rgb"]
+
+INTERPOLATIONS = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+_WHITE = (255, 255, 255)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB, the one way every stage does it.
+
+    - EXIF orientation is applied first.
+    - 16/32-bit integer and float greyscale (``I;16``, ``I``, ``F``) is scaled by its
+      nominal range (65535 for 16-bit, 255 for ``F`` values in [0, 255]) to 8 bits.
+    - Transparency (``RGBA``, ``LA``, ``PA``, ``P`` with a transparent index) is
+      composited over white, which is how a viewer shows it.
+    - ``CMYK``, ``YCbCr``, ``L``, ``1``, ``P`` use Pillow's conversion to RGB.
+    """
+    image = ImageOps.exif_transpose(image) or image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        values = np.asarray(image, dtype=np.float64)
+        scale = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
+        image = Image.fromarray(np.clip(np.rint(values * (255.0 / scale)), 0, 255).astype(np.uint8), "L")
+    elif image.mode == "F":
+        image = Image.fromarray(np.clip(np.rint(np.asarray(image)), 0, 255).astype(np.uint8), "L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, _WHITE + (255,))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def load_rgb(path: str | Path, draft_size: int | None = None) -> Image.Image:
+    """Decode a file and return it as 8-bit RGB.
+
+    Args:
+        path: the image file.
+        draft_size: ``None`` (the default) decodes at full resolution. An int lets a JPEG
+            decode at 1/2, 1/4 or 1/8 scale straight from the DCT (Pillow's draft mode),
+            choosing the smallest scale whose width and height both stay >= ``draft_size``;
+            other formats ignore it.
+
+    Raises:
+        QualityNetError: the file is missing, unreadable or not an image Pillow can decode.
+    """
+    try:
+        with Image.open(path) as image:
+            if draft_size is not None:
+                image.draft(None, (draft_size, draft_size))
+            image.load()
+            return to_rgb(image)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise QualityNetError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from None
+
+
+def image_to_tensor(image: Image.Image, cfg: PreprocessCfg) -> np.ndarray:
+    """Resize, scale and normalise an RGB image into a ``(3, H, W)`` float32 array."""
+    if image.mode != "RGB":
+        image = to_rgb(image)
+    resized = image.resize((cfg.width, cfg.height), INTERPOLATIONS[cfg.interpolation])
+    pixels = np.asarray(resized, dtype=np.float32) * np.float32(1.0 / 255.0)
+    pixels = (pixels - np.asarray(cfg.mean, np.float32)) / np.asarray(cfg.std, np.float32)
+    return np.ascontiguousarray(pixels.transpose(2, 0, 1))

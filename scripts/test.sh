@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Set up a virtual environment with every extra and run the whole test suite (CPU only).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup-venv.sh
+# The TensorRT code is checked against the real API without a GPU: tensorrt-stubs (types,
+# installed without its dependency on the full TensorRT, whose wheels only NVIDIA's index
+# serves) and the lean runtime bindings (real, importable without a GPU).
+.venv/bin/pip install --quiet --disable-pip-version-check --no-deps tensorrt-stubs==10.13.0.35.1
+.venv/bin/pip install --quiet --disable-pip-version-check tensorrt-lean-cu13==11.4.0.106
+.venv/bin/python -m pytest "$@"

@@ -1,0 +1,54 @@
+"""Every metric against scipy or a hand-computed value."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from qualitynet.trainer.metrics import compute_metrics, logistic4, quantile_loss
+
+
+def test_metrics_match_scipy_and_hand_values() -> None:
+    pred = np.array([1.0, 2.0, 3.5, 3.0, 5.0])
+    mos = np.array([1.5, 2.0, 3.0, 4.0, 4.5])
+    m = compute_metrics(pred, mos)
+    assert m["plcc"] == pytest.approx(stats.pearsonr(pred, mos).statistic)
+    assert m["srocc"] == pytest.approx(0.9)  # one swapped pair of 5: 1 - 6*2/(5*24)
+    assert m["krocc"] == pytest.approx(0.8)  # 9 concordant, 1 discordant pairs
+    error = pred - mos  # [-0.5, 0, 0.5, -1, 0.5]
+    assert m["rmse"] == pytest.approx(math.sqrt(1.75 / 5))
+    assert m["mae"] == pytest.approx(2.5 / 5)
+    assert m["explained_variance"] == pytest.approx(1 - np.var(error) / np.var(mos))
+    assert m["n"] == 5
+
+
+def test_quantile_loss_hand_values() -> None:
+    target, pred = np.array([1.0, 2.0]), np.array([2.0, 1.0])  # errors -1, +1
+    assert quantile_loss(target, pred, 0.1) == pytest.approx((0.9 * 1 + 0.1 * 1) / 2)
+    assert quantile_loss(target, pred, 0.9) == pytest.approx((0.1 * 1 + 0.9 * 1) / 2)
+    assert quantile_loss(np.array([3.0]), np.array([1.0]), 0.9) == pytest.approx(1.8)
+    m = compute_metrics(np.array([1.0, 2.0, 4.0]), np.array([2.0, 2.0, 3.0]))
+    assert m["quantile_loss_q50"] == pytest.approx(0.5 * m["mae"])
+
+
+def test_logistic_fit_linearises_a_monotone_curve() -> None:
+    pred = np.linspace(0, 1, 40)
+    mos = logistic4(pred, 5.0, 1.0, 0.4, 0.08)  # monotone, not linear
+    m = compute_metrics(pred, mos)
+    assert m["srocc"] == pytest.approx(1.0)
+    assert m["plcc"] < 0.95
+    assert m["plcc_logistic4"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_constant_predictions_give_nan_correlations_not_errors() -> None:
+    m = compute_metrics(np.full(4, 2.0), np.array([1.0, 2.0, 3.0, 4.0]))
+    assert math.isnan(m["plcc"]) and math.isnan(m["srocc"]) and "plcc_logistic4" not in m
+    assert m["mae"] == pytest.approx(1.0)
+
+
+def test_length_mismatch_is_an_error() -> None:
+    with pytest.raises(ValueError):
+        compute_metrics(np.ones(3), np.ones(4))

@@ -1,0 +1,96 @@
+"""QualityNet's structure against the paper (design.md, eqs. 12-23)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from qualitynet.errors import QualityNetError
+from qualitynet.trainer.model import ChannelAttention, SpatialAttention, create_model, get_config
+
+
+def _count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _attention_params(channels: int, reduction: int) -> int:
+    hidden = channels // reduction
+    spatial = 2 * 3 * 3 + 1  # 3x3 conv, 2 maps -> 1, with bias
+    return spatial + (2 * channels * hidden + hidden) + (hidden * channels + channels)
+
+
+@pytest.fixture(scope="module")
+def paper_model() -> nn.Module:
+    return create_model("qualitynet").eval()
+
+
+def test_paper_streams_are_torchvision_backbones_plus_attention(paper_model: nn.Module) -> None:
+    resnet, effnet = torchvision.models.resnet50(), torchvision.models.efficientnet_b7()
+    resnet_features = _count(resnet) - _count(resnet.fc)
+    effnet_features = _count(effnet) - _count(effnet.classifier)
+    assert (resnet_features, effnet_features) == (23_508_032, 63_786_960)
+    r50, b7 = paper_model.streams
+    assert (r50.channels, b7.channels, paper_model.num_features) == (2048, 2560, 4608)
+    assert _count(r50) == resnet_features + _attention_params(2048, 16)
+    assert _count(b7) == effnet_features + _attention_params(2560, 16)
+
+
+def test_paper_head_layers(paper_model: nn.Module) -> None:
+    widths = [4608, 1024, 512, 256]
+    expected = sum(w_in * w + w + 2 * w for w_in, w in zip(widths, widths[1:])) + 256 + 1
+    assert _count(paper_model.head) + _count(paper_model.output) == expected == 5_379_585
+    layers = list(paper_model.head)
+    assert [type(m) for m in layers[:4]] == [nn.Linear, nn.ReLU, nn.BatchNorm1d, nn.Dropout]
+    assert [m.out_features for m in layers if isinstance(m, nn.Linear)] == [1024, 512, 256]
+    assert [m.p for m in layers if isinstance(m, nn.Dropout)] == [0.25, 0.25, 0.5]
+    assert paper_model.output.out_features == 1
+
+
+@pytest.mark.parametrize("name", ["tiny", "small"])
+def test_output_shape_and_finite(name: str) -> None:
+    model = create_model(name).eval()
+    size = model.config.image_size
+    with torch.no_grad():
+        out = model(torch.randn(3, 3, size, size))
+    assert out.shape == (3, 1) and torch.isfinite(out).all()
+
+
+@pytest.mark.slow
+def test_paper_forward_shape(paper_model: nn.Module) -> None:
+    with torch.no_grad():
+        assert paper_model(torch.randn(2, 3, 224, 224)).shape == (2, 1)
+
+
+def test_spatial_attention_gate_multiplies() -> None:
+    torch.manual_seed(0)
+    attention = SpatialAttention()
+    x = torch.randn(4, 8, 1, 1)
+    gate = torch.sigmoid(attention.conv(torch.cat([x.mean(1, keepdim=True), x.amax(1, keepdim=True)], 1)))
+    torch.testing.assert_close(attention(x), x * gate)
+    with torch.no_grad():
+        attention.conv.weight.zero_()
+        attention.conv.bias.fill_(-50.0)
+    assert attention(x).abs().max() < 1e-15  # gate closed -> features suppressed
+    with torch.no_grad():
+        attention.conv.bias.zero_()
+    torch.testing.assert_close(attention(x), 0.5 * x)
+
+
+def test_channel_attention_gate_multiplies_per_channel() -> None:
+    torch.manual_seed(0)
+    attention = ChannelAttention(channels=8, reduction=4)
+    assert (attention.fc1.in_features, attention.fc1.out_features, attention.fc2.out_features) == (16, 2, 8)
+    x = torch.randn(4, 8, 1, 1)
+    with torch.no_grad():
+        attention.fc2.weight.zero_()
+        attention.fc2.bias.copy_(torch.tensor([50.0, -50.0] * 4))
+    out = attention(x)
+    torch.testing.assert_close(out[:, 0::2], x[:, 0::2])  # gate open
+    assert out[:, 1::2].abs().max() < 1e-15  # gate closed
+
+
+def test_unknown_config_is_a_clear_error() -> None:
+    with pytest.raises(QualityNetError, match="choose one of qualitynet, small, tiny"):
+        get_config("resnet9000")

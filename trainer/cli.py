@@ -1,0 +1,168 @@
+"""Command-line entry points of the trainer: ``iqa-train``, ``iqa-eval``, ``iqa-demo-data``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+import qualitynet
+from qualitynet._cli import cli_errors, setup_logging
+from qualitynet.errors import QualityNetError
+from qualitynet.trainer.datasets import DATASETS, DatasetIndex, load_dataset
+from qualitynet.trainer.model import MODEL_CONFIGS
+
+METRIC_ORDER = ("plcc", "plcc_logistic4", "srocc", "krocc", "rmse", "mae", "explained_variance",
+                "quantile_loss_q10", "quantile_loss_q50", "quantile_loss_q90", "n")
+METRIC_LABELS = {"plcc": "PLCC", "plcc_logistic4": "PLCC (after 4-param logistic fit)", "srocc": "SROCC",
+                 "krocc": "KROCC", "rmse": "RMSE", "mae": "MAE", "explained_variance": "explained variance",
+                 "quantile_loss_q10": "quantile loss q=0.1", "quantile_loss_q50": "quantile loss q=0.5",
+                 "quantile_loss_q90": "quantile loss q=0.9", "n": "images"}
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+
+
+def dataset_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The options that name a dataset, shared by iqa-train and iqa-eval."""
+    options = [
+        click.option("--dataset", type=click.Choice(DATASETS), required=True, help="Dataset layout (see README)."),
+        click.option("--data-root", type=click.Path(path_type=Path), help="Dataset folder."),
+        click.option("--csv", "csv_path", type=click.Path(path_type=Path), help="CSV file, for --dataset csv."),
+        click.option("--path-column", default="image", show_default=True, help="CSV column of image paths."),
+        click.option("--score-column", default="score", show_default=True, help="CSV column of scores."),
+        click.option("--score-range", help="MOS scale LOW:HIGH for --dataset csv (default: observed min:max)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _load_index(dataset: str, data_root: Path | None, csv_path: Path | None, path_column: str,
+                score_column: str, score_range: str | None) -> DatasetIndex:
+    bounds = None
+    if score_range:
+        try:
+            low, high = (float(v) for v in score_range.split(":"))
+        except ValueError:
+            raise QualityNetError(f"--score-range {score_range!r} is not LOW:HIGH, e.g. 1:5") from None
+        bounds = (low, high)
+    return load_dataset(dataset, data_root, csv_path, path_column, score_column, bounds)
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    """One ``name: value`` line per metric, in a fixed order."""
+    lines = []
+    for key in METRIC_ORDER:
+        if key in metrics:
+            value = metrics[key]
+            lines.append(f"{METRIC_LABELS[key]:>34}: {int(value) if key == 'n' else f'{value:.4f}'}")
+    return "\n".join(lines)
+
+
+@click.command(context_settings=CONTEXT)
+@dataset_options
+@click.option("--config", type=click.Choice(list(MODEL_CONFIGS)), default="qualitynet", show_default=True,
+              help="Model configuration: qualitynet is the paper's (ResNet-50 + EfficientNet-B7).")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Run folder.")
+@click.option("--epochs", type=click.IntRange(1), default=100, show_default=True)
+@click.option("--batch-size", type=click.IntRange(2), default=10, show_default=True)
+@click.option("--lr", type=float, default=1e-4, show_default=True, help="Adam learning rate.")
+@click.option("--lr-factor", type=float, default=0.1, show_default=True, help="LR reduction on plateau.")
+@click.option("--early-stop", type=click.IntRange(1), default=5, show_default=True,
+              help="Stop after this many epochs without validation improvement.")
+@click.option("--pretrained/--no-pretrained", default=False, show_default=True,
+              help="Start backbones from torchvision's ImageNet weights (downloaded once, cached).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split and of training.")
+@click.option("--workers", type=int, default=-1, help="Decode workers (default: cores - 1, at most 4).")
+@click.option("--max-steps", type=click.IntRange(1), help="Stop each epoch after N batches (smoke tests).")
+@click.option("--resume", type=click.Path(path_type=Path), help="Continue from a run's last.pt.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars or info logs.")
+@click.version_option(qualitynet.__version__)
+@cli_errors
+def train_command(dataset: str, data_root: Path | None, csv_path: Path | None, path_column: str,
+                  score_column: str, score_range: str | None, config: str, out_dir: Path, epochs: int,
+                  batch_size: int, lr: float, lr_factor: float, early_stop: int, pretrained: bool, device: str,
+                  seed: int, workers: int, max_steps: int | None, resume: Path | None, quiet: bool) -> None:
+    """Train QualityNet on an IQA dataset and write OUT/model.pt.
+
+    Also writes split.json, history.csv, training_curves.png, metrics.json (test split) and
+    test_scatter.png. Ctrl-C keeps the best checkpoint so far.
+
+    \b
+    Example:
+      iqa-train --dataset koniq10k --data-root /data/koniq --out runs/koniq
+      iqa-train --dataset csv --csv demo/scores.csv --config small --epochs 8 --out runs/demo
+    """
+    from qualitynet.trainer.train import TrainSettings, train
+
+    setup_logging(quiet)
+    index = _load_index(dataset, data_root, csv_path, path_column, score_column, score_range)
+    settings = TrainSettings(config=config, epochs=epochs, batch_size=batch_size, lr=lr, lr_factor=lr_factor,
+                             early_stop_patience=early_stop, pretrained=pretrained, device=device, seed=seed,
+                             workers=workers, max_steps=max_steps, quiet=quiet)
+    result = train(index, out_dir, settings, resume)
+    click.echo(f"{'interrupted; ' if result.interrupted else ''}best epoch {result.best_epoch} of "
+               f"{result.epochs_run}, {result.seconds:.0f} s. Test split:", err=True)
+    click.echo(format_metrics(result.test_metrics))
+    click.echo(f"model: {result.out_dir / 'model.pt'}", err=True)
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@dataset_options
+@click.option("--split", type=click.Choice(["all", "test"]), default="all", show_default=True,
+              help="Score every image, or only the training run's test split.")
+@click.option("--split-file", type=click.Path(path_type=Path), help="split.json (default: next to CHECKPOINT).")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the metrics as JSON.")
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Scatter PNG (default: none).")
+@click.option("--batch-size", type=click.IntRange(1), default=16, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--workers", type=int, default=-1)
+@click.option("-q", "--quiet", is_flag=True)
+@cli_errors
+def eval_command(checkpoint: Path, dataset: str, data_root: Path | None, csv_path: Path | None,
+                 path_column: str, score_column: str, score_range: str | None, split: str,
+                 split_file: Path | None, json_path: Path | None, plot_path: Path | None, batch_size: int,
+                 device: str, workers: int, quiet: bool) -> None:
+    """Score a dataset with CHECKPOINT and print PLCC, SROCC, KROCC, RMSE, ...
+
+    \b
+    Example:
+      iqa-eval runs/koniq/model.pt --dataset koniq10k --data-root /data/koniq --split test --json m.json
+      iqa-eval runs/koniq/model.pt --dataset livec --data-root /data/livec   # cross-dataset
+    """
+    from qualitynet.trainer.evaluate import evaluate_checkpoint
+    from qualitynet.trainer.plots import plot_scatter
+
+    setup_logging(quiet)
+    index = _load_index(dataset, data_root, csv_path, path_column, score_column, score_range)
+    result = evaluate_checkpoint(checkpoint, index, split, split_file, batch_size, device, workers, quiet)
+    click.echo(format_metrics(result.metrics))
+    if json_path:
+        record = {"checkpoint": str(checkpoint), "dataset": index.name, "split": split, **result.metrics}
+        json_path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    if plot_path:
+        plot_scatter(result.predictions, result.targets, plot_path,
+                     f"{index.name} ({split}), SROCC {result.metrics['srocc']:.3f}")
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.option("--side", type=click.IntRange(32), default=144, show_default=True, help="Crop size in pixels.")
+@click.option("--crops", type=click.IntRange(1, 5), default=4, show_default=True, help="Crops per photo.")
+def demo_data_command(out_dir: Path, side: int, crops: int) -> None:
+    """Generate the synthetic-distortion demo dataset in OUT_DIR (offline).
+
+    Twelve bundled scikit-image photos, CROPS crops each, x (pristine + 4 distortions x 4
+    levels), scored 5 (pristine) down to 1 (strongest).
+
+    \b
+    Example:
+      iqa-demo-data demo && iqa-train --dataset csv --csv demo/scores.csv --config small --out runs/demo
+    """
+    from qualitynet.trainer.demo_data import make_demo_dataset
+
+    click.echo(make_demo_dataset(out_dir, side=side, crops=crops))

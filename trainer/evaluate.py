@@ -1,0 +1,62 @@
+"""Score a dataset with a trained checkpoint and compute every metric (``iqa-eval``)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from qualitynet.trainer.checkpoint import load_checkpoint
+from qualitynet.trainer.data import IqaDataset, default_workers, predict
+from qualitynet.trainer.datasets import DatasetIndex, Split, check_images
+from qualitynet.trainer.metrics import compute_metrics
+from qualitynet.trainer.train import resolve_device
+
+__all__ = ["Evaluation", "evaluate_checkpoint"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Evaluation:
+    """Metrics and the per-image predictions behind them (MOS scale of the checkpoint)."""
+
+    metrics: dict[str, float]
+    predictions: np.ndarray
+    targets: np.ndarray
+    keys: list[str]
+
+
+def evaluate_checkpoint(checkpoint_path: str | Path, index: DatasetIndex, split: str = "all",
+                        split_file: str | Path | None = None, batch_size: int = 16, device: str = "auto",
+                        workers: int = -1, quiet: bool = False) -> Evaluation:
+    """Predict every image of ``index`` (or the run's test split) and compute the metrics.
+
+    Args:
+        checkpoint_path: a ``model.pt`` from ``iqa-train``.
+        index: the dataset to score.
+        split: ``all`` or ``test`` (the test images named in the run's ``split.json``).
+        split_file: the ``split.json`` to use; default: next to the checkpoint.
+        batch_size / device / workers: as for training.
+        quiet: no progress bar.
+    """
+    checkpoint = load_checkpoint(checkpoint_path)
+    if split == "test":
+        keys = Split.load(Path(split_file) if split_file else Path(checkpoint_path).parent / "split.json").test
+        indices = index.subset(keys)
+    else:
+        indices = list(range(len(index)))
+        keys = [index.key(i) for i in indices]
+    check_images([index.paths[i] for i in indices])
+    if index.score_scale.low != checkpoint.score_scale.low or index.score_scale.high != checkpoint.score_scale.high:
+        log.warning("the model predicts on %s (%g-%g) but %s is on %g-%g: correlations are comparable, "
+                    "RMSE/MAE are not", checkpoint.score_scale.name, checkpoint.score_scale.low,
+                    checkpoint.score_scale.high, index.name, index.score_scale.low, index.score_scale.high)
+    device = resolve_device(device)
+    model = checkpoint.build_model().to(device)
+    dataset = IqaDataset(index, indices, checkpoint.preprocess, checkpoint.score_scale)
+    workers = default_workers() if workers < 0 else workers
+    pred, target = predict(model, dataset, batch_size, device, workers, quiet=quiet, desc="scoring")
+    return Evaluation(compute_metrics(pred, target), pred, target, keys)

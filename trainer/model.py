@@ -1,0 +1,223 @@
+"""QualityNet: two CNN streams with spatial and channel attention, fused by a dense head.
+
+Follows "QualityNet" (Sci. Rep. 2024), eqs. 12-23: each stream is a torchvision feature
+extractor, global average pooling to ``(C, 1, 1)``, MIRNet-style spatial attention, then
+channel attention, then flatten. Both streams are concatenated and regressed by
+Dense 1024 / 512 / 256 (ReLU, BatchNorm, dropout 0.25 / 0.25 / 0.5) and a linear output.
+
+The paper's configuration (ResNet-50 + EfficientNet-B7) is ``qualitynet``; lighter named
+configurations keep the same design for CPU demos and tests (see :data:`MODEL_CONFIGS`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torchvision
+from torch import nn
+
+from qualitynet.errors import QualityNetError
+
+__all__ = [
+    "MODEL_CONFIGS",
+    "ChannelAttention",
+    "ModelConfig",
+    "QualityNet",
+    "SpatialAttention",
+    "create_model",
+    "get_config",
+]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of one QualityNet variant.
+
+    Attributes:
+        name: registry name.
+        backbones: torchvision model builders of the two streams (chain 1, chain 2).
+        head_widths: widths of the dense layers after fusion.
+        dropouts: dropout probability after each dense layer (the paper's keep
+            probabilities 0.75, 0.75, 0.5 are drop rates 0.25, 0.25, 0.5).
+        attention_reduction: channel-attention reduction ratio r; the hidden layer has
+            ``C // r`` units. The paper does not give r; 16 is CBAM's and MIRNet's value.
+        image_size: square input size in pixels.
+        feature_depth: per stream, how many top-level feature blocks of the backbone to
+            keep (``None``: all, as in the paper). Truncated backbones keep the low-level
+            features that distortions change most and train much faster from scratch.
+    """
+
+    name: str
+    backbones: tuple[str, str]
+    head_widths: tuple[int, ...] = (1024, 512, 256)
+    dropouts: tuple[float, ...] = (0.25, 0.25, 0.5)
+    attention_reduction: int = 16
+    image_size: int = 224
+    feature_depth: tuple[int | None, int | None] = (None, None)
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain dict for checkpoints and metadata."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> ModelConfig:
+        """Inverse of :meth:`to_dict`."""
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**values)  # type: ignore[arg-type]
+
+
+MODEL_CONFIGS: dict[str, ModelConfig] = {
+    "qualitynet": ModelConfig("qualitynet", ("resnet50", "efficientnet_b7")),
+    "small": ModelConfig(
+        "small", ("resnet18", "mobilenet_v3_small"), head_widths=(256, 128, 64), attention_reduction=8
+    ),
+    "tiny": ModelConfig(
+        "tiny",
+        ("mobilenet_v3_small", "mobilenet_v3_small"),
+        head_widths=(64, 32, 16),
+        attention_reduction=8,
+        image_size=96,
+    ),
+}
+
+
+def get_config(name: str) -> ModelConfig:
+    """Look up a named configuration with a helpful error."""
+    try:
+        return MODEL_CONFIGS[name]
+    except KeyError:
+        raise QualityNetError(f"unknown model config {name!r}; choose one of {', '.join(MODEL_CONFIGS)}") from None
+
+
+class SpatialAttention(nn.Module):
+    """Mean and max over channels -> 3x3 conv to one map -> sigmoid -> multiply (eqs. 14-17)."""
+
+    def __init__(self, kernel_size: int = 3) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2)
+
+    def gate(self, x: torch.Tensor) -> torch.Tensor:
+        """The attention map in (0, 1), shape ``(N, 1, H, W)``."""
+        pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
+        return torch.sigmoid(self.conv(pooled))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gate(x)
+
+
+class ChannelAttention(nn.Module):
+    """Mean and max over space, concatenated (2C) -> fc1 + ReLU -> fc2 to C -> sigmoid -> multiply."""
+
+    def __init__(self, channels: int, reduction: int = 16) -> None:
+        super().__init__()
+        hidden = max(1, channels // reduction)
+        self.fc1 = nn.Linear(2 * channels, hidden)
+        self.fc2 = nn.Linear(hidden, channels)
+
+    def gate(self, x: torch.Tensor) -> torch.Tensor:
+        """The attention weights in (0, 1), shape ``(N, C, 1, 1)``."""
+        pooled = torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1)
+        weights = torch.sigmoid(self.fc2(torch.relu(self.fc1(pooled))))
+        return weights[:, :, None, None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gate(x)
+
+
+class _Stream(nn.Module):
+    """One chain: backbone features -> GAP to (C,1,1) -> spatial -> channel attention -> flatten."""
+
+    def __init__(self, backbone: str, reduction: int, pretrained: bool, depth: int | None = None) -> None:
+        super().__init__()
+        self.features, self.channels = _feature_extractor(backbone, pretrained, depth)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.spatial = SpatialAttention()
+        self.channel = ChannelAttention(self.channels, reduction)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.features(x))
+        return torch.flatten(self.channel(self.spatial(x)), 1)
+
+
+class QualityNet(nn.Module):
+    """The two-stream quality regressor; ``forward`` maps ``(N, 3, H, W)`` to ``(N, 1)``."""
+
+    def __init__(self, config: ModelConfig, pretrained: bool = False) -> None:
+        super().__init__()
+        self.config = config
+        self.streams = nn.ModuleList(
+            _Stream(name, config.attention_reduction, pretrained, depth)
+            for name, depth in zip(config.backbones, config.feature_depth, strict=True)
+        )
+        self.num_features = sum(stream.channels for stream in self.streams)
+        layers: list[nn.Module] = []
+        width_in = self.num_features
+        for width, dropout in zip(config.head_widths, config.dropouts, strict=True):
+            layers += [nn.Linear(width_in, width), nn.ReLU(inplace=True), nn.BatchNorm1d(width), nn.Dropout(dropout)]
+            width_in = width
+        self.head = nn.Sequential(*layers)
+        self.output = nn.Linear(width_in, 1)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The fused, attended features of both streams, ``(N, sum of C)``."""
+        return torch.cat([stream(x) for stream in self.streams], dim=1)
+
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Dense head; ``pre_logits`` returns the last hidden layer instead of the score."""
+        hidden = self.head(features)
+        return hidden if pre_logits else self.output(hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _feature_extractor(name: str, pretrained: bool, depth: int | None = None) -> tuple[nn.Module, int]:
+    """A torchvision classifier with its pooling and classifier removed, and its channel count.
+
+    ``depth`` keeps only the first blocks of the extractor (ResNet: stem modules then
+    ``layer1..4``; EfficientNet/MobileNet: the entries of ``.features``).
+    """
+    builder: Callable[..., nn.Module] = getattr(torchvision.models, name)
+    weights = torchvision.models.get_model_weights(name).DEFAULT if pretrained else None
+    try:
+        model = builder(weights=weights)
+    except (OSError, RuntimeError) as exc:  # urllib's URLError is an OSError
+        raise QualityNetError(
+            f"cannot load ImageNet weights for {name} ({exc}); this machine is probably offline. "
+            "Train with --no-pretrained, or download the weights once on a connected machine "
+            f"(python -c 'import torchvision; torchvision.models.{name}(weights=\"DEFAULT\")') and copy "
+            "$TORCH_HOME/hub/checkpoints here"
+        ) from None
+    if name.startswith("resnet"):
+        blocks = list(model.children())[:-2]
+    else:  # efficientnet_*, mobilenet_*: torchvision puts the extractor in .features
+        blocks = list(model.features.children())
+    features = nn.Sequential(*blocks[:depth])
+    return features, _output_channels(features)
+
+
+def _output_channels(features: nn.Module) -> int:
+    """Width of the extractor's output: every block here ends in a BatchNorm2d (unlike the
+    last Conv2d, which can be a squeeze-excitation layer inside the block)."""
+    return [m for m in features.modules() if isinstance(m, nn.BatchNorm2d)][-1].num_features
+
+
+def create_model(name: str = "qualitynet", pretrained: bool = False) -> QualityNet:
+    """Build a named QualityNet.
+
+    Args:
+        name: a key of :data:`MODEL_CONFIGS` (``qualitynet`` is the paper's).
+        pretrained: start both backbones from torchvision's ImageNet weights (needs them
+            downloaded or cached).
+
+    Returns:
+        The model, in training mode.
+
+    Example:
+        >>> model = create_model("tiny").eval()
+        >>> model(torch.zeros(2, 3, 96, 96)).shape
+        torch.Size([2, 1])
+    """
+    return QualityNet(get_config(name), pretrained=pretrained)
