@@ -1,0 +1,41 @@
+"""Export stage: PyTorch checkpoint -> ONNX -> FP16 ONNX -> TensorRT engine, each verified.
+
+Example:
+    >>> from qualitynet.export import export_all
+    >>> result = export_all("runs/koniq/model.pt", fp16=True, require_tensorrt=False)  # doctest: +SKIP
+    >>> result.verifications["onnx"].worst.max_abs  # doctest: +SKIP
+"""
+
+from qualitynet.export.fp16 import convert_fp16
+from qualitynet.export.onnx import DEFAULT_OPSET, export_onnx
+from qualitynet.export.pipeline import export_all
+from qualitynet.export.tensorrt import build_engine
+from qualitynet.export.types import (
+    Comparison,
+    ExportResult,
+    TensorRTUnavailableError,
+    Tolerance,
+    Verification,
+    VerificationError,
+)
+from qualitynet.export.verify import TOLERANCES, Reference, compare, load_photos, torch_scorer, verify
+
+__all__ = [
+    "DEFAULT_OPSET",
+    "TOLERANCES",
+    "Comparison",
+    "ExportResult",
+    "Reference",
+    "TensorRTUnavailableError",
+    "Tolerance",
+    "Verification",
+    "VerificationError",
+    "build_engine",
+    "compare",
+    "convert_fp16",
+    "export_all",
+    "export_onnx",
+    "load_photos",
+    "torch_scorer",
+    "verify",
+]

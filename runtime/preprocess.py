@@ -7,6 +7,7 @@ Needs only numpy and Pillow.
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -71,7 +72,7 @@ def load_rgb(path: str | Path, draft_size: int | None = None) -> Image.Image:
                 image.draft(None, (draft_size, draft_size))
             image.load()
             return to_rgb(image)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error, Image.DecompressionBombError) as exc:
         raise QualityNetError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from None
 
 
@@ -80,6 +81,6 @@ def image_to_tensor(image: Image.Image, cfg: PreprocessCfg) -> np.ndarray:
     if image.mode != "RGB":
         image = to_rgb(image)
     resized = image.resize((cfg.width, cfg.height), INTERPOLATIONS[cfg.interpolation])
-    pixels = np.asarray(resized, dtype=np.float32) * np.float32(1.0 / 255.0)
-    pixels = (pixels - np.asarray(cfg.mean, np.float32)) / np.asarray(cfg.std, np.float32)
-    return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+    scaled = np.asarray(resized, dtype=np.float32) * np.float32(1.0 / 255.0)
+    normalised = (scaled - np.asarray(cfg.mean, np.float32)) / np.asarray(cfg.std, np.float32)
+    return np.ascontiguousarray(normalised.transpose(2, 0, 1))

@@ -6,43 +6,14 @@ models are randomly initialised, since no weights can be downloaded here.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
-import torch
 
-from qualitynet.trainer.checkpoint import Checkpoint, save_checkpoint
+from qualitynet.trainer.checkpoint import save_untrained_checkpoint
 from qualitynet.trainer.demo_data import demo_photo, make_demo_dataset
-from qualitynet.trainer.model import create_model
-from qualitynet.artifact import PreprocessCfg, ScoreScale
 
-# Tests take the device from the environment (default cpu); GPU tests skip without CUDA.
-DEVICE = os.environ.get("QUALITYNET_TEST_DEVICE", "cpu")
 PHOTO_NAMES = ("astronaut", "chelsea", "coffee", "rocket", "camera", "hubble_deep_field", "coins", "retina")
-
-
-def make_checkpoint(path: Path, config: str = "tiny", seed: int = 0) -> Path:
-    """Save a randomly initialised model as a real iqa-train checkpoint (MOS scale 1-5).
-
-    The BatchNorm running statistics are set by a few forward passes in train mode, so the
-    model in eval mode produces scores that vary from image to image as a trained one does.
-    """
-    torch.manual_seed(seed)
-    model = create_model(config)
-    size = model.config.image_size
-    with torch.no_grad():
-        for _ in range(3):
-            model(torch.randn(8, 3, size, size))
-    checkpoint = Checkpoint(
-        model_config=model.config,
-        state_dict=model.state_dict(),
-        preprocess=PreprocessCfg(height=size, width=size),
-        score_scale=ScoreScale(1.0, 5.0, "test MOS"),
-        dataset="test",
-    )
-    save_checkpoint(path, checkpoint)
-    return path
 
 
 @pytest.fixture(scope="session")
@@ -57,8 +28,9 @@ def photo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A ``tiny`` config checkpoint in its own folder."""
-    return make_checkpoint(tmp_path_factory.mktemp("tiny") / "model.pt", "tiny")
+    """An untrained ``tiny`` checkpoint in its own folder, BatchNorm calibrated on real photos
+    so that its scores differ from photo to photo (see ``calibrate_batchnorm``)."""
+    return save_untrained_checkpoint(tmp_path_factory.mktemp("tiny") / "model.pt", "tiny")
 
 
 @pytest.fixture(scope="session")

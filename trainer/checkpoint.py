@@ -16,15 +16,23 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torchvision
 
 import qualitynet
 from qualitynet.artifact import PreprocessCfg, ScoreScale
 from qualitynet.errors import QualityNetError
-from qualitynet.trainer.model import ModelConfig, QualityNet
+from qualitynet.trainer.model import ModelConfig, QualityNet, calibrate_batchnorm, create_model
 
-__all__ = ["CHECKPOINT_FORMAT", "Checkpoint", "load_checkpoint", "save_checkpoint", "software_versions"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "Checkpoint",
+    "load_checkpoint",
+    "save_checkpoint",
+    "save_untrained_checkpoint",
+    "software_versions",
+]
 
 CHECKPOINT_FORMAT = "qualitynet-checkpoint/1"
 
@@ -121,3 +129,28 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         )
     except (KeyError, TypeError) as exc:
         raise QualityNetError(f"{path}: QualityNet checkpoint is incomplete ({exc!r}); re-train") from None
+
+
+def save_untrained_checkpoint(path: Path, config: str, calibration: np.ndarray | None = None, seed: int = 0,
+                              score_scale: ScoreScale = ScoreScale(1.0, 5.0, "untrained, MOS 1-5")) -> Path:
+    """Write a randomly initialised model as a real checkpoint, for tests and benchmarks.
+
+    Args:
+        path: where to write it.
+        config: model configuration name.
+        calibration: preprocessed real photos ``(N, 3, H, W)`` to calibrate BatchNorm on
+            (see :func:`calibrate_batchnorm`); default: the bundled scikit-image photos.
+        seed: weight initialisation seed.
+        score_scale: the MOS scale it claims.
+    """
+    torch.manual_seed(seed)
+    model = create_model(config)
+    preprocess = PreprocessCfg(height=model.config.image_size, width=model.config.image_size)
+    if calibration is None:
+        from qualitynet.runtime.preprocess import image_to_tensor
+        from qualitynet.trainer.demo_data import DEMO_SOURCES, demo_photo
+
+        calibration = np.stack([image_to_tensor(demo_photo(name), preprocess) for name in DEMO_SOURCES])
+    calibrate_batchnorm(model, torch.from_numpy(calibration))
+    save_checkpoint(Path(path), Checkpoint(model.config, model.state_dict(), preprocess, score_scale, "untrained"))
+    return Path(path)

@@ -12,7 +12,7 @@ configurations keep the same design for CPU demos and tests (see :data:`MODEL_CO
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torchvision
@@ -26,6 +26,7 @@ __all__ = [
     "ModelConfig",
     "QualityNet",
     "SpatialAttention",
+    "calibrate_batchnorm",
     "create_model",
     "get_config",
 ]
@@ -70,8 +71,16 @@ class ModelConfig:
 
 MODEL_CONFIGS: dict[str, ModelConfig] = {
     "qualitynet": ModelConfig("qualitynet", ("resnet50", "efficientnet_b7")),
+    # CPU demos: the first stages of two light backbones (ResNet-18 stem + layer1, 64 ch;
+    # MobileNetV3-Small stem + first block, 16 ch) at 128 px. Low-level features are what
+    # synthetic distortions change, and they train from scratch in minutes on a CPU.
     "small": ModelConfig(
-        "small", ("resnet18", "mobilenet_v3_small"), head_widths=(256, 128, 64), attention_reduction=8
+        "small",
+        ("resnet18", "mobilenet_v3_small"),
+        head_widths=(256, 128, 64),
+        attention_reduction=8,
+        image_size=128,
+        feature_depth=(5, 2),
     ),
     "tiny": ModelConfig(
         "tiny",
@@ -221,3 +230,25 @@ def create_model(name: str = "qualitynet", pretrained: bool = False) -> QualityN
         torch.Size([2, 1])
     """
     return QualityNet(get_config(name), pretrained=pretrained)
+
+
+@torch.no_grad()
+def calibrate_batchnorm(model: nn.Module, images: torch.Tensor) -> None:
+    """Set every BatchNorm's running statistics to those of ``images`` (a real-photo batch).
+
+    A freshly initialised network keeps BatchNorm's default running statistics (mean 0,
+    variance 1); through 50+ layers in eval mode that collapses every image to the same
+    score. Untrained models used for export, runtime and benchmark checks are calibrated
+    this way so their scores differ from photo to photo as a trained model's do. The model
+    is left in eval mode.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average: one pass gives the exact batch statistics
+    model.train()
+    model(images)
+    for norm, momentum in zip(norms, momenta, strict=True):
+        norm.momentum = momentum
+    model.eval()

@@ -94,3 +94,12 @@ def test_channel_attention_gate_multiplies_per_channel() -> None:
 def test_unknown_config_is_a_clear_error() -> None:
     with pytest.raises(QualityNetError, match="choose one of qualitynet, small, tiny"):
         get_config("resnet9000")
+
+
+def test_small_config_keeps_the_first_backbone_stages() -> None:
+    model = create_model("small")
+    resnet, mobilenet = model.streams
+    assert (resnet.channels, mobilenet.channels, model.num_features) == (64, 16, 80)
+    assert [type(m).__name__ for m in resnet.features] == ["Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d", "Sequential"]
+    assert len(mobilenet.features) == 2
+    assert [m.out_features for m in model.head if isinstance(m, nn.Linear)] == [256, 128, 64]

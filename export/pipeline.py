@@ -1,0 +1,149 @@
+"""The whole export, as ``iqa-export`` runs it: ONNX, FP16 ONNX, TensorRT, each verified.
+
+Every artifact is checked on real photos before the next step starts, and the figures go to
+``<model>.export.json`` after each step, so a failure leaves the files and the evidence
+behind. Candidates run through the runtime's own runners (``OrtRunner``, ``TrtRunner``), so
+the checks cover exactly what ``iqa-run`` computes, metadata reading included.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import onnx
+import onnxruntime
+
+from qualitynet.artifact import BatchProfile
+from qualitynet.export._io import atomic_write_bytes, ensure_writable_dir
+from qualitynet.export.fp16 import convert_fp16
+from qualitynet.export.onnx import DEFAULT_OPSET, check_opset, export_onnx
+from qualitynet.export.tensorrt import build_engine, check_opset_for_tensorrt, tensorrt_version
+from qualitynet.export.types import ExportResult, TensorRTUnavailableError, VerificationError
+from qualitynet.export.verify import Reference, Scorer, load_photos, torch_scorer, verify
+from qualitynet.runtime.ort_runner import OrtRunner
+from qualitynet.trainer.checkpoint import load_checkpoint, software_versions
+
+__all__ = ["export_all"]
+
+log = logging.getLogger(__name__)
+
+
+def export_all(checkpoint_path: str | Path, out_dir: str | Path | None = None, *, fp16: bool = False,
+               opset: int = DEFAULT_OPSET, photos: str | Path | Sequence[str | Path] | None = None,
+               profile: BatchProfile = BatchProfile(), workspace: int = 4096,
+               timing_cache: str | Path | None = None, opt_level: int = 3,
+               require_tensorrt: bool = True) -> ExportResult:
+    """Export a checkpoint to ONNX (and, with ``fp16``, FP16 ONNX and a TensorRT engine), verifying each.
+
+    Args:
+        checkpoint_path: a ``model.pt`` written by ``iqa-train``.
+        out_dir: output folder; default the checkpoint's folder. Files are named after the
+            checkpoint: ``model.onnx``, ``model.fp16.onnx``, ``model.plan`` (+ ``.json``),
+            ``model.export.json``.
+        fp16: also write the FP16 ONNX model and build the TensorRT engine.
+        opset: ONNX opset (17 is the highest TensorRT 8.6 parses).
+        photos: verification photos (a folder or files); default the bundled ones.
+        profile: TensorRT batch optimization profile.
+        workspace: TensorRT workspace limit, MiB.
+        timing_cache: TensorRT timing cache file (read and written).
+        opt_level: TensorRT builder optimization level, 0-5.
+        require_tensorrt: with ``fp16``, raise when TensorRT (or a GPU) is missing, after
+            the ONNX files are written and verified; ``False`` logs it and returns.
+
+    Returns:
+        What was written and measured (also in ``result.report``).
+
+    Raises:
+        VerificationError: an artifact disagrees with its reference; files and report kept.
+        TensorRTUnavailableError: ``fp16`` and ``require_tensorrt`` but no TensorRT or GPU.
+        QualityNetError: bad checkpoint, photos, opset or output folder.
+    """
+    checkpoint_path = Path(checkpoint_path)
+    out = ensure_writable_dir(Path(out_dir) if out_dir is not None else checkpoint_path.parent)
+    check_opset(opset)
+    if fp16:
+        check_opset_for_tensorrt(opset, tensorrt_version())
+    checkpoint = load_checkpoint(checkpoint_path)
+    stem = checkpoint_path.stem
+    result = ExportResult(
+        checkpoint=checkpoint_path, config_name=checkpoint.model_config.name, opset=opset,
+        onnx=out / f"{stem}.onnx", report=out / f"{stem}.export.json",
+        versions={**software_versions(), "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
+    )
+    inputs, result.photos = load_photos(photos, checkpoint.preprocess)
+    log.info("verification photos: %d (%s)", len(inputs), "bundled" if photos is None else photos)
+
+    with _timed(result, "onnx"):
+        export_onnx(checkpoint_path, result.onnx, opset, checkpoint=checkpoint)
+    log.info("wrote %s (opset %d) in %.1f s", result.onnx, opset, result.seconds["onnx"])
+    torch_reference = Reference("torch", torch_scorer(checkpoint.build_model()), inputs)
+    with OrtRunner(result.onnx, provider="cpu") as runner:
+        _check(result, "onnx", runner.infer, torch_reference, "fp32")
+        if not fp16:
+            return result
+        onnx_reference = Reference(result.onnx.name, runner.infer, inputs)
+        fp16_path = result.fp16_onnx = out / f"{stem}.fp16.onnx"
+        with _timed(result, "fp16"):
+            convert_fp16(result.onnx, fp16_path)
+        log.info("wrote %s in %.1f s", fp16_path, result.seconds["fp16"])
+        with OrtRunner(fp16_path, provider="cpu") as fp16_runner:
+            _check(result, "fp16_onnx", fp16_runner.infer, onnx_reference, "fp16")
+        _build_and_check(result, onnx_reference, out / f"{stem}.plan", profile, workspace, timing_cache,
+                         opt_level, require_tensorrt)
+    return result
+
+
+def _build_and_check(result: ExportResult, reference: Reference, plan: Path, profile: BatchProfile,
+                     workspace: int, timing_cache: str | Path | None, opt_level: int, require_tensorrt: bool) -> None:
+    assert result.fp16_onnx is not None
+    try:
+        with _timed(result, "tensorrt"):
+            meta = build_engine(result.onnx, result.fp16_onnx, plan, profile, workspace, timing_cache, opt_level)
+    except TensorRTUnavailableError as exc:
+        result.tensorrt_skipped = str(exc)
+        _write_report(result)
+        message = (
+            f"no TensorRT engine built: {exc}. {result.onnx.name} and {result.fp16_onnx.name} are written and "
+            f"verified (figures in {result.report}); meanwhile `iqa-run {result.fp16_onnx} photos/` scores with "
+            "ONNX Runtime"
+        )
+        if require_tensorrt:
+            raise TensorRTUnavailableError(message) from None
+        log.warning("%s", message)
+        return
+    result.plan = plan
+    from qualitynet.runtime.trt_runner import TrtRunner
+
+    with TrtRunner(plan) as runner:
+        _check(result, "plan", runner.infer, reference, meta.precision)
+
+
+def _check(result: ExportResult, key: str, candidate: Scorer, reference: Reference, precision: str) -> None:
+    """Verify one artifact, record it in the report, and raise if it fails."""
+    path = {"onnx": result.onnx, "fp16_onnx": result.fp16_onnx, "plan": result.plan}[key]
+    assert path is not None
+    verification = result.verifications[key] = verify(candidate, reference, path.name, precision)
+    _write_report(result)
+    if not verification:
+        failed = next(comparison for comparison in verification.comparisons if not comparison)
+        raise VerificationError(
+            f"{path}: verification failed, {failed.summary()}; the files are kept and every figure is in "
+            f"{result.report}"
+        )
+
+
+def _write_report(result: ExportResult) -> None:
+    text = json.dumps(result.to_dict(), indent=2, allow_nan=False)
+    atomic_write_bytes(result.report, (text + "\n").encode())
+
+
+@contextlib.contextmanager
+def _timed(result: ExportResult, step: str) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    result.seconds[step] = time.perf_counter() - start

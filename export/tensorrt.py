@@ -1,0 +1,257 @@
+"""Exported ONNX models -> TensorRT engine (``model.plan``) plus its ``model.plan.json`` sidecar.
+
+The build follows the installed TensorRT version:
+
+- 10.12+ and 11.x: a strongly typed network parsed from the FP16 ONNX model (weak typing,
+  ``BuilderFlag.FP16``, was deprecated in 10.12 and removed in 11; strong typing is the
+  only mode in 11, where the creation flag is not needed).
+- 8.6 to 10.11: the FP32 ONNX model with ``BuilderFlag.FP16`` (8.6 also needs the
+  explicit-batch network flag; 10.x made explicit batch the only mode).
+
+On a GPU whose FP16 rate is a fraction of FP32 (compute capability 6.1, e.g. Quadro P5000:
+1/64) an FP16 build would silently pick FP32 kernels, so the engine is built and recorded
+as FP32, with a warning. This module is type-checked against ``tensorrt-stubs`` (see
+tests/export/test_export_tensorrt.py): ``tensorrt`` is imported inside the functions
+so that the rest of the export stage works without it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import onnx
+
+from qualitynet.artifact import ArtifactMeta, BatchProfile
+from qualitynet.errors import QualityNetError
+from qualitynet.export._io import atomic_write_bytes, ensure_writable_dir
+from qualitynet.export.onnx import read_meta
+from qualitynet.export.types import TensorRTUnavailableError
+
+if TYPE_CHECKING:
+    import tensorrt as trt
+
+__all__ = ["INSTALL_HINT", "build_engine", "check_opset_for_tensorrt", "gpu_info", "tensorrt_version"]
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = (
+    "install TensorRT's builder from NVIDIA's package index: pip install tensorrt-cu12 (CUDA 12) or "
+    "tensorrt-cu13 (CUDA 13) for Turing or newer GPUs, or pip install tensorrt==8.6.1 (CUDA 11/12) for "
+    "Pascal GPUs such as the Quadro P5000; plus pip install cuda-python"
+)
+STRONG_TYPING_FROM = (10, 12)
+# Compute capabilities that run FP16 at full rate or better before Volta (Jetson TX1, P100,
+# Jetson TX2); every other GPU below 7.0 runs FP16 at a small fraction of FP32.
+_FAST_FP16_PRE_VOLTA = {(5, 3), (6, 0), (6, 2)}
+
+
+def tensorrt_version() -> tuple[int, ...] | None:
+    """The installed TensorRT builder's version, or ``None`` when there is no builder."""
+    try:
+        _check_tensorrt()
+    except TensorRTUnavailableError:
+        return None
+    import tensorrt as trt
+
+    return _parse_version(trt.__version__)
+
+
+def check_opset_for_tensorrt(opset: int, version: tuple[int, ...] | None) -> None:
+    """Refuse an opset the installed TensorRT cannot parse (8.6 parses opset <= 17).
+
+    Raises:
+        QualityNetError: ``opset`` is too new for ``version``.
+    """
+    if version is not None and version < (10,) and opset > 17:
+        raise QualityNetError(
+            f"ONNX opset {opset} cannot be parsed by the installed TensorRT "
+            f"{'.'.join(map(str, version))} (8.x parses opset <= 17); use --opset 17"
+        )
+
+
+def gpu_info(device: int = 0) -> tuple[str, str]:
+    """Name and compute capability (``"8.9"``) of a CUDA GPU, read with cuda-python.
+
+    Raises:
+        TensorRTUnavailableError: cuda-python is missing or no CUDA GPU is usable.
+    """
+    from qualitynet.runtime.gpu import device_properties
+
+    try:
+        capability, name = device_properties(device)
+    except QualityNetError as exc:
+        raise TensorRTUnavailableError(f"{exc}; a TensorRT engine is built on the GPU that will run it") from None
+    return str(name), str(capability)
+
+
+def cuda_runtime_version() -> str:
+    """The CUDA runtime's version as ``"12.4"``."""
+    from qualitynet.runtime.gpu import cuda_call, cudart
+
+    version = int(cuda_call(cudart().cudaRuntimeGetVersion()))
+    return f"{version // 1000}.{version % 1000 // 10}"
+
+
+def build_engine(onnx_path: str | Path, fp16_onnx_path: str | Path | None, plan_path: str | Path,
+                 profile: BatchProfile = BatchProfile(), workspace: int = 4096,
+                 timing_cache: str | Path | None = None, opt_level: int = 3) -> ArtifactMeta:
+    """Build an FP16 TensorRT engine and write it with its sidecar.
+
+    Args:
+        onnx_path: the FP32 ONNX model (used by TensorRT 8.6-10.11).
+        fp16_onnx_path: the FP16 ONNX model (needed by TensorRT 10.12+ and 11.x).
+        plan_path: where to write the engine; the sidecar goes to ``<plan_path>.json``.
+        profile: the batch optimization profile (tactics are tuned for ``opt``).
+        workspace: TensorRT workspace memory pool limit, MiB.
+        timing_cache: a timing cache file, read when present and written after the build.
+        opt_level: TensorRT builder optimization level, 0-5 (3 is TensorRT's default).
+
+    Returns:
+        The artifact record written to the sidecar (precision, profile, versions, GPU).
+
+    Raises:
+        TensorRTUnavailableError: no TensorRT builder, no GPU, or a GPU this TensorRT
+            version does not support.
+        QualityNetError: the ONNX model does not parse or the build fails.
+    """
+    if not 0 <= opt_level <= 5:
+        raise QualityNetError(f"builder optimization level {opt_level} is not in 0-5")
+    if workspace < 1:
+        raise QualityNetError(f"workspace {workspace} MiB must be at least 1")
+    if timing_cache is not None:
+        ensure_writable_dir(Path(timing_cache).parent)  # fail now, not after a build of minutes
+    _check_tensorrt()
+    import tensorrt as trt
+
+    version = _parse_version(trt.__version__)
+    gpu_name, capability = gpu_info()
+    _check_gpu_supported(version, capability, gpu_name, trt.__version__)
+    fast_fp16 = _has_fast_fp16(capability)
+    strongly_typed = version >= STRONG_TYPING_FROM
+    if strongly_typed and fp16_onnx_path is None:
+        raise QualityNetError(
+            f"TensorRT {trt.__version__} builds FP16 engines from the FP16 ONNX model; export it first")
+    source = Path(fp16_onnx_path if strongly_typed and fp16_onnx_path is not None else onnx_path)
+    plan_path = Path(plan_path)
+    if not fast_fp16:
+        log.warning("%s (compute capability %s) runs FP16 at 1/64 of the FP32 rate, so TensorRT would pick FP32 "
+                    "kernels anyway: building an FP32 engine (INT8 is the only faster precision on this GPU)",
+                    gpu_name, capability)
+    meta: ArtifactMeta = read_meta(onnx.load(str(source), load_external_data=False), str(source))
+
+    logger = trt.Logger(trt.Logger.INFO if log.isEnabledFor(logging.DEBUG) else trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(_network_flags(version, strongly_typed))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(source)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise QualityNetError(f"{source}: TensorRT {trt.__version__} cannot parse it: {errors}")
+    config = builder.create_builder_config()
+    if fast_fp16 and not strongly_typed:
+        config.set_flag(trt.BuilderFlag.FP16)
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace << 20)
+    config.builder_optimization_level = opt_level
+    config.add_optimization_profile(_optimization_profile(builder, meta, profile))
+    if timing_cache is not None:
+        _load_timing_cache(config, Path(timing_cache))
+
+    log.info("building %s with TensorRT %s on %s (this takes minutes)", plan_path.name, trt.__version__, gpu_name)
+    start = time.perf_counter()
+    serialized = builder.build_serialized_network(network, config)
+    seconds = time.perf_counter() - start
+    if serialized is None:
+        raise QualityNetError(f"{source}: TensorRT {trt.__version__} failed to build an engine (see its log above)")
+    atomic_write_bytes(plan_path, memoryview(serialized))
+    if timing_cache is not None:
+        atomic_write_bytes(Path(timing_cache), memoryview(config.get_timing_cache().serialize()))
+
+    meta.precision = "fp16" if fast_fp16 else "fp32"
+    meta.batch_profile = profile
+    meta.versions = {**meta.versions, "tensorrt": trt.__version__, "cuda_runtime": cuda_runtime_version()}
+    meta.gpu_name = gpu_name
+    meta.compute_capability = capability
+    meta.extra = {
+        **meta.extra,
+        "source_onnx": source.name,
+        "typing": "strong" if strongly_typed else "weak",
+        "builder_optimization_level": opt_level,
+        "workspace_mib": workspace,
+        "build_seconds": round(seconds, 1),
+        "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    meta.write_sidecar(plan_path)
+    log.info("built %s (%s, %.0f s)", plan_path, meta.precision, seconds)
+    return meta
+
+
+def _check_tensorrt() -> None:
+    """Raise :class:`TensorRTUnavailableError` unless TensorRT's builder can be imported."""
+    try:
+        import tensorrt
+    except (ImportError, OSError) as exc:  # OSError: the wheel is there but libnvinfer is not
+        raise TensorRTUnavailableError(f"TensorRT is not installed ({exc}); {INSTALL_HINT}") from None
+    # tensorrt-stubs installs a 'tensorrt' folder of type stubs only; the lean runtime has no builder.
+    if not hasattr(tensorrt, "Builder"):
+        raise TensorRTUnavailableError(
+            f"the installed 'tensorrt' has no builder (only type stubs or a runtime); {INSTALL_HINT}"
+        )
+
+
+def _parse_version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(".")[:3] if part.isdigit())
+
+
+def _capability(text: str) -> tuple[int, int]:
+    major, minor = text.split(".")
+    return int(major), int(minor)
+
+
+def _has_fast_fp16(capability: str) -> bool:
+    cc = _capability(capability)
+    return cc >= (7, 0) or cc in _FAST_FP16_PRE_VOLTA
+
+
+def _check_gpu_supported(version: tuple[int, ...], capability: str, gpu_name: str, version_text: str) -> None:
+    """TensorRT 11 and 10.5+ need compute capability 7.5, 10.0-10.4 need 7.0; 8.6 is the last for Pascal."""
+    needed = (7, 5) if version >= (10, 5) else (7, 0) if version >= (10,) else (0, 0)
+    if _capability(capability) < needed:
+        raise TensorRTUnavailableError(
+            f"TensorRT {version_text} does not support {gpu_name} (compute capability {capability}; it needs "
+            f"{needed[0]}.{needed[1]}+); for Pascal GPUs install tensorrt==8.6.1, the last release that runs on them"
+        )
+
+
+def _network_flags(version: tuple[int, ...], strongly_typed: bool) -> int:
+    import tensorrt as trt
+
+    if version >= (11,):
+        return 0  # every network is strongly typed; the flags below are gone or ignored
+    if strongly_typed:
+        return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    if version < (10,):
+        return 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    return 0
+
+
+def _optimization_profile(builder: trt.Builder, meta: ArtifactMeta, profile: BatchProfile) -> trt.IOptimizationProfile:
+    import tensorrt as trt
+
+    cfg = meta.preprocess
+    shapes = [trt.Dims4(batch, 3, cfg.height, cfg.width) for batch in (profile.min, profile.opt, profile.max)]
+    optimization_profile = builder.create_optimization_profile()
+    optimization_profile.set_shape(cfg.input_name, *shapes)
+    return optimization_profile
+
+
+def _load_timing_cache(config: trt.IBuilderConfig, path: Path) -> None:
+    """Use the cache at ``path`` if it exists and matches this GPU and version; else start a new one."""
+    data = path.read_bytes() if path.is_file() else b""
+    if not config.set_timing_cache(config.create_timing_cache(data), False):
+        log.warning("%s was made on another GPU or TensorRT version; starting a new timing cache", path)
+        config.set_timing_cache(config.create_timing_cache(b""), False)
+    elif data:
+        log.info("timing cache %s loaded", path)

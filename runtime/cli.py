@@ -1,0 +1,112 @@
+"""``iqa-run``: score folders of photos with an exported model, a thin shell over :class:`Scorer`."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import sys
+from pathlib import Path
+from typing import TextIO
+
+import click
+
+from qualitynet._cli import cli_errors, progress, setup_logging
+from qualitynet.errors import QualityNetError
+from qualitynet.runtime.discovery import iter_inputs, path_key, read_file_list
+from qualitynet.runtime.ort_runner import PROVIDERS
+from qualitynet.runtime.pipeline import FAST_DECODE_DEFAULT
+from qualitynet.runtime.scorer import Scorer
+from qualitynet.runtime.summary import RunStats
+from qualitynet.runtime.writer import FORMATS, RecordWriter, format_for, read_done
+
+__all__ = ["main"]
+
+logger = logging.getLogger(__name__)
+
+
+def _open_writer(output: Path | None, fmt: str, resume: bool) -> RecordWriter:
+    if output is None:
+        return RecordWriter.to_binary(sys.stdout.buffer, fmt)
+    return RecordWriter.to_file(output, fmt, append=resume)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("inputs", nargs=-1, type=click.Path(exists=True, path_type=str))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write rows here (default: stdout).")
+@click.option("--format", "fmt", type=click.Choice(FORMATS),
+              help="Output format (default: from the --output suffix, .jsonl/.ndjson or else csv).")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1), help="Images per inference.")
+@click.option("--workers", type=click.IntRange(0),
+              help="Decode processes (default: every core but one; 0 decodes in the main process).")
+@click.option("--recursive/--no-recursive", default=True, show_default=True, help="Walk sub-folders.")
+@click.option("--resume", is_flag=True, help="Skip files already in --output and append the rest.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --output instead of refusing.")
+@click.option("--fast-decode/--exact-decode", default=FAST_DECODE_DEFAULT, show_default=True,
+              help="Decode JPEGs at reduced scale (draft mode) before the resize.")
+@click.option("--files-from", type=click.File("r", encoding="utf-8", errors="surrogateescape"),
+              help="Also score the paths listed in this file, one per line ('-' for stdin).")
+@click.option("--provider", type=click.Choice(["auto", *PROVIDERS]), default="auto", show_default=True,
+              help="ONNX Runtime execution provider (auto: tensorrt, then cuda, then cpu).")
+@click.option("--threads", type=click.IntRange(1), help="ONNX Runtime intra-op threads (default: all cores).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar, log or summary; only errors.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@click.version_option(package_name="qualitynet")
+@cli_errors
+def main(model: Path, inputs: tuple[str, ...], output: Path | None, fmt: str | None, batch_size: int,
+         workers: int | None, recursive: bool, resume: bool, overwrite: bool, fast_decode: bool,
+         files_from: TextIO | None, provider: str, threads: int | None, quiet: bool, verbose: bool) -> None:
+    """Score image files with MODEL (.plan or .onnx) and write path,score,error rows.
+
+    INPUTS are folders (walked for JPEG, PNG, WebP, BMP and TIFF files, and suffix-less
+    image files) or single files. Files that cannot be read get a row with the error and
+    do not stop the run. Rows are flushed after every batch, so an interrupted run keeps
+    its rows; --resume continues it. Exit status: 0 when every readable image was scored,
+    1 when the model cannot be loaded or nothing could be scored, 2 for usage errors.
+
+    \b
+    Example:
+        iqa-run model.plan photos/ -o scores.csv
+        iqa-run model.fp16.onnx photos/ -o scores.jsonl --resume
+        find /data -name '*.jpg' | iqa-run model.onnx --files-from - > scores.csv
+    """
+    setup_logging(quiet=quiet, verbose=verbose)
+    if not inputs and files_from is None:
+        raise click.UsageError("give at least one folder or file, or --files-from")
+    if resume and output is None:
+        raise click.UsageError("--resume needs --output (the file to continue)")
+    if output is not None and not resume and not overwrite and output.is_file() and output.stat().st_size:
+        raise click.ClickException(
+            f"{output} already exists; pass --resume to score only the files it lacks, or --overwrite to replace it"
+        )
+    fmt = format_for(output, fmt)
+    done = read_done(output, fmt) if resume and output is not None else set()
+    sources = itertools.chain(inputs, read_file_list(files_from) if files_from is not None else ())
+    todo = (p for p in iter_inputs(sources, recursive) if path_key(p) not in done)
+
+    with Scorer(model, provider=None if provider == "auto" else provider, threads=threads,
+                batch_size=batch_size, workers=workers, fast_decode=fast_decode) as scorer:
+        stats = RunStats()  # the rate counts from here: model loading excluded
+        writer = _open_writer(output, fmt, resume)
+        try:
+            with progress(quiet=quiet, unit="img", desc="scoring") as bar:
+                for batch in scorer.score_batches(todo):
+                    writer.write_batch(batch)
+                    stats.add(batch)
+                    bar.update(len(batch))
+        finally:
+            writer.close()
+    _finish(stats, len(done))
+
+
+def _finish(stats: RunStats, already: int) -> None:
+    """Log the summary; fail when nothing could be scored."""
+    if already:
+        logger.info("skipped the %d files already in the output", already)
+    logger.info("%s", stats.summary())
+    if stats.failed:
+        logger.warning("%d file(s) could not be scored; their rows carry the error", stats.failed)
+    if stats.scored == 0 and (stats.failed or not already):
+        found = "no image could be scored" if stats.failed else "no image files found"
+        raise QualityNetError(f"{found}; check the paths (and --recursive)")

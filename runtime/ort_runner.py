@@ -1,0 +1,121 @@
+"""ONNX Runtime backend: runs ``model.onnx`` or ``model.fp16.onnx`` on the best provider present.
+
+onnxruntime is imported when a runner activates, so importing this module costs nothing.
+The artifact record is read from the ONNX file's ``metadata_props`` through the session.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from qualitynet.artifact import ONNX_METADATA_KEY, ArtifactMeta
+from qualitynet.errors import QualityNetError
+from qualitynet.runtime.runner import BaseRunner
+
+__all__ = ["PROVIDERS", "OrtRunner", "choose_providers"]
+
+logger = logging.getLogger(__name__)
+
+# Short names, in order of preference.
+PROVIDERS = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+_NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+def _import_onnxruntime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise QualityNetError(
+            "onnxruntime is not installed; pip install 'qualitynet[ort]' (or onnxruntime-gpu for CUDA)"
+        ) from None
+    return onnxruntime
+
+
+def choose_providers(available: list[str], provider: str | None) -> list[str]:
+    """The execution providers to request, best first, each with the ones below it as fallback.
+
+    Args:
+        available: ``onnxruntime.get_available_providers()``.
+        provider: a key of :data:`PROVIDERS`, or ``None`` for the best available.
+
+    Raises:
+        QualityNetError: an unknown name, or a provider this onnxruntime build lacks.
+    """
+    order = list(PROVIDERS)
+    if provider is None:
+        start = next(i for i, key in enumerate(order) if PROVIDERS[key] in available or key == "cpu")
+    elif provider in PROVIDERS:
+        if PROVIDERS[provider] not in available:
+            raise QualityNetError(
+                f"ONNX Runtime provider {provider!r} is not available here (available: "
+                f"{', '.join(available)}); install onnxruntime-gpu for cuda/tensorrt, or pass --provider cpu"
+            )
+        start = order.index(provider)
+    else:
+        raise QualityNetError(f"unknown provider {provider!r}; choose one of {', '.join(PROVIDERS)}")
+    return [PROVIDERS[key] for key in order[start:] if PROVIDERS[key] in available or key == "cpu"]
+
+
+class OrtRunner(BaseRunner):
+    """Scores batches with an ONNX Runtime session.
+
+    Args:
+        model_path: an ONNX file written by iqa-export (FP32 or FP16).
+        provider: ``tensorrt``, ``cuda`` or ``cpu``; ``None`` takes the first available in that order.
+        threads: intra-op threads (match ``torch.set_num_threads`` when comparing); ``None``
+            lets ONNX Runtime use every physical core.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, model_path: str | Path, provider: str | None = None, threads: int | None = None) -> None:
+        super().__init__(model_path)
+        self.provider = provider
+        self.threads = threads
+        self._session: Any = None
+        self._input: tuple[str, Any] = ("", np.float32)
+        self._output = ""
+
+    def activate_impl(self) -> ArtifactMeta:
+        ort = _import_onnxruntime()
+        providers = choose_providers(ort.get_available_providers(), self.provider)
+        options = ort.SessionOptions()
+        if self.threads:
+            options.intra_op_num_threads = self.threads
+        try:
+            session = ort.InferenceSession(str(self.model_path), options, providers=providers)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises assorted pybind11 errors
+            raise QualityNetError(
+                f"{self.model_path}: ONNX Runtime cannot load it ({type(exc).__name__}: {str(exc).strip()[:300]}); "
+                "re-export it with iqa-export"
+            ) from None
+        record = session.get_modelmeta().custom_metadata_map.get(ONNX_METADATA_KEY)
+        if record is None:
+            raise QualityNetError(
+                f"{self.model_path}: no {ONNX_METADATA_KEY!r} metadata, so the preprocessing and score scale "
+                "are unknown; export the model with iqa-export"
+            )
+        meta = ArtifactMeta.from_json(record, str(self.model_path))
+        inputs, outputs = session.get_inputs(), session.get_outputs()
+        names = [o.name for o in outputs]
+        self._input = (inputs[0].name, _NP_TYPES.get(inputs[0].type, np.float32))
+        self._output = meta.preprocess.output_name if meta.preprocess.output_name in names else names[0]
+        self._session = session
+        logger.info("onnxruntime providers: %s", ", ".join(session.get_providers()))
+        return meta
+
+    def infer_impl(self, batch: np.ndarray) -> np.ndarray:
+        name, dtype = self._input
+        (scores,) = self._session.run([self._output], {name: batch.astype(dtype, copy=False)})
+        return np.asarray(scores, dtype=np.float32)
+
+    def deactivate_impl(self) -> None:
+        self._session = None

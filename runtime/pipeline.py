@@ -1,0 +1,211 @@
+"""Decoding images into network inputs in worker processes, overlapping inference.
+
+:class:`DecodePool` maps paths to preprocessed ``(3, H, W)`` float32 arrays in input order.
+At most ``prefetch`` images are in flight (submitted or decoded but not yet consumed), so
+memory stays bounded however many paths stream in, while the workers decode the next
+images during inference on the current batch. A file that cannot be decoded yields its
+error instead of an array; even a crashed worker only fails the images it held.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import multiprocessing
+import os
+import signal
+import stat
+import sys
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.shared_memory import SharedMemory
+from types import TracebackType
+
+import numpy as np
+
+from qualitynet.artifact import PreprocessCfg
+from qualitynet.errors import QualityNetError
+from qualitynet.runtime.preprocess import image_to_tensor, load_rgb
+
+__all__ = ["DRAFT_FACTOR", "FAST_DECODE_DEFAULT", "DecodePool", "Decoded", "decode_path", "default_workers"]
+
+logger = logging.getLogger(__name__)
+
+# Fast decoding keeps the JPEG's decoded size >= this many times the network's input side.
+DRAFT_FACTOR = 1
+# Whether fast decoding is the default; see the measurement in benchmarks/scripts/runtime_throughput.py.
+FAST_DECODE_DEFAULT = False
+
+# (path, tensor or None, error message or "")
+Decoded = tuple[str, "np.ndarray | None", str]
+
+# In a worker: (preprocessing, fast, the shared memory, its slots as an array).
+_worker: tuple[PreprocessCfg, bool, SharedMemory, np.ndarray] | None = None
+
+
+def default_workers() -> int:
+    """Decode processes by default: every core but one for inference, at least 1, at most 16."""
+    return max(1, min(16, (os.cpu_count() or 2) - 1))
+
+
+def _precheck(path: str) -> str:
+    """Reasons Pillow would report poorly or never (a FIFO would block forever)."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            return f"broken symlink (target {os.readlink(path)!r} does not exist)"
+        return "file not found"
+    except OSError as exc:
+        return f"cannot access file ({exc.strerror or exc})"
+    if not stat.S_ISREG(info.st_mode):
+        return "not a regular file"
+    return ""
+
+
+def decode_path(path: str, cfg: PreprocessCfg, fast: bool = False) -> Decoded:
+    """Decode and preprocess one file; never raises for a bad file.
+
+    Args:
+        path: the image file.
+        cfg: the artifact's preprocessing.
+        fast: let JPEGs decode at reduced scale (draft mode), keeping both sides >=
+            ``DRAFT_FACTOR`` times the input's longer side.
+
+    Returns:
+        ``(path, tensor, "")`` on success, ``(path, None, reason)`` otherwise.
+    """
+    reason = _precheck(path)
+    if reason:
+        return path, None, reason
+    draft = DRAFT_FACTOR * max(cfg.height, cfg.width) if fast else None
+    try:
+        return path, image_to_tensor(load_rgb(path, draft_size=draft), cfg), ""
+    except QualityNetError as exc:
+        return path, None, str(exc).removeprefix(f"{path}: ")
+    except Exception as exc:  # noqa: BLE001 - a corrupt file may raise anything from a codec
+        logger.debug("decoding %s failed", path, exc_info=True)
+        return path, None, f"cannot read image ({type(exc).__name__}: {exc})"
+
+
+def _slots(shm: SharedMemory, cfg: PreprocessCfg) -> np.ndarray:
+    """The shared memory as ``(slots, 3, H, W)`` float32 (the segment may be rounded up to a page)."""
+    shape = (3, cfg.height, cfg.width)
+    return np.ndarray((shm.size // (4 * math.prod(shape)), *shape), np.float32, buffer=shm.buf)
+
+
+def _init_worker(cfg: PreprocessCfg, fast: bool, shm_name: str) -> None:
+    """Worker start-up: attach the slot ring, keep the settings, leave Ctrl-C to the parent."""
+    global _worker
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    shm = SharedMemory(name=shm_name)
+    _worker = (cfg, fast, shm, _slots(shm, cfg))
+
+
+def _decode_into_slots(jobs: list[tuple[str, int]]) -> list[str]:
+    """Decode each ``(path, slot)`` into its slot of the ring; return the errors ("" on success)."""
+    assert _worker is not None, "worker not initialised"
+    cfg, fast, _, slots = _worker
+    errors = []
+    for path, slot in jobs:
+        _, tensor, error = decode_path(path, cfg, fast)
+        if tensor is not None:
+            slots[slot] = tensor
+        errors.append(error)
+    return errors
+
+
+class DecodePool:
+    """Ordered, bounded, multi-process decoding; use as a context manager.
+
+    Args:
+        cfg: the artifact's preprocessing.
+        workers: decode processes; 0 decodes in the calling thread (no overlap).
+        fast: JPEG draft-mode decoding (see :func:`decode_path`).
+        prefetch: images in flight at most; default ``4 * workers``.
+
+    Images go to the workers in chunks of up to 8 (fewer when the window is small), which
+    spreads the per-task cost of the process pool (~1-2 ms) over several images.
+    """
+
+    def __init__(self, cfg: PreprocessCfg, workers: int, fast: bool = False, prefetch: int | None = None) -> None:
+        if workers < 0:
+            raise QualityNetError(f"workers must be >= 0, got {workers}")
+        self.cfg = cfg
+        self.workers = workers
+        self.fast = fast
+        self.prefetch = max(1, prefetch or 4 * workers)
+        self.chunk = max(1, min(8, self.prefetch // (2 * max(1, workers))))
+        self._executor: ProcessPoolExecutor | None = None
+        self._shm: SharedMemory | None = None
+
+    def _start(self) -> ProcessPoolExecutor:
+        if self._shm is None:
+            self._shm = SharedMemory(create=True, size=self.prefetch * 3 * self.cfg.height * self.cfg.width * 4)
+        # forkserver (spawn on Windows): workers never inherit the inference library's threads.
+        method = "spawn" if sys.platform == "win32" else "forkserver"
+        self._executor = ProcessPoolExecutor(
+            self.workers, mp_context=multiprocessing.get_context(method),
+            initializer=_init_worker, initargs=(self.cfg, self.fast, self._shm.name),
+        )
+        return self._executor
+
+    def imap(self, paths: Iterable[str]) -> Iterator[Decoded]:
+        """Decode ``paths`` and yield ``(path, tensor or None, error)`` in input order."""
+        if self.workers == 0:
+            for path in paths:
+                yield decode_path(path, self.cfg, self.fast)
+            return
+        executor = self._executor or self._start()
+        assert self._shm is not None
+        slots = _slots(self._shm, self.cfg)
+        # Slot = submission number mod prefetch: with at most prefetch images in flight and
+        # consumption in order, a slot is reused only after its image was copied out.
+        pending: deque[tuple[list[tuple[str, int]], Future[list[str]]]] = deque()
+        source = iter(paths)
+        in_flight = submitted = 0
+        exhausted = False
+        while pending or not exhausted:
+            while not exhausted and in_flight < self.prefetch:
+                jobs = []
+                for path in itertools.islice(source, min(self.chunk, self.prefetch - in_flight)):
+                    jobs.append((path, submitted % self.prefetch))
+                    submitted += 1
+                exhausted = len(jobs) < min(self.chunk, self.prefetch - in_flight)
+                if jobs:
+                    pending.append((jobs, executor.submit(_decode_into_slots, jobs)))
+                    in_flight += len(jobs)
+            if not pending:
+                break
+            jobs, future = pending.popleft()
+            in_flight -= len(jobs)
+            try:
+                errors = future.result()
+            except BrokenProcessPool:
+                logger.warning("a decode worker died on one of %s; restarting the workers", [p for p, _ in jobs])
+                errors = ["decoder process crashed on this file or one decoded with it; retry it alone"] * len(jobs)
+                executor.shutdown(wait=False, cancel_futures=True)
+                executor = self._start()
+                pending = deque((j, executor.submit(_decode_into_slots, j)) for j, _ in pending)
+            for (path, slot), error in zip(jobs, errors, strict=True):
+                yield (path, None, error) if error else (path, slots[slot].copy(), "")
+
+    def close(self) -> None:
+        """Stop the workers (pending decodes are cancelled) and free the shared memory."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+        if self._shm is not None:
+            self._shm.close()
+            self._shm.unlink()
+            self._shm = None
+
+    def __enter__(self) -> DecodePool:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()

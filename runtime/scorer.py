@@ -1,0 +1,143 @@
+"""The Python API: score files, folders or preprocessed arrays with an exported model.
+
+Example:
+    >>> from qualitynet.runtime import Scorer
+    >>> with Scorer("model.onnx") as scorer:               # or model.plan
+    ...     for record in scorer.score_folder("photos/"):
+    ...         print(record.path, record.score, record.error)
+
+Decoding runs in worker processes started with ``forkserver`` (``spawn`` on Windows), so a
+script that uses ``workers > 0`` needs the usual ``if __name__ == "__main__":`` guard.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from types import TracebackType
+
+import numpy as np
+from PIL import Image
+
+from qualitynet.artifact import ArtifactMeta
+from qualitynet.runtime.discovery import iter_folder
+from qualitynet.runtime.pipeline import FAST_DECODE_DEFAULT, Decoded, DecodePool, default_workers
+from qualitynet.runtime.preprocess import image_to_tensor, to_rgb
+from qualitynet.runtime.runner import BaseRunner, runner_for
+from qualitynet.runtime.types import ScoreRecord
+
+__all__ = ["Scorer"]
+
+logger = logging.getLogger(__name__)
+
+
+class Scorer:
+    """Loads an exported model once and scores images on its MOS scale.
+
+    Args:
+        model_path: ``.onnx`` (ONNX Runtime) or ``.plan`` (TensorRT, sidecar next to it).
+        provider: ONNX Runtime provider (``tensorrt``, ``cuda``, ``cpu``); ``None`` for the best present.
+        threads: ONNX Runtime intra-op threads; ``None`` lets it choose.
+        batch_size: images per inference call.
+        workers: decode processes; ``None`` for every core but one, 0 to decode in this process.
+        fast_decode: JPEG draft-mode decoding (see :mod:`qualitynet.runtime.pipeline`).
+
+    Raises:
+        QualityNetError: the model cannot be loaded (the message says why and what to do).
+    """
+
+    def __init__(self, model_path: str | Path, *, provider: str | None = None, threads: int | None = None,
+                 batch_size: int = 32, workers: int | None = None, fast_decode: bool = FAST_DECODE_DEFAULT) -> None:
+        self.batch_size = max(1, batch_size)
+        self.workers = default_workers() if workers is None else workers
+        self.fast_decode = fast_decode
+        self.runner: BaseRunner = runner_for(model_path, provider, threads)
+        self.runner.activate()
+        self._pool: DecodePool | None = None
+
+    @property
+    def meta(self) -> ArtifactMeta:
+        """The model's artifact record (preprocessing, score scale, precision, versions)."""
+        return self.runner.meta
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        """A decoded image as the model's ``(3, H, W)`` input (any mode; EXIF orientation applied)."""
+        return image_to_tensor(to_rgb(image), self.meta.preprocess)
+
+    def score_arrays(self, batch: np.ndarray) -> np.ndarray:
+        """Scores of a preprocessed ``(N, 3, H, W)`` float32 batch, on the MOS scale.
+
+        Args:
+            batch: any N; run ``batch_size`` at a time.
+
+        Returns:
+            float64 scores of shape ``(N,)``.
+        """
+        batch = np.asarray(batch, dtype=np.float32)
+        if batch.ndim == 3:
+            batch = batch[None]
+        units = [self.runner.infer(batch[i: i + self.batch_size]) for i in range(0, len(batch), self.batch_size)]
+        unit = np.concatenate(units) if units else np.empty(0, np.float32)
+        return np.asarray(self.meta.score_scale.to_mos(unit.astype(np.float64)))
+
+    def score_batches(self, paths: Iterable[str | Path]) -> Iterator[list[ScoreRecord]]:
+        """Score files, yielding the records of each batch in input order as it finishes.
+
+        Bad files give a record with an error instead of stopping. Memory stays bounded: the
+        paths are consumed as decoding proceeds.
+        """
+        pool = self._decode_pool()
+        items: list[Decoded] = []
+        for item in pool.imap(str(p) for p in paths):
+            items.append(item)
+            if len(items) == self.batch_size:
+                yield self._finish(items)
+                items = []
+        if items:
+            yield self._finish(items)
+
+    def score_paths(self, paths: Iterable[str | Path]) -> Iterator[ScoreRecord]:
+        """Score files; one :class:`ScoreRecord` per path, in order (a generator: wrap in ``list()``)."""
+        for batch in self.score_batches(paths):
+            yield from batch
+
+    def score_folder(self, folder: str | Path, recursive: bool = True) -> Iterator[ScoreRecord]:
+        """Score every image file in a folder (see :func:`~qualitynet.runtime.discovery.iter_folder`)."""
+        return self.score_paths(iter_folder(folder, recursive))
+
+    def _decode_pool(self) -> DecodePool:
+        if self._pool is None:
+            prefetch = 2 * self.batch_size + 2 * self.workers
+            self._pool = DecodePool(self.meta.preprocess, self.workers, self.fast_decode, prefetch)
+        return self._pool
+
+    def _finish(self, items: list[Decoded]) -> list[ScoreRecord]:
+        tensors = [tensor for _, tensor, _ in items if tensor is not None]
+        scores = iter(self.score_arrays(np.stack(tensors)) if tensors else ())
+        records = []
+        for path, tensor, error in items:
+            if tensor is None:
+                records.append(ScoreRecord(path, None, error))
+                continue
+            score = float(next(scores))
+            if math.isfinite(score):
+                records.append(ScoreRecord(path, score))
+            else:
+                records.append(ScoreRecord(path, None, f"model output is not finite ({score})"))
+        return records
+
+    def close(self) -> None:
+        """Stop the decode workers and free the model (GPU memory for TensorRT)."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+        self.runner.deactivate()
+
+    def __enter__(self) -> Scorer:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
