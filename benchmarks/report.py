@@ -1,0 +1,77 @@
+"""Presenting a :class:`BenchReport`: text or Markdown table, JSON file, throughput plot."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from qualitynet.bench.run import BenchReport, Point
+
+__all__ = ["format_table", "plot_throughput", "write_json"]
+
+_COLUMNS = ("mode", "backend", "precision", "device", "batch", "img/s", "p50 ms", "p90 ms", "p99 ms",
+            "speed-up", "max abs err", "SROCC", "load s")
+
+
+def _fmt(value: float | None, digits: int) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _row(point: Point) -> list[str]:
+    return [point.mode, point.backend, point.precision, point.device, str(point.batch_size),
+            _fmt(point.throughput_img_s, 1), _fmt(point.latency_p50_ms, 2), _fmt(point.latency_p90_ms, 2),
+            _fmt(point.latency_p99_ms, 2), _fmt(point.speedup, 2) + "x", f"{point.max_abs_error:.1e}",
+            _fmt(point.srocc, 4), _fmt(point.load_seconds, 1)]
+
+
+def format_table(report: BenchReport, markdown: bool = False) -> str:
+    """The points as an aligned text table (or Markdown), then the skipped points and the machine."""
+    rows = [_row(p) for p in report.points]
+    if markdown:
+        lines = ["| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+    else:
+        widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(_COLUMNS)]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(_COLUMNS, widths, strict=True))]
+        lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in rows]
+    machine = report.machine
+    gpu = machine["gpu"]["name"] if machine.get("gpu") else "no GPU"
+    versions = ", ".join(f"{k} {v}" for k, v in machine["versions"].items())
+    lines.append("")
+    lines.append(f"{report.config_name} config; speed-up vs torch-eager fp32 at the same batch size (model-only) "
+                 "or vs the naive per-image loop (end-to-end); max abs err and SROCC vs "
+                 f"{report.accuracy_reference}.")
+    lines.append(f"machine: {machine['cpu_model']}, {machine['cpu_cores']} cores, {gpu}; threads "
+                 f"{machine['threads']}; {versions}")
+    lines += [f"skipped: {s.backend} {s.precision} on {s.device}: {s.reason}" for s in report.skipped]
+    return "\n".join(lines)
+
+
+def write_json(report: BenchReport, path: Path) -> None:
+    """Every figure, the settings and the machine, as one JSON document."""
+    path.write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+
+def plot_throughput(report: BenchReport, path: Path) -> None:
+    """Model-only throughput against batch size, one line per backend/precision/device."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    series: dict[str, list[Point]] = {}
+    for point in report.points:
+        if point.mode == "model-only":
+            series.setdefault(f"{point.backend} {point.precision} ({point.device})", []).append(point)
+    for label, points in series.items():
+        ax.plot([p.batch_size for p in points], [p.throughput_img_s for p in points], "o-", label=label)
+    ax.set(xscale="log", xlabel="batch size", ylabel="images / s", title=f"{report.config_name}: model-only throughput")
+    ax.set_xticks(sorted({p.batch_size for p in report.points if p.mode == "model-only"}))
+    ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

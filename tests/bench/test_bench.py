@@ -1,0 +1,121 @@
+"""iqa-bench on the tiny config with tiny iteration counts: every figure present and sane."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from qualitynet.bench.cli import main
+from qualitynet.bench.run import BenchReport, BenchSettings, run_bench
+from qualitynet.export import load_photos
+from qualitynet.runtime.scorer import Scorer
+from qualitynet.trainer.checkpoint import load_checkpoint
+
+LATENCY_FIELDS = ("latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "latency_mean_ms")
+
+
+@pytest.fixture(scope="module")
+def bench_dir(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("bench")
+    (folder / "model.pt").write_bytes(tiny_checkpoint.read_bytes())
+    return folder
+
+
+@pytest.fixture(scope="module")
+def report(bench_dir: Path, photo_dir: Path) -> BenchReport:
+    settings = BenchSettings(batch_sizes=(1, 4), warmup=1, iters=3, images=photo_dir, e2e_batch_size=4,
+                             e2e_workers=1, quiet=True, device="cpu")
+    return run_bench(bench_dir / "model.pt", settings)
+
+
+def test_every_point_is_present_and_sane(report: BenchReport) -> None:
+    model_only = [p for p in report.points if p.mode == "model-only"]
+    assert {(p.backend, p.precision, p.batch_size) for p in model_only} == {
+        (backend, precision, bs) for backend, precision in
+        (("torch-eager", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "fp16")) for bs in (1, 4)}
+    for point in report.points:
+        assert point.throughput_img_s > 0 and point.peak_rss_mib > 0 and point.load_seconds >= 0
+        latencies = [getattr(point, name) for name in LATENCY_FIELDS]
+        assert all(v > 0 for v in latencies)
+        assert point.latency_p50_ms <= point.latency_p90_ms <= point.latency_p99_ms
+        assert point.speedup > 0
+    assert all(p.iterations >= 3 for p in model_only)
+    eager = [p for p in model_only if p.backend == "torch-eager"]
+    assert all(p.speedup == 1.0 for p in eager)
+
+
+def test_accuracy_agreement_comes_from_real_outputs(report: BenchReport, bench_dir: Path) -> None:
+    checkpoint = load_checkpoint(bench_dir / "model.pt")
+    inputs, _ = load_photos(None, checkpoint.preprocess)
+    with torch.inference_mode():
+        eager = checkpoint.score_scale.to_mos(checkpoint.build_model()(torch.from_numpy(inputs)).numpy().ravel())
+    with Scorer(bench_dir / "model.fp16.onnx", workers=0) as scorer:
+        fp16 = scorer.score_arrays(inputs)
+    assert np.ptp(eager) > 0.05  # the scores really differ from photo to photo
+    point = next(p for p in report.points if p.backend == "onnxruntime" and p.precision == "fp16"
+                 and p.batch_size == 4 and p.mode == "model-only")
+    assert point.max_abs_error == pytest.approx(float(np.max(np.abs(fp16 - eager))), abs=1e-4)
+    assert 0 < point.max_abs_error < 0.05 and point.srocc > 0.95
+    fp32 = next(p for p in report.points if p.backend == "onnxruntime" and p.precision == "fp32" and p.batch_size == 1)
+    assert fp32.max_abs_error < 1e-3 and fp32.srocc > 0.99
+
+
+def test_end_to_end_against_the_naive_loop(report: BenchReport) -> None:
+    e2e = [p for p in report.points if p.mode == "end-to-end"]
+    assert e2e[0].backend == "naive-loop torch-eager" and e2e[0].speedup == 1.0
+    assert {p.precision for p in e2e[1:]} == {"fp32", "fp16"}
+    for point in e2e:
+        assert point.images == 8
+    fp32 = next(p for p in e2e if p.precision == "fp32" and p.backend == "onnxruntime")
+    assert fp32.max_abs_error < 1e-3 and fp32.srocc > 0.99
+
+
+def test_machine_and_skipped_sections(report: BenchReport) -> None:
+    machine = report.machine
+    assert machine["cpu_model"] and machine["cpu_cores"] >= 1
+    assert machine["threads"]["torch_intra_op"] == machine["threads"]["onnxruntime_intra_op"]
+    assert {"torch", "onnxruntime", "qualitynet"} <= set(machine["versions"])
+    reasons = {(s.backend, s.precision): s.reason for s in report.skipped}
+    if not torch.cuda.is_available():
+        assert machine["gpu"] is None
+        assert reasons[("torch-eager", "fp16-autocast")] == "no CUDA device"
+        assert "TensorRT" in reasons[("tensorrt", "fp16")] or "CUDA" in reasons[("tensorrt", "fp16")]
+
+
+def test_cli_writes_table_json_markdown_and_plot(bench_dir: Path, tmp_path: Path) -> None:
+    args = [str(bench_dir / "model.pt"), "--batch-sizes", "1,2", "--warmup", "1", "--iters", "2", "--device", "cpu",
+            "--json", str(tmp_path / "b.json"), "--plot", str(tmp_path / "b.png"), "--quiet"]
+    result = CliRunner().invoke(main, args + ["--markdown"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("| mode | backend | precision |")
+    data = json.loads((tmp_path / "b.json").read_text())
+    for point in data["points"]:
+        assert {"backend", "precision", "batch_size", "throughput_img_s", *LATENCY_FIELDS} <= set(point)
+        assert not any(isinstance(v, float) and math.isnan(v) for v in point.values())
+    assert data["machine"]["versions"]["torch"] and data["settings"]["batch_sizes"] == [1, 2]
+    assert (tmp_path / "b.png").stat().st_size > 1000
+
+
+def test_cli_help_and_bad_input(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0 and "Example:" in result.output
+    result = CliRunner().invoke(main, [str(tmp_path / "missing.pt")])
+    assert result.exit_code == 1 and "checkpoint not found" in result.output
+    result = CliRunner().invoke(main, [str(tmp_path / "missing.pt"), "--batch-sizes", "1,x"])
+    assert result.exit_code == 2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_points(bench_dir: Path) -> None:
+    report = run_bench(bench_dir / "model.pt", BenchSettings(batch_sizes=(1, 8), warmup=2, iters=5, quiet=True))
+    precisions = {(p.backend, p.precision) for p in report.points}
+    assert ("torch-eager", "fp16-autocast") in precisions
+    assert report.machine["gpu"]["compute_capability"]
+    assert all(p.peak_device_mib and p.peak_device_mib > 0 for p in report.points)

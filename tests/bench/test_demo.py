@@ -1,0 +1,50 @@
+"""The whole chain at its smallest: train -> export -> score -> bench, checking each hand-off."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from qualitynet.bench.demo import format_summary, main, run_demo
+from qualitynet.bench.naive import naive_loop
+from qualitynet.runtime.scorer import Scorer
+from qualitynet.trainer.checkpoint import load_checkpoint
+
+
+@pytest.mark.slow
+def test_demo_chain_hand_offs(tmp_path: Path) -> None:
+    result = run_demo(tmp_path, config="tiny", epochs=1, crops=1, side=64, bench_iters=2, quiet=True)
+    checkpoint = load_checkpoint(result.train.out_dir / "model.pt")
+
+    # the checkpoint loaded in export, and every export check passed on real photos
+    assert result.export.passed and result.export.config_name == "tiny"
+    assert result.export.checkpoint == result.train.out_dir / "model.pt"
+
+    # the ONNX metadata (not the trainer) drives the runtime's preprocessing and score scale
+    with Scorer(result.export.onnx, workers=0) as scorer:
+        assert scorer.meta.preprocess == checkpoint.preprocess
+        assert scorer.meta.score_scale == checkpoint.score_scale
+
+    # the runtime's scores agree with PyTorch eager on the same files
+    with open(result.scores_csv, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == result.heldout_images > 0 and all(row["error"] == "" for row in rows)
+    eager = naive_loop(str(result.train.out_dir / "model.pt"), [row["path"] for row in rows])
+    worst = max(abs(float(row["score"]) - eager.scores[row["path"]]) for row in rows)
+    assert worst < 1e-3  # MOS scale 1-5; the FP32 export tolerance is 5e-5 of the range
+
+    # the bench JSON is complete
+    bench = json.loads((tmp_path / "bench.json").read_text())
+    modes = {(p["mode"], p["backend"], p["precision"]) for p in bench["points"]}
+    assert ("model-only", "torch-eager", "fp32") in modes and ("end-to-end", "onnxruntime", "fp16") in modes
+    assert bench["machine"]["cpu_model"] and bench["skipped"]
+    assert "held-out SROCC" in format_summary(result)
+
+
+def test_demo_help() -> None:
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0 and "Example:" in result.output and "iqa-demo --out demo-output" in result.output
