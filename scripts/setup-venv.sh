@@ -1,6 +1,7 @@
-# Sourced by scripts/test.sh and scripts/demo.sh: create .venv and install the toolkit.
+# Sourced by scripts/test.sh and scripts/demo.sh: create .venv and install the toolkit
+# with the extras in $EXTRAS (default: all).
 PYTHON="${PYTHON:-python3.11}"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 # torch/torchvision pinned to the releases this project's machines serve from local disk.
 .venv/bin/pip install --quiet --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
-.venv/bin/pip install --quiet --disable-pip-version-check -e '.[dev]'
+.venv/bin/pip install --quiet --disable-pip-version-check -e ".[${EXTRAS:-all}]"

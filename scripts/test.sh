@@ -2,7 +2,7 @@
 # Set up a virtual environment with every extra and run the whole test suite (CPU only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/setup-venv.sh
+EXTRAS=dev source scripts/setup-venv.sh
 # The TensorRT code is checked against the real API without a GPU: tensorrt-stubs (types,
 # installed without its dependency on the full TensorRT, whose wheels only NVIDIA's index
 # serves) and the lean runtime bindings (real, importable without a GPU).
