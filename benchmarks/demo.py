@@ -141,7 +141,7 @@ def format_summary(result: DemoResult) -> str:
                      f"{min(c.srocc for c in verification.comparisons):.4f} vs {verification.reference}")
     lines += [
         f"  scores         {result.scores_csv} ({result.heldout_images} held-out photos, "
-        f"{result.run_img_s:.1f} img/s through the runtime)",
+        f"{result.run_img_s:.1f} img/s through the runtime, worker start-up included)",
         f"  held-out SROCC {result.heldout_srocc:.3f} (runtime scores vs the generated MOS)",
         "  bench          ONNX Runtime FP32 vs PyTorch eager, model-only: batch 1 "
         f"{_speedup(result.bench, 'model-only', 'fp32', 1)}, batch 8 "

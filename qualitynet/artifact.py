@@ -61,7 +61,8 @@ class PreprocessCfg:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PreprocessCfg:
         """Build from a dict as written by :func:`dataclasses.asdict` (lists become tuples)."""
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**fields)
 
 
 @dataclass(frozen=True)

@@ -105,6 +105,11 @@ def _init_worker(cfg: PreprocessCfg, fast: bool, shm_name: str) -> None:
     _worker = (cfg, fast, shm, _slots(shm, cfg))
 
 
+def _ready() -> int:
+    """A no-op task: returns once a worker has started and run its initializer."""
+    return os.getpid()
+
+
 def _decode_into_slots(jobs: list[tuple[str, int]]) -> list[str]:
     """Decode each ``(path, slot)`` into its slot of the ring; return the errors ("" on success)."""
     assert _worker is not None, "worker not initialised"
@@ -152,6 +157,14 @@ class DecodePool:
             initializer=_init_worker, initargs=(self.cfg, self.fast, self._shm.name),
         )
         return self._executor
+
+    def start(self) -> None:
+        """Start every worker now and wait until each is ready (otherwise the first images pay for it)."""
+        if self.workers == 0 or self._executor is not None:
+            return
+        executor = self._start()
+        for future in [executor.submit(_ready) for _ in range(self.workers)]:
+            future.result()
 
     def imap(self, paths: Iterable[str]) -> Iterator[Decoded]:
         """Decode ``paths`` and yield ``(path, tensor or None, error)`` in input order."""

@@ -156,11 +156,10 @@ class QualityNet(nn.Module):
     def __init__(self, config: ModelConfig, pretrained: bool = False) -> None:
         super().__init__()
         self.config = config
-        self.streams = nn.ModuleList(
-            _Stream(name, config.attention_reduction, pretrained, depth)
-            for name, depth in zip(config.backbones, config.feature_depth, strict=True)
-        )
-        self.num_features = sum(stream.channels for stream in self.streams)
+        streams = [_Stream(name, config.attention_reduction, pretrained, depth)
+                   for name, depth in zip(config.backbones, config.feature_depth, strict=True)]
+        self.streams = nn.ModuleList(streams)
+        self.num_features = sum(stream.channels for stream in streams)
         layers: list[nn.Module] = []
         width_in = self.num_features
         for width, dropout in zip(config.head_widths, config.dropouts, strict=True):
@@ -202,7 +201,9 @@ def _feature_extractor(name: str, pretrained: bool, depth: int | None = None) ->
     if name.startswith("resnet"):
         blocks = list(model.children())[:-2]
     else:  # efficientnet_*, mobilenet_*: torchvision puts the extractor in .features
-        blocks = list(model.features.children())
+        extractor = model.features
+        assert isinstance(extractor, nn.Module)
+        blocks = list(extractor.children())
     features = nn.Sequential(*blocks[:depth])
     return features, _output_channels(features)
 

@@ -91,6 +91,19 @@ def test_scorer_api_paths_folder_arrays_agree(onnx_models: tuple[Path, Path], ph
     assert not scorer.runner.is_active, "the context manager released the session"
 
 
+def test_warm_up_starts_every_worker_and_changes_no_score(onnx_models: tuple[Path, Path], photo_dir: Path) -> None:
+    paths = photo_paths(photo_dir)
+    with Scorer(onnx_models[0], workers=0, threads=1) as scorer:
+        cold = [r.score for r in scorer.score_paths(paths)]
+    with Scorer(onnx_models[0], workers=2, batch_size=4, threads=1) as scorer:
+        scorer.warm_up()
+        pool = scorer._pool  # noqa: SLF001
+        assert pool is not None and pool._executor is not None  # noqa: SLF001
+        assert len(pool._executor._processes) == 2, "both decode workers run before the first image"  # noqa: SLF001
+        warm = [r.score for r in scorer.score_paths(paths)]
+    assert warm == cold
+
+
 def test_provider_order_and_choice() -> None:
     assert choose_providers([CPU], None) == [CPU]
     assert choose_providers([TRT, CUDA, CPU], None) == [TRT, CUDA, CPU]
