@@ -70,6 +70,7 @@ def plot_throughput(report: BenchReport, path: Path) -> None:
     ax.set(xscale="log", xlabel="batch size", ylabel="images / s", title=f"{report.config_name}: model-only throughput")
     ax.set_xticks(sorted({p.batch_size for p in report.points if p.mode == "model-only"}))
     ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.get_xaxis().set_minor_locator(matplotlib.ticker.NullLocator())
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Reproduce BENCHMARKS.md's CPU figures into benchmarks/results/ (run from anywhere, after
+# `bash scripts/demo.sh`, whose trained small model is the small config's subject):
+#   small-cpu.{md,json,png}    iqa-bench, demo-trained small config, 200 JPEGs 1024x768
+#   paper-cpu.{md,json,png}    iqa-bench, paper config (random weights), 100 of the same JPEGs
+#   runtime-cpu.json           iqa-run vs the naive loop, decode-only rates, fast-decode effect
+# Inputs are generated offline into $WORK (default runs/bench-cpu).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+WORK="${WORK:-runs/bench-cpu}"
+RESULTS=benchmarks/results
+BIN=.venv/bin
+[ -f demo-output/run/model.pt ] || { echo "run 'bash scripts/demo.sh' first (it trains the small model)" >&2; exit 1; }
+mkdir -p "$WORK/small" "$WORK/paper" "$RESULTS"
+cp demo-output/run/model.pt "$WORK/small/model.pt"
+"$BIN/python" - "$WORK" <<'PY'
+import sys
+from pathlib import Path
+
+from qualitynet.trainer.checkpoint import save_untrained_checkpoint
+from qualitynet.trainer.demo_data import make_photo_folder
+
+work = Path(sys.argv[1])
+if len(list((work / "photos").glob("*.jpg"))) < 200:
+    make_photo_folder(work / "photos", count=200, size=(1024, 768))
+if not (work / "paper" / "model.pt").exists():
+    save_untrained_checkpoint(work / "paper" / "model.pt", "qualitynet")
+PY
+"$BIN/iqa-bench" "$WORK/small/model.pt" --images "$WORK/photos" --iters 50 --warmup 10 \
+    --json "$RESULTS/small-cpu.json" --plot "$RESULTS/small-cpu.png" --markdown -q > "$RESULTS/small-cpu.md"
+"$BIN/iqa-bench" "$WORK/paper/model.pt" --images "$WORK/photos" --e2e-limit 100 --iters 20 --warmup 3 \
+    --json "$RESULTS/paper-cpu.json" --plot "$RESULTS/paper-cpu.png" --markdown -q > "$RESULTS/paper-cpu.md"
+"$BIN/python" benchmarks/scripts/runtime_throughput.py --out-dir "$WORK/runtime" --checkpoint "$WORK/small/model.pt" \
+    > /dev/null
+cp "$WORK/runtime/runtime_throughput.json" "$RESULTS/runtime-cpu.json"
+cat "$RESULTS/small-cpu.md" "$RESULTS/paper-cpu.md"
