@@ -72,7 +72,7 @@ def decode_rate(paths: list[str], cfg: object, workers: int, fast: bool, batch_s
     """img/s of decode + preprocess alone, through the pipeline as iqa-run sets it up."""
     prefetch = 2 * batch_size + 2 * workers  # as Scorer does
     with pipeline.DecodePool(cfg, workers, fast, prefetch) as pool:  # type: ignore[arg-type]
-        list(pool.imap(paths[:8]))  # start the workers
+        pool.start()
         start = time.perf_counter()
         count = sum(1 for item in pool.imap(paths) if item[1] is not None)
     return round(count / (time.perf_counter() - start), 1)
