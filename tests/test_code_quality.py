@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from trt_stubs import REPO
+
 PACKAGES = ["qualitynet", "trainer", "export", "runtime", "benchmarks"]
 
 

@@ -30,9 +30,6 @@ from qualitynet.export import ExportResult, TensorRTUnavailableError, build_engi
 
 from trt_stubs import mypy_errors
 
-REPO = Path(__file__).resolve().parents[2]
-
-
 # ---- 1. type check against tensorrt-stubs ------------------------------------------------------
 
 def test_tensorrt_module_type_checks_against_the_stubs(tmp_path: Path) -> None:
