@@ -8,27 +8,29 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 WORK="${WORK:-runs/bench-cpu}"
+# Where runtime_throughput.py looks for its JPEGs, so that they are generated once for all three.
+PHOTOS="$WORK/runtime/photos_1024x768"
 RESULTS=benchmarks/results
 BIN=.venv/bin
 [ -f demo-output/run/model.pt ] || { echo "run 'bash scripts/demo.sh' first (it trains the small model)" >&2; exit 1; }
 mkdir -p "$WORK/small" "$WORK/paper" "$RESULTS"
 cp demo-output/run/model.pt "$WORK/small/model.pt"
-"$BIN/python" - "$WORK" <<'PY'
+"$BIN/python" - "$WORK" "$PHOTOS" <<'PY'
 import sys
 from pathlib import Path
 
 from qualitynet.trainer.checkpoint import save_untrained_checkpoint
 from qualitynet.trainer.demo_data import make_photo_folder
 
-work = Path(sys.argv[1])
-if len(list((work / "photos").glob("*.jpg"))) < 200:
-    make_photo_folder(work / "photos", count=200, size=(1024, 768))
+work, photos = Path(sys.argv[1]), Path(sys.argv[2])
+if len(list(photos.glob("*.jpg"))) < 200:
+    make_photo_folder(photos, count=200, size=(1024, 768))
 if not (work / "paper" / "model.pt").exists():
     save_untrained_checkpoint(work / "paper" / "model.pt", "qualitynet")
 PY
-"$BIN/iqa-bench" "$WORK/small/model.pt" --images "$WORK/photos" --iters 50 --warmup 10 \
+"$BIN/iqa-bench" "$WORK/small/model.pt" --images "$PHOTOS" --iters 50 --warmup 10 \
     --json "$RESULTS/small-cpu.json" --plot "$RESULTS/small-cpu.png" --markdown -q > "$RESULTS/small-cpu.md"
-"$BIN/iqa-bench" "$WORK/paper/model.pt" --images "$WORK/photos" --e2e-limit 100 --iters 20 --warmup 3 \
+"$BIN/iqa-bench" "$WORK/paper/model.pt" --images "$PHOTOS" --e2e-limit 100 --iters 20 --warmup 3 \
     --json "$RESULTS/paper-cpu.json" --plot "$RESULTS/paper-cpu.png" --markdown -q > "$RESULTS/paper-cpu.md"
 "$BIN/python" benchmarks/scripts/runtime_throughput.py --out-dir "$WORK/runtime" --checkpoint "$WORK/small/model.pt" \
     > /dev/null
