@@ -10,8 +10,14 @@ from qualitynet.bench.run import BenchReport, Point
 
 __all__ = ["format_table", "plot_throughput", "write_json"]
 
-_COLUMNS = ("mode", "backend", "precision", "device", "batch", "img/s", "p50 ms", "p90 ms", "p99 ms",
-            "speed-up", "max abs err", "SROCC", "load s")
+_COLUMNS = ("mode", "backend", "precision", "device", "batch", "img/s", "ms/img", "p50 ms/batch", "p90 ms/batch",
+            "p99 ms/batch", "device p50 ms/batch", "speed-up", "max abs err", "SROCC", "threads", "load s")
+
+
+CLOCKS = ("clocks: ms/batch = wall clock per call, host float32 batch in -> host scores out, for every backend "
+          "(end-to-end pipeline rows: interval between consecutive batches of scores; naive loop: one image, decode "
+          "included); ms/img = 1000 / img/s; device ms/batch = CUDA events around the model alone (PyTorch on CUDA; "
+          "- where a backend cannot measure it); p90 needs 20 and p99 200 timed batches, else -.")
 
 
 def _fmt(value: float | None, digits: int) -> str:
@@ -20,9 +26,10 @@ def _fmt(value: float | None, digits: int) -> str:
 
 def _row(point: Point) -> list[str]:
     return [point.mode, point.backend, point.precision, point.device, str(point.batch_size),
-            _fmt(point.throughput_img_s, 1), _fmt(point.latency_p50_ms, 2), _fmt(point.latency_p90_ms, 2),
-            _fmt(point.latency_p99_ms, 2), _fmt(point.speedup, 2) + "x", f"{point.max_abs_error:.1e}",
-            _fmt(point.srocc, 4), _fmt(point.load_seconds, 1)]
+            _fmt(point.throughput_img_s, 1), _fmt(point.ms_per_image, 2), _fmt(point.latency_p50_ms, 2),
+            _fmt(point.latency_p90_ms, 2), _fmt(point.latency_p99_ms, 2), _fmt(point.device_p50_ms, 2),
+            _fmt(point.speedup, 2) + "x", f"{point.max_abs_error:.1e}", _fmt(point.srocc, 4),
+            "-" if point.threads is None else str(point.threads), _fmt(point.load_seconds, 1)]
 
 
 def format_table(report: BenchReport, markdown: bool = False) -> str:
@@ -42,6 +49,9 @@ def format_table(report: BenchReport, markdown: bool = False) -> str:
     lines.append(f"{report.config_name} config; speed-up vs torch-eager fp32 at the same batch size (model-only) "
                  "or vs the naive per-image loop (end-to-end); max abs err and SROCC vs "
                  f"{report.accuracy_reference}.")
+    lines.append(CLOCKS)
+    if "e2e_order" in report.settings:
+        lines.append(f"end-to-end order: {report.settings['e2e_order']}.")
     lines.append(f"machine: {machine['cpu_model']}, {machine['cpu_cores']} cores, {gpu}; threads "
                  f"{machine['threads']}; {versions}")
     lines += [f"skipped: {s.backend} {s.precision} on {s.device}: {s.reason}" for s in report.skipped]

@@ -25,14 +25,14 @@ from qualitynet._cli import progress
 from qualitynet.bench.machine import machine_info
 from qualitynet.bench.measure import LatencyStats, time_iterations
 from qualitynet.bench.naive import naive_loop
-from qualitynet.bench.subjects import Skipped, SubjectSpec, plan_subjects
+from qualitynet.bench.subjects import Skipped, SubjectSpec, plan_subjects, runner_threads
 from qualitynet.errors import QualityNetError
 from qualitynet.export import export_all, load_photos
 from qualitynet.runtime.discovery import iter_folder
 from qualitynet.runtime.scorer import Scorer
 from qualitynet.trainer.checkpoint import load_checkpoint
 
-__all__ = ["BenchReport", "BenchSettings", "Point", "run_bench"]
+__all__ = ["BenchReport", "BenchSettings", "Point", "measure_model_only", "run_bench"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ class BenchSettings:
     warmup: int = 10
     iters: int = 50
     min_seconds: float = 0.0
+    max_seconds: float | None = None
     threads: int = 0
     device: str = "auto"
     images: Path | None = None
@@ -53,11 +54,20 @@ class BenchSettings:
     e2e_limit: int | None = None
     photos: Path | None = None
     quiet: bool = False
+    torch_variants: tuple[str, ...] = ()
+    cpu_max_batch: int | None = None
 
 
 @dataclass
 class Point:
-    """One measured backend/precision/batch size."""
+    """One measured backend/precision/batch size.
+
+    ``latency_*_ms`` are per batch of ``batch_size`` images, host batch in to host scores out
+    (for the end-to-end pipeline: the interval between consecutive batches of scores); p90/p99
+    are None when too few batches were timed (see :mod:`qualitynet.bench.measure`).
+    ``ms_per_image`` is 1000 / throughput. ``device_*_ms`` time the device work alone, where
+    the backend can measure it. ``threads`` is the intra-op CPU thread count the backend used.
+    """
 
     mode: str
     backend: str
@@ -66,8 +76,8 @@ class Point:
     batch_size: int
     throughput_img_s: float
     latency_p50_ms: float
-    latency_p90_ms: float
-    latency_p99_ms: float
+    latency_p90_ms: float | None
+    latency_p99_ms: float | None
     latency_mean_ms: float
     iterations: int
     peak_rss_mib: float
@@ -77,6 +87,10 @@ class Point:
     max_abs_error: float = float("nan")
     srocc: float = float("nan")
     images: int | None = None
+    ms_per_image: float = float("nan")
+    device_p50_ms: float | None = None
+    device_mean_ms: float | None = None
+    threads: int | None = None
 
 
 @dataclass
@@ -101,10 +115,13 @@ class BenchReport:
         return data
 
 
-def _point(mode: str, spec: SubjectSpec, timing: LatencyStats, load_seconds: float) -> Point:
-    return Point(mode, spec.backend, spec.precision, spec.device, timing.batch_size, timing.throughput_img_s,
+def _point(mode: str, backend: str, precision: str, device: str, timing: LatencyStats, load_seconds: float,
+           threads: int | None) -> Point:
+    return Point(mode, backend, precision, device, timing.batch_size, timing.throughput_img_s,
                  timing.p50_ms, timing.p90_ms, timing.p99_ms, timing.mean_ms, timing.iterations,
-                 timing.peak_rss_mib, timing.peak_device_mib, load_seconds)
+                 timing.peak_rss_mib, timing.peak_device_mib, load_seconds,
+                 ms_per_image=1000.0 / timing.throughput_img_s, device_p50_ms=timing.device_p50_ms,
+                 device_mean_ms=timing.device_mean_ms, threads=threads)
 
 
 def _agreement(reference: np.ndarray, candidate: np.ndarray) -> tuple[float, float]:
@@ -131,22 +148,49 @@ def _ensure_artifacts(checkpoint_path: Path, onnx: Path | None, engine: Path | N
     return {"fp32": fp32, "fp16": fp16}, plan if plan.is_file() else None
 
 
-def _model_only(specs: list[SubjectSpec], inputs: np.ndarray, settings: BenchSettings,
-                scale: Any) -> list[Point]:
+def measure_model_only(specs: list[SubjectSpec], inputs: np.ndarray, settings: BenchSettings,
+                       scale: Any) -> tuple[list[Point], list[Skipped]]:
+    """Time every subject at every batch size and compare its scores with the first (the baseline).
+
+    Returns:
+        The points, and the points not measured: batch sizes above a subject's ``max_batch``,
+        and optional subjects that failed (with the error).
+    """
     points: list[Point] = []
+    skipped: list[Skipped] = []
     reference: np.ndarray | None = None
     baseline: dict[int, float] = {}
     for spec in progress(specs, quiet=settings.quiet, desc="model-only", unit="backend"):
         log.info("model-only: %s %s on %s", spec.backend, spec.precision, spec.device)
-        subject = spec.open()
+        try:
+            subject = spec.open()
+        except Exception as exc:  # noqa: BLE001 - optional variants fail in many ways (compiler, capture)
+            if not spec.optional:
+                raise
+            skipped.append(Skipped(spec.backend, spec.precision, spec.device, f"failed: {_error(exc)}"))
+            continue
         try:
             for batch_size in settings.batch_sizes:
+                if spec.max_batch is not None and batch_size > spec.max_batch:
+                    skipped.append(Skipped(spec.backend, spec.precision, spec.device,
+                                           f"batch {batch_size}: above this run's limit of {spec.max_batch} "
+                                           "for this backend (time budget)"))
+                    continue
                 batch = inputs[np.arange(batch_size) % len(inputs)]
-                timing = time_iterations(subject.make_step(batch), batch_size, settings.warmup, settings.iters,
-                                         settings.min_seconds)
-                scores = scale.to_mos(np.concatenate([subject.infer(inputs[i:i + batch_size])
-                                                      for i in range(0, len(inputs), batch_size)]).astype(np.float64))
-                point = _point("model-only", spec, timing, subject.load_seconds)
+                try:
+                    timing = time_iterations(subject.make_step(batch), batch_size, settings.warmup, settings.iters,
+                                             settings.min_seconds, settings.max_seconds)
+                    units = np.concatenate([subject.infer(inputs[i:i + batch_size])
+                                            for i in range(0, len(inputs), batch_size)])
+                except Exception as exc:  # noqa: BLE001 - as above
+                    if not spec.optional:
+                        raise
+                    skipped.append(Skipped(spec.backend, spec.precision, spec.device,
+                                           f"batch {batch_size} failed: {_error(exc)}"))
+                    continue
+                scores = scale.to_mos(units.astype(np.float64))
+                point = _point("model-only", spec.backend, spec.precision, spec.device, timing,
+                               subject.load_seconds, subject.threads)
                 if reference is None:
                     reference = scores
                 point.max_abs_error, point.srocc = _agreement(reference, scores)
@@ -155,17 +199,40 @@ def _model_only(specs: list[SubjectSpec], inputs: np.ndarray, settings: BenchSet
                 points.append(point)
         finally:
             subject.close()
-    return points
+    return points, skipped
+
+
+def _error(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}"
+
+
+E2E_ORDER = ("page cache warmed first (every file read once), then the naive loop, then each pipeline "
+             "in turn, all reading cached files")
+
+
+def warm_page_cache(files: list[str]) -> int:
+    """Read every file once, so that no end-to-end contender pays for the first disk read.
+
+    Returns:
+        The bytes read.
+    """
+    total = 0
+    for path in files:
+        with open(path, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                total += len(chunk)
+    return total
 
 
 def _end_to_end(specs: list[SubjectSpec], checkpoint_path: Path, files: list[str], settings: BenchSettings,
-                device: str) -> list[Point]:
+                device: str, threads: int) -> list[Point]:
+    log.info("end-to-end: warming the page cache (%.1f MiB)", warm_page_cache(files) / 2**20)
     log.info("end-to-end: naive loop over %d files", len(files))
     naive = naive_loop(checkpoint_path, files, device, quiet=settings.quiet)
-    baseline = Point("end-to-end", "naive-loop torch-eager", "fp32", device, 1, naive.timing.throughput_img_s,
-                     naive.timing.p50_ms, naive.timing.p90_ms, naive.timing.p99_ms, naive.timing.mean_ms,
-                     naive.timing.iterations, naive.timing.peak_rss_mib, naive.timing.peak_device_mib,
-                     naive.load_seconds, speedup=1.0, max_abs_error=0.0, srocc=1.0, images=len(files))
+    baseline = _point("end-to-end", "naive-loop torch-eager", "fp32", device, naive.timing, naive.load_seconds,
+                      None if device.startswith("cuda") else torch.get_num_threads())
+    baseline.speedup, baseline.max_abs_error, baseline.srocc, baseline.images = 1.0, 0.0, 1.0, len(files)
     points = [baseline]
     for spec in specs:
         if spec.model_path is None:
@@ -173,11 +240,11 @@ def _end_to_end(specs: list[SubjectSpec], checkpoint_path: Path, files: list[str
         log.info("end-to-end: iqa-run pipeline with %s (%s, %s)", spec.model_path.name, spec.backend, spec.device)
         started = time.perf_counter()
         provider = None if spec.backend == "tensorrt" else spec.device
-        with Scorer(spec.model_path, provider=provider, threads=settings.threads or None,
+        with Scorer(spec.model_path, provider=provider, threads=threads,
                     batch_size=settings.e2e_batch_size, workers=settings.e2e_workers) as scorer:
             scorer.warm_up()  # like the naive loop's model load and warm-up: reported as load time
             load_seconds = time.perf_counter() - started
-            latencies, scores, rss = [], {}, 0.0
+            latencies, scores = [], {}
             tick = time.perf_counter()
             for records in scorer.score_batches(files):
                 now = time.perf_counter()
@@ -185,9 +252,10 @@ def _end_to_end(specs: list[SubjectSpec], checkpoint_path: Path, files: list[str
                 tick = now
                 scores.update({r.path: r.score for r in records if r.score is not None})
             rss = _rss_mib()
+            used_threads = runner_threads(scorer.runner)
         timing = LatencyStats.from_latencies(latencies, settings.e2e_batch_size, rss, None)
         timing.throughput_img_s = len(scores) * 1000.0 / sum(latencies)
-        point = _point("end-to-end", spec, timing, load_seconds)
+        point = _point("end-to-end", spec.backend, spec.precision, spec.device, timing, load_seconds, used_threads)
         common = [f for f in files if f in scores and f in naive.scores]
         point.max_abs_error, point.srocc = _agreement(np.array([naive.scores[f] for f in common]),
                                                       np.array([scores[f] for f in common]))
@@ -226,7 +294,8 @@ def run_bench(checkpoint_path: str | Path, settings: BenchSettings, onnx: Path |
         raise QualityNetError(f"--device {device}: no CUDA device is available here; use --device cpu")
     onnx_paths, plan = _ensure_artifacts(checkpoint_path, onnx, engine, out_dir)
     inputs, photo_names = load_photos(settings.photos, checkpoint.preprocess)
-    specs, skipped = plan_subjects(checkpoint, onnx_paths, plan, device, threads, inputs[:1])
+    specs, skipped = plan_subjects(checkpoint, onnx_paths, plan, device, threads, inputs[:1],
+                                   settings.torch_variants, settings.cpu_max_batch)
     report = BenchReport(
         config_name=checkpoint.model_config.name,
         model_files={"checkpoint": str(checkpoint_path), **{k: str(v) for k, v in onnx_paths.items()},
@@ -234,10 +303,12 @@ def run_bench(checkpoint_path: str | Path, settings: BenchSettings, onnx: Path |
         settings={**{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()},
                   "threads": threads, "device": device, "photos": len(photo_names)},
         machine=machine_info(threads), skipped=skipped)
-    report.points = _model_only(specs, inputs, settings, checkpoint.score_scale)
+    report.points, failed = measure_model_only(specs, inputs, settings, checkpoint.score_scale)
+    report.skipped += failed
     if settings.images is not None:
         files = list(iter_folder(settings.images))[: settings.e2e_limit]
         if not files:
             raise QualityNetError(f"{settings.images}: no image files found for the end-to-end run")
-        report.points += _end_to_end(specs, checkpoint_path, files, settings, device)
+        report.settings["e2e_order"] = E2E_ORDER
+        report.points += _end_to_end(specs, checkpoint_path, files, settings, device, threads)
     return report

@@ -8,18 +8,22 @@ where the backend wants it (for speed). Points that cannot run here are returned
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from qualitynet.bench.measure import Step
+from qualitynet.runtime.ort_runner import OrtRunner
 from qualitynet.runtime.runner import BaseRunner, runner_for
 from qualitynet.trainer.checkpoint import Checkpoint
 
-__all__ = ["ORT_PROVIDERS", "Skipped", "Subject", "SubjectSpec", "plan_subjects"]
+__all__ = ["ORT_PROVIDERS", "TORCH_VARIANTS", "Skipped", "Subject", "SubjectSpec", "plan_subjects", "runner_threads",
+           "tensorrt_missing"]
 
 # onnxruntime's provider name -> the runtime's --provider value, in order of preference.
 ORT_PROVIDERS = {"TensorrtExecutionProvider": "tensorrt", "CUDAExecutionProvider": "cuda",
@@ -42,69 +46,134 @@ class Subject:
 
     Attributes:
         infer: host float32 NCHW batch -> unit-scale scores ``(N,)``.
-        make_step: batch -> a callable running one synchronised inference of it, returning
-            its latency in ms when measured with device events, else None.
+        make_step: host batch -> a :data:`~qualitynet.bench.measure.Step`: one synchronised
+            inference that reads the host batch and returns host scores, plus the device-only
+            milliseconds where the backend can measure them (else None).
         load_seconds: time to load the model and run it once (engine load, session
             creation, cuDNN autotuning...), reported apart from the timed runs.
         close: frees the model.
+        threads: the intra-op CPU threads the backend really uses (None where it does not
+            compute on the CPU).
     """
 
     infer: Callable[[np.ndarray], np.ndarray]
-    make_step: Callable[[np.ndarray], Callable[[], float | None]]
+    make_step: Callable[[np.ndarray], Step]
     close: Callable[[], None]
     load_seconds: float = 0.0
+    threads: int | None = None
 
 
 @dataclass
 class SubjectSpec:
-    """A backend/precision/device to measure, opened on demand."""
+    """A backend/precision/device to measure, opened on demand.
+
+    ``optional`` subjects (CUDA graphs, ``torch.compile``) are recorded as skipped with the
+    error when they fail to open or run, instead of stopping the benchmark. Batch sizes above
+    ``max_batch`` are skipped (to bound slow CPU points on a GPU machine).
+    """
 
     backend: str
     precision: str
     device: str
     open: Callable[[], Subject]
     model_path: Path | None = None
+    optional: bool = False
+    max_batch: int | None = None
 
 
-def _torch_subject(checkpoint: Checkpoint, device: str, fp16: bool) -> Subject:
-    model = checkpoint.build_model().to(device)
-    if fp16:
-        model = model.to(memory_format=torch.channels_last)
-    cuda = device.startswith("cuda")
+# --torch-variants names -> backend label.
+TORCH_VARIANTS = {"cudagraph": "torch-cudagraph", "compile": "torch-compile"}
 
-    def forward(batch: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=fp16):
-            return model(batch.contiguous(memory_format=torch.channels_last) if fp16 else batch)
 
-    def infer(batch: np.ndarray) -> np.ndarray:
-        return forward(torch.from_numpy(batch).to(device)).float().cpu().numpy().reshape(-1)
+class _TorchModel:
+    """PyTorch inference over the same span as the runners: host batch in, host scores out.
 
-    def make_step(batch: np.ndarray) -> Callable[[], float | None]:
-        on_device = torch.from_numpy(batch).to(device)
-        if not cuda:
-            return lambda: (forward(on_device), None)[1]
+    ``mode`` is ``eager``, ``cudagraph`` (one CUDA graph captured per batch shape, replayed)
+    or ``compile`` (``torch.compile``). On CUDA, CUDA events around the model alone give the
+    device-only time; ``cudnn.benchmark`` is on, as ONNX Runtime's CUDA provider searches
+    cuDNN algorithms too.
+    """
+
+    def __init__(self, checkpoint: Checkpoint, device: str, fp16: bool, mode: str = "eager") -> None:
+        self.cuda = device.startswith("cuda")
+        if self.cuda:
+            torch.backends.cudnn.benchmark = True
+        self.device, self.fp16, self.mode = device, fp16, mode
+        self.layout = torch.channels_last if fp16 else torch.contiguous_format
+        model = checkpoint.build_model().to(device).eval().to(memory_format=self.layout)
+        self.model = torch.compile(model) if mode == "compile" else model
+        self.graphs: dict[tuple[int, ...], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
+
+    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+        # Autocast's weight cache must be off while a CUDA graph is captured (PyTorch's CUDA graphs notes).
+        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=self.fp16,
+                                                    cache_enabled=self.mode != "cudagraph"):
+            return self.model(batch.contiguous(memory_format=self.layout))
+
+    def _graph(self, shape: tuple[int, ...]) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]:
+        if shape not in self.graphs:
+            static_in = torch.zeros(shape, device=self.device).contiguous(memory_format=self.layout)
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    self._forward(static_in)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_out = self._forward(static_in)
+            self.graphs[shape] = (graph, static_in, static_out)
+        return self.graphs[shape]
+
+    def run(self, host: np.ndarray) -> tuple[np.ndarray, float | None]:
+        """Copy ``host`` in, run the model, copy the scores out; device ms from CUDA events."""
+        source = torch.from_numpy(host)
+        if not self.cuda:
+            return self._forward(source).float().numpy().reshape(-1), None
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-
-        def step() -> float:
-            torch.cuda.synchronize()
+        if self.mode == "cudagraph":
+            graph, static_in, static_out = self._graph(tuple(host.shape))
+            static_in.copy_(source)
             start.record()
-            forward(on_device)
+            graph.replay()
             end.record()
-            end.synchronize()
-            return float(start.elapsed_time(end))
+            out = static_out
+        else:
+            on_device = source.to(self.device)
+            start.record()
+            out = self._forward(on_device)
+            end.record()
+        scores = out.float().cpu().numpy().reshape(-1)  # .cpu() waits for the stream
+        return scores, float(start.elapsed_time(end))
 
-        return step
+    def close(self) -> None:
+        self.graphs.clear()
+        if self.cuda:
+            torch.cuda.empty_cache()
 
-    return Subject(infer, make_step, close=lambda: torch.cuda.empty_cache() if cuda else None)
+
+def _torch_subject(checkpoint: Checkpoint, device: str, fp16: bool, mode: str = "eager") -> Subject:
+    model = _TorchModel(checkpoint, device, fp16, mode)
+
+    def make_step(batch: np.ndarray) -> Step:
+        return lambda: model.run(batch)
+
+    return Subject(lambda batch: model.run(batch)[0], make_step, model.close,
+                   threads=None if model.cuda else torch.get_num_threads())
 
 
 def _runner_subject(runner: BaseRunner) -> Subject:
     runner.activate()
 
-    def make_step(batch: np.ndarray) -> Callable[[], float | None]:
-        return lambda: (runner.infer(batch), None)[1]
+    def make_step(batch: np.ndarray) -> Step:
+        return lambda: (runner.infer(batch), None)
 
-    return Subject(runner.infer, make_step, runner.deactivate)
+    return Subject(runner.infer, make_step, runner.deactivate, threads=runner_threads(runner))
+
+
+def runner_threads(runner: BaseRunner) -> int | None:
+    """The intra-op threads an active runner's session was created with (ONNX Runtime), else None."""
+    return runner.intra_op_threads if isinstance(runner, OrtRunner) else None
 
 
 def _timed_open(opener: Callable[[], Subject], probe: np.ndarray) -> Callable[[], Subject]:
@@ -124,7 +193,8 @@ def _available_ort_providers() -> list[str]:
     return [ORT_PROVIDERS[name] for name in ORT_PROVIDERS if name in onnxruntime.get_available_providers()]
 
 
-def _tensorrt_missing() -> str | None:
+def tensorrt_missing() -> str | None:
+    """Why TensorRT engines cannot run here, or None when they can."""
     try:
         import tensorrt
     except ImportError:
@@ -137,7 +207,8 @@ def _tensorrt_missing() -> str | None:
 
 
 def plan_subjects(checkpoint: Checkpoint, onnx_paths: dict[str, Path], plan: Path | None, device: str,
-                  threads: int, probe: np.ndarray) -> tuple[list[SubjectSpec], list[Skipped]]:
+                  threads: int, probe: np.ndarray, torch_variants: Sequence[str] = (),
+                  cpu_max_batch: int | None = None) -> tuple[list[SubjectSpec], list[Skipped]]:
     """Every point this machine can measure, eager FP32 first (the baseline), and the rest skipped.
 
     Args:
@@ -147,6 +218,8 @@ def plan_subjects(checkpoint: Checkpoint, onnx_paths: dict[str, Path], plan: Pat
         device: ``cpu`` or ``cuda`` for PyTorch.
         threads: intra-op threads for ONNX Runtime (torch is set by the caller).
         probe: a small host batch used for the first (untimed, load-time) call.
+        torch_variants: keys of :data:`TORCH_VARIANTS` to add as FP16 autocast subjects on CUDA.
+        cpu_max_batch: skip ONNX Runtime CPU points above this batch size.
     """
     specs = [SubjectSpec("torch-eager", "fp32", device, _timed_open(
         lambda: _torch_subject(checkpoint, device, fp16=False), probe))]
@@ -154,8 +227,12 @@ def plan_subjects(checkpoint: Checkpoint, onnx_paths: dict[str, Path], plan: Pat
     if device.startswith("cuda"):
         specs.append(SubjectSpec("torch-eager", "fp16-autocast", device, _timed_open(
             lambda: _torch_subject(checkpoint, device, fp16=True), probe)))
+        for mode in torch_variants:
+            specs.append(SubjectSpec(TORCH_VARIANTS[mode], "fp16-autocast", device, _timed_open(
+                functools.partial(_torch_subject, checkpoint, device, True, mode), probe), optional=True))
     else:
-        skipped.append(Skipped("torch-eager", "fp16-autocast", "cuda", "no CUDA device"))
+        skipped += [Skipped(backend, "fp16-autocast", "cuda", "no CUDA device")
+                    for backend in ("torch-eager", *(TORCH_VARIANTS[mode] for mode in torch_variants))]
     providers = _available_ort_providers()
     for provider in ORT_PROVIDERS.values():
         for precision, path in onnx_paths.items():
@@ -167,8 +244,9 @@ def plan_subjects(checkpoint: Checkpoint, onnx_paths: dict[str, Path], plan: Pat
             def opener(path: Path = path, provider: str = provider) -> Subject:
                 return _runner_subject(runner_for(path, provider=provider, threads=threads))
 
-            specs.append(SubjectSpec("onnxruntime", precision, provider, _timed_open(opener, probe), path))
-    missing = _tensorrt_missing()
+            specs.append(SubjectSpec("onnxruntime", precision, provider, _timed_open(opener, probe), path,
+                                     max_batch=cpu_max_batch if provider == "cpu" else None))
+    missing = tensorrt_missing()
     if missing is None and plan is None:
         missing = "no engine was built (see the export report)"
     if missing is None and plan is not None:

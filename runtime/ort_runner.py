@@ -112,6 +112,13 @@ class OrtRunner(BaseRunner):
         logger.info("onnxruntime providers: %s", ", ".join(session.get_providers()))
         return meta
 
+    @property
+    def intra_op_threads(self) -> int:
+        """The session's intra-op thread setting (0: ONNX Runtime's default, one per physical core)."""
+        if self._session is None:
+            raise QualityNetError(f"onnxruntime runner for {self.model_path} is not active; call activate()")
+        return int(self._session.get_session_options().intra_op_num_threads)
+
     def infer_impl(self, batch: np.ndarray) -> np.ndarray:
         name, dtype = self._input
         (scores,) = self._session.run([self._output], {name: batch.astype(dtype, copy=False)})

@@ -41,9 +41,8 @@ def test_every_point_is_present_and_sane(report: BenchReport) -> None:
         (("torch-eager", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "fp16")) for bs in (1, 4)}
     for point in report.points:
         assert point.throughput_img_s > 0 and point.peak_rss_mib > 0 and point.load_seconds >= 0
-        latencies = [getattr(point, name) for name in LATENCY_FIELDS]
-        assert all(v > 0 for v in latencies)
-        assert point.latency_p50_ms <= point.latency_p90_ms <= point.latency_p99_ms
+        assert point.latency_p50_ms > 0 and point.latency_mean_ms > 0
+        assert point.latency_p90_ms is None and point.latency_p99_ms is None  # 3-8 batches: too few for tails
         assert point.speedup > 0
     assert all(p.iterations >= 3 for p in model_only)
     eager = [p for p in model_only if p.backend == "torch-eager"]
@@ -98,6 +97,7 @@ def test_cli_writes_table_json_markdown_and_plot(bench_dir: Path, tmp_path: Path
     for point in data["points"]:
         assert {"backend", "precision", "batch_size", "throughput_img_s", *LATENCY_FIELDS} <= set(point)
         assert not any(isinstance(v, float) and math.isnan(v) for v in point.values())
+        assert point["latency_p99_ms"] is None and point["latency_p50_ms"] > 0
     assert data["machine"]["versions"]["torch"] and data["settings"]["batch_sizes"] == [1, 2]
     assert (tmp_path / "b.png").stat().st_size > 1000
 

@@ -1,0 +1,250 @@
+"""The GPU check: every GPU figure this project needs, in one run of a few minutes.
+
+Run it through ``benchmarks/scripts/gpu_check.sh`` (which installs the toolkit from the
+checkout first). With a CUDA device it measures, with ``iqa-bench``'s own harness
+(:func:`qualitynet.bench.run.run_bench`), the ``small`` and ``qualitynet`` configs (and
+``lite`` where that config exists) with untrained weights: PyTorch eager FP32, FP16 autocast
++ channels_last, CUDA graphs and ``torch.compile`` (where they work), ONNX Runtime on every
+provider the installed build has (the CPU build's rows are bounded in batch size and time),
+and TensorRT where it is importable: the ``iqa-export --fp16`` build with a timing cache
+(written, reused, then a junk file), ``TrtRunner`` against ONNX Runtime at batch 1/8/11, the
+refusal of a plan whose sidecar names another GPU. What cannot run is listed with the reason.
+
+Results: ``<out>/gpu-<device>.json`` and ``<out>/gpu-<device>.md``. Without a CUDA device it
+prints a "no CUDA device" report and exits 0, unless ``--device cpu`` asks for the CPU
+rehearsal (``--quick``: the ``tiny`` config, tiny iteration counts; the same code paths).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from qualitynet.artifact import ArtifactMeta
+from qualitynet.bench.machine import machine_info
+from qualitynet.bench.report import format_table
+from qualitynet.bench.run import BenchReport, BenchSettings, run_bench
+from qualitynet.bench.subjects import TORCH_VARIANTS, tensorrt_missing
+from qualitynet.errors import QualityNetError
+from qualitynet.export import export_all, load_photos
+from qualitynet.runtime.ort_runner import OrtRunner
+from qualitynet.trainer.checkpoint import load_checkpoint, save_untrained_checkpoint
+from qualitynet.trainer.model import MODEL_CONFIGS
+
+REPO = Path(__file__).resolve().parents[2]
+GPU_CONFIGS = ("small", "qualitynet", "lite")
+# torch.compile of the paper model takes minutes per batch shape: beyond this check's budget.
+COMPILE_CONFIGS = ("small", "tiny")
+# The paper model on ONNX Runtime's CPU provider: ~1 s per batch of 8 on 16 cores.
+PAPER_CPU_MAX_BATCH = 8
+TRT_BATCHES = (1, 8, 11)
+
+
+@dataclass
+class Check:
+    """One step of the TensorRT part: passed, failed (with the error) or skipped (with the reason)."""
+
+    name: str
+    status: str
+    detail: str = ""
+    figures: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GpuCheck:
+    """Everything one run measured and why the rest was not."""
+
+    device: str
+    machine: dict[str, Any]
+    settings: dict[str, Any]
+    configs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tensorrt: list[Check] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def _error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:400]}"
+
+
+def _checkpoint(work: Path, config: str) -> Path:
+    path = work / config / "model.pt"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_untrained_checkpoint(path, config)
+    return path
+
+
+def _tensorrt_checks(checkpoint: Path, work: Path) -> list[Check]:
+    """The ``iqa-export --fp16`` build three ways, TrtRunner vs ONNX Runtime, and a refused plan."""
+    missing = tensorrt_missing()
+    names = ("build, timing cache written", "build, timing cache reused", "build, junk timing cache",
+             "TrtRunner vs ONNX Runtime at batch 1/8/11", "plan whose sidecar names another GPU is refused")
+    if missing is not None:
+        return [Check(name, "skipped", missing) for name in names]
+    from qualitynet.runtime.trt_runner import TrtRunner
+
+    folder = work / "tensorrt"
+    folder.mkdir(parents=True, exist_ok=True)
+    cache = folder / "timing.cache"
+    cache.unlink(missing_ok=True)
+    checks = []
+    plan: Path | None = None
+    for name in names[:3]:
+        if name == names[2]:
+            cache.write_bytes(b"not a timing cache " * 64)
+        try:
+            result = export_all(checkpoint, folder, fp16=True, timing_cache=cache)
+        except Exception as exc:  # noqa: BLE001 - every failure is a finding to record
+            checks.append(Check(name, "failed", _error(exc)))
+            continue
+        plan = result.plan
+        checks.append(Check(name, "passed", figures={
+            "tensorrt_seconds": round(result.seconds["tensorrt"], 2) if "tensorrt" in result.seconds else None,
+            "cache_bytes": cache.stat().st_size if cache.is_file() else 0,
+            "verification": result.verifications["plan"].to_dict() if "plan" in result.verifications else None}))
+    if plan is None:
+        return checks + [Check(name, "skipped", "no plan was built (see above)") for name in names[3:]]
+    inputs, _ = load_photos(None, load_checkpoint(checkpoint).preprocess)
+    try:
+        figures = {}
+        with TrtRunner(plan) as trt, OrtRunner(folder / "model.onnx", provider="cpu") as ort:
+            for size in TRT_BATCHES:
+                batch = inputs[np.arange(size) % len(inputs)]
+                got, want = trt.infer(batch), ort.infer(batch)
+                if got.shape != (size,) or not np.isfinite(got).all():
+                    raise QualityNetError(f"batch {size}: TensorRT returned shape {got.shape} or non-finite scores")
+                figures[f"batch_{size}_max_abs_vs_onnxruntime_fp32"] = float(np.max(np.abs(got - want)))
+        checks.append(Check(names[3], "passed", "unit-scale scores", figures))
+    except Exception as exc:  # noqa: BLE001
+        checks.append(Check(names[3], "failed", _error(exc)))
+    checks.append(_refusal(plan, folder, TrtRunner))
+    return checks
+
+
+def _refusal(plan: Path, folder: Path, runner_class: Any) -> Check:
+    """Copy the plan with a sidecar naming another compute capability; loading it must be refused."""
+    name = "plan whose sidecar names another GPU is refused"
+    meta = ArtifactMeta.read_sidecar(plan)
+    major, minor = (meta.compute_capability or "0.0").split(".")
+    other = folder / "other-gpu.plan"
+    shutil.copyfile(plan, other)
+    replace(meta, compute_capability=f"{int(major) + 1}.{minor}", gpu_name="another GPU").write_sidecar(other)
+    try:
+        with runner_class(other):
+            return Check(name, "failed", "the plan loaded although its sidecar names another GPU")
+    except QualityNetError as exc:
+        return Check(name, "passed" if "refused" in str(exc) else "failed", _error(exc))
+
+
+def _settings(config: str, quick: bool, device: str) -> BenchSettings:
+    if quick:
+        return BenchSettings(batch_sizes=(1, 4), warmup=1, iters=3, device=device, quiet=True,
+                             torch_variants=tuple(TORCH_VARIANTS))
+    variants = tuple(TORCH_VARIANTS) if config in COMPILE_CONFIGS else ("cudagraph",)
+    return BenchSettings(batch_sizes=(1, 8, 32, 64), warmup=5, iters=200, max_seconds=2.0, device=device,
+                         torch_variants=variants,
+                         cpu_max_batch=PAPER_CPU_MAX_BATCH if config == "qualitynet" else None)
+
+
+def _markdown(check: GpuCheck) -> str:
+    lines = [f"# GPU check: {check.device}", ""]
+    gpu = check.machine.get("gpu") or {}
+    lines.append(f"GPU {gpu.get('name', '-')} (compute capability {gpu.get('compute_capability', '-')}, "
+                 f"driver {gpu.get('driver', '-')}, CUDA runtime {gpu.get('cuda_runtime', '-')}); "
+                 f"{check.machine['cpu_model']}, {check.machine['cpu_cores']} cores; "
+                 + ", ".join(f"{k} {v}" for k, v in check.machine["versions"].items()))
+    lines.append(f"Whole check: {check.seconds:.0f} s.")
+    lines += [f"- {note}" for note in check.notes]
+    for config, data in check.configs.items():
+        lines += ["", f"## `{config}` config (untrained weights)", "", data["table"]]
+    lines += ["", "## TensorRT", ""]
+    lines += [f"- {c.name}: **{c.status}**" + (f" ({c.detail})" if c.detail else "")
+              + (f" {json.dumps(c.figures)}" if c.figures else "") for c in check.tensorrt]
+    if check.skipped:
+        lines += ["", "## Not measured", ""] + [f"- {reason}" for reason in check.skipped]
+    return "\n".join(lines) + "\n"
+
+
+def run(args: argparse.Namespace) -> int:
+    """The whole check; returns the exit status."""
+    started = time.perf_counter()
+    device = args.device
+    if device == "auto":
+        if not torch.cuda.is_available():
+            print("GPU check: no CUDA device (torch.cuda.is_available() is False; torch "
+                  f"{torch.__version__}, CUDA build {torch.version.cuda or 'none'}); nothing measured. "
+                  "Run it on a machine with an NVIDIA GPU, or --device cpu --quick for the CPU rehearsal.")
+            return 0
+        device = "cuda"
+    configs = ("tiny",) if args.quick else tuple(c for c in GPU_CONFIGS if c in MODEL_CONFIGS)
+    name = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
+    check = GpuCheck(device=name, machine=machine_info(torch.get_num_threads()),
+                     settings={"quick": args.quick, "device": device, "configs": list(configs)})
+    check.skipped += [f"config {c!r}: not defined in this checkout" for c in GPU_CONFIGS
+                      if not args.quick and c not in MODEL_CONFIGS]
+    import onnxruntime
+
+    providers = onnxruntime.get_available_providers()
+    if "CUDAExecutionProvider" not in providers:
+        check.notes.append(f"onnxruntime {onnxruntime.__version__} here is the CPU build (providers: "
+                           f"{', '.join(providers)}): its rows run on the CPU, not the GPU; the paper config's "
+                           f"are limited to batch <= {PAPER_CPU_MAX_BATCH}.")
+    for config in configs:
+        if time.perf_counter() - started > args.budget:
+            check.skipped.append(f"config {config!r}: the {args.budget:.0f} s budget was spent before it")
+            continue
+        print(f"[gpu_check] {config}: checkpoint, export, benchmark ({time.perf_counter() - started:.0f} s so far)",
+              flush=True)
+        try:
+            checkpoint = _checkpoint(args.work, config)
+        except Exception as exc:  # noqa: BLE001 - e.g. a config whose weights do not import
+            check.skipped.append(f"config {config!r}: its checkpoint could not be made ({_error(exc)})")
+            continue
+        if config == configs[0]:
+            check.tensorrt = _tensorrt_checks(checkpoint, args.work)
+        report: BenchReport = run_bench(checkpoint, _settings(config, args.quick, device))
+        check.configs[config] = {"report": report.to_dict(), "table": format_table(report, markdown=True)}
+    check.seconds = time.perf_counter() - started
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"gpu-{_slug(name)}{'-quick' if args.quick else ''}"
+    data = asdict(check)
+    for entry in data["configs"].values():
+        entry.pop("table")
+    stem.with_suffix(".json").write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    text = _markdown(check)
+    stem.with_suffix(".md").write_text(text, encoding="utf-8")
+    print(text)
+    print(f"[gpu_check] wrote {stem}.json and {stem}.md in {check.seconds:.0f} s")
+    return 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", choices=("auto", "cpu"), default="auto",
+                        help="auto: the GPU, or a 'no CUDA device' report; cpu: rehearse on the CPU")
+    parser.add_argument("--quick", action="store_true", help="tiny config, tiny iteration counts")
+    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--work", type=Path, default=REPO / "runs" / "gpu-check")
+    parser.add_argument("--budget", type=float, default=360.0,
+                        help="seconds after which no further config is started")
+    sys.exit(run(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
