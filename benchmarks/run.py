@@ -22,17 +22,20 @@ import torch
 from scipy import stats
 
 from qualitynet._cli import progress
+from qualitynet.artifact import file_sha256
 from qualitynet.bench.machine import machine_info
 from qualitynet.bench.measure import LatencyStats, time_iterations
 from qualitynet.bench.naive import naive_loop
 from qualitynet.bench.subjects import Skipped, SubjectSpec, plan_subjects, runner_threads
 from qualitynet.errors import QualityNetError
 from qualitynet.export import export_all, load_photos
+from qualitynet.export.freshness import stale_reason
 from qualitynet.runtime.discovery import iter_folder
 from qualitynet.runtime.scorer import Scorer
 from qualitynet.trainer.checkpoint import load_checkpoint
 
-__all__ = ["BenchReport", "BenchSettings", "Point", "measure_model_only", "run_bench"]
+__all__ = ["BenchReport", "BenchSettings", "Point", "ensure_artifacts", "measure_model_only", "run_bench",
+           "warm_page_cache"]
 
 log = logging.getLogger(__name__)
 
@@ -132,19 +135,39 @@ def _agreement(reference: np.ndarray, candidate: np.ndarray) -> tuple[float, flo
     return error, float(stats.spearmanr(reference, candidate).statistic)
 
 
-def _ensure_artifacts(checkpoint_path: Path, onnx: Path | None, engine: Path | None,
-                      out_dir: Path | None) -> tuple[dict[str, Path], Path | None]:
-    """The FP32/FP16 ONNX models and engine to measure, exporting what is missing."""
+def ensure_artifacts(checkpoint_path: Path, onnx: Path | None = None, engine: Path | None = None,
+                     out_dir: Path | None = None) -> tuple[dict[str, Path], Path | None]:
+    """The FP32/FP16 ONNX models and engine of this checkpoint, exporting what is missing or stale.
+
+    Artifacts are reused only when the checkpoint SHA-256 they record is this checkpoint's.
+    Stale artifacts at the default paths are exported again; ones passed explicitly
+    (``onnx``, ``engine``) are refused. A stale default plan that cannot be rebuilt here (no
+    TensorRT) is left out.
+
+    Raises:
+        QualityNetError: an explicitly given artifact was exported from another checkpoint.
+    """
     folder = out_dir or checkpoint_path.parent
     stem = checkpoint_path.stem
     fp32 = onnx or folder / f"{stem}.onnx"
     fp16 = fp32.with_name(fp32.name.removesuffix(".onnx") + ".fp16.onnx")
     plan = engine or folder / f"{stem}.plan"
-    if not fp32.is_file() or not fp16.is_file():
-        log.info("exporting %s (ONNX and FP16 ONNX are missing)", checkpoint_path)
+    digest = file_sha256(checkpoint_path)
+    for path in (p for p in (onnx, onnx and fp16, engine) if p is not None and p.is_file()):
+        reason = stale_reason(path, digest)
+        if reason is not None:
+            raise QualityNetError(f"{path}: refused, {reason}; export it again (iqa-export {checkpoint_path}) or "
+                                  "leave out --onnx/--engine so that iqa-bench exports it")
+    reasons = {path: stale_reason(path, digest) for path in (fp32, fp16)}
+    if any(reasons.values()):
+        log.info("exporting %s (%s)", checkpoint_path,
+                 "; ".join(f"{path.name}: {reason}" for path, reason in reasons.items() if reason))
         result = export_all(checkpoint_path, folder, fp16=True, require_tensorrt=False)
         fp32, fp16 = result.onnx, result.fp16_onnx or fp16
         plan = result.plan or plan
+    if plan.is_file() and (reason := stale_reason(plan, digest)) is not None:
+        log.warning("%s left out: %s", plan, reason)
+        return {"fp32": fp32, "fp16": fp16}, None
     return {"fp32": fp32, "fp16": fp16}, plan if plan.is_file() else None
 
 
@@ -292,7 +315,7 @@ def run_bench(checkpoint_path: str | Path, settings: BenchSettings, onnx: Path |
     device = ("cuda" if torch.cuda.is_available() else "cpu") if settings.device == "auto" else settings.device
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise QualityNetError(f"--device {device}: no CUDA device is available here; use --device cpu")
-    onnx_paths, plan = _ensure_artifacts(checkpoint_path, onnx, engine, out_dir)
+    onnx_paths, plan = ensure_artifacts(checkpoint_path, onnx, engine, out_dir)
     inputs, photo_names = load_photos(settings.photos, checkpoint.preprocess)
     specs, skipped = plan_subjects(checkpoint, onnx_paths, plan, device, threads, inputs[:1],
                                    settings.torch_variants, settings.cpu_max_batch)

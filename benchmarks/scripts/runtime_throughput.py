@@ -38,7 +38,7 @@ import torch
 from scipy.stats import spearmanr
 
 from qualitynet.bench.naive import naive_loop
-from qualitynet.export import convert_fp16, export_onnx
+from qualitynet.bench.run import ensure_artifacts
 from qualitynet.runtime import Scorer, pipeline
 from qualitynet.runtime.discovery import iter_folder
 from qualitynet.trainer.checkpoint import load_checkpoint, save_untrained_checkpoint
@@ -107,9 +107,7 @@ def main() -> None:
     if not checkpoint.exists():
         checkpoint.parent.mkdir(exist_ok=True)
         save_untrained_checkpoint(checkpoint, "small")
-    onnx_path = checkpoint.parent / "model.onnx"
-    if not onnx_path.exists():
-        convert_fp16(export_onnx(checkpoint, onnx_path))
+    onnx_path = ensure_artifacts(checkpoint)[0]["fp32"]  # exported again when missing or stale
     cfg = load_checkpoint(checkpoint).preprocess
     torch.set_num_threads(args.threads)
 

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 
+from qualitynet.bench import run as bench_run
 from qualitynet.bench.cli import main
+from qualitynet.bench.measure import LatencyStats
+from qualitynet.bench.report import format_table
 from qualitynet.bench.run import BenchReport, BenchSettings, run_bench
 from qualitynet.export import load_photos
 from qualitynet.runtime.scorer import Scorer
@@ -27,11 +32,28 @@ def bench_dir(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -
     return folder
 
 
+# What the end-to-end run did, in order: ("warm", files) when it warmed the page cache, ("naive", files).
+E2E_CALLS: list[tuple[str, list[str]]] = []
+
+
 @pytest.fixture(scope="module")
 def report(bench_dir: Path, photo_dir: Path) -> BenchReport:
     settings = BenchSettings(batch_sizes=(1, 4), warmup=1, iters=3, images=photo_dir, e2e_batch_size=4,
                              e2e_workers=1, quiet=True, device="cpu")
-    return run_bench(bench_dir / "model.pt", settings)
+    warm, naive = bench_run.warm_page_cache, bench_run.naive_loop
+
+    def record_warm(files: list[str]) -> int:
+        E2E_CALLS.append(("warm", list(files)))
+        return warm(files)
+
+    def record_naive(checkpoint: Path, files: list[str], *args: Any, **kwargs: Any) -> Any:
+        E2E_CALLS.append(("naive", list(files)))
+        return naive(str(checkpoint), files, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(bench_run, "warm_page_cache", record_warm)
+        patch.setattr(bench_run, "naive_loop", record_naive)
+        return run_bench(bench_dir / "model.pt", settings)
 
 
 def test_every_point_is_present_and_sane(report: BenchReport) -> None:
@@ -73,6 +95,43 @@ def test_end_to_end_against_the_naive_loop(report: BenchReport) -> None:
         assert point.images == 8
     fp32 = next(p for p in e2e if p.precision == "fp32" and p.backend == "onnxruntime")
     assert fp32.max_abs_error < 1e-3 and fp32.srocc > 0.99
+
+
+def test_the_page_cache_is_warmed_before_the_naive_loop_reads_the_files(report: BenchReport) -> None:
+    assert [name for name, _ in E2E_CALLS] == ["warm", "naive"]
+    assert E2E_CALLS[0][1] == E2E_CALLS[1][1] and len(E2E_CALLS[0][1]) == 8
+    assert "page cache warmed" in report.settings["e2e_order"]
+    assert "page cache warmed" in format_table(report)
+
+
+def test_one_thread_count_reaches_every_backend_and_is_reported(report: BenchReport) -> None:
+    cores = len(os.sched_getaffinity(0))  # --threads 0 means every core this process may use
+    assert report.settings["threads"] == cores
+    for point in report.points:
+        # torch (eager, the naive loop), model-only ONNX Runtime and the end-to-end scorer alike
+        assert point.threads == cores, (point.mode, point.backend, point.precision)
+
+
+def test_latency_is_per_batch_and_per_image_with_units(report: BenchReport) -> None:
+    for point in report.points:
+        assert point.ms_per_image == pytest.approx(1000.0 / point.throughput_img_s)
+    naive = next(p for p in report.points if p.backend == "naive-loop torch-eager")
+    assert naive.batch_size == 1 and naive.ms_per_image == pytest.approx(naive.latency_mean_ms)
+    pipeline = next(p for p in report.points if p.mode == "end-to-end" and p.backend == "onnxruntime")
+    assert pipeline.batch_size == 4 and pipeline.iterations == 2  # 8 files, batches of 4
+    text = format_table(report)
+    assert "ms/img" in text and "p50 ms/batch" in text and "p99 ms/batch" in text
+    assert "p90 needs 20 and p99 200 timed batches" in text
+
+
+@pytest.mark.parametrize(("samples", "p90_shown", "p99_shown"), [(19, False, False), (20, True, False),
+                                                                   (50, True, False), (200, True, True)])
+def test_percentiles_need_enough_samples(samples: int, p90_shown: bool, p99_shown: bool) -> None:
+    stats = LatencyStats.from_latencies([float(i) for i in range(1, samples + 1)], 8, 1.0, None)
+    assert (stats.p90_ms is not None, stats.p99_ms is not None) == (p90_shown, p99_shown)
+    assert stats.p50_ms == pytest.approx((samples + 1) / 2)
+    if p99_shown:
+        assert stats.p99_ms is not None and stats.p99_ms < samples  # not merely the maximum
 
 
 def test_machine_and_skipped_sections(report: BenchReport) -> None:
