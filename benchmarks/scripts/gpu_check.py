@@ -198,6 +198,7 @@ def run(args: argparse.Namespace) -> int:
                      settings={"quick": args.quick, "device": device, "configs": list(configs)})
     check.skipped += [f"config {c!r}: not defined in this checkout" for c in GPU_CONFIGS
                       if not args.quick and c not in MODEL_CONFIGS]
+    stem = args.out / f"gpu-{_slug(name)}{'-quick' if args.quick else ''}"
     import onnxruntime
 
     providers = onnxruntime.get_available_providers()
@@ -218,20 +219,27 @@ def run(args: argparse.Namespace) -> int:
             continue
         if config == configs[0]:
             check.tensorrt = _tensorrt_checks(checkpoint, args.work)
-        report: BenchReport = run_bench(checkpoint, _settings(config, args.quick, device))
-        check.configs[config] = {"report": report.to_dict(), "table": format_table(report, markdown=True)}
+        try:
+            report: BenchReport = run_bench(checkpoint, _settings(config, args.quick, device))
+        except Exception as exc:  # noqa: BLE001 - one config failing must not lose the others' figures
+            check.skipped.append(f"config {config!r}: the benchmark failed ({_error(exc)})")
+        else:
+            check.configs[config] = {"report": report.to_dict(), "table": format_table(report, markdown=True)}
+        _write(check, stem, started)  # after every config, so a run cut short keeps what it measured
+    print(_markdown(check))
+    print(f"[gpu_check] wrote {stem}.json and {stem}.md in {check.seconds:.0f} s")
+    return 0
+
+
+def _write(check: GpuCheck, stem: Path, started: float) -> None:
+    """Write ``<stem>.json`` and ``<stem>.md`` with everything measured so far."""
     check.seconds = time.perf_counter() - started
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"gpu-{_slug(name)}{'-quick' if args.quick else ''}"
+    stem.parent.mkdir(parents=True, exist_ok=True)
     data = asdict(check)
     for entry in data["configs"].values():
         entry.pop("table")
     stem.with_suffix(".json").write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    text = _markdown(check)
-    stem.with_suffix(".md").write_text(text, encoding="utf-8")
-    print(text)
-    print(f"[gpu_check] wrote {stem}.json and {stem}.md in {check.seconds:.0f} s")
-    return 0
+    stem.with_suffix(".md").write_text(_markdown(check), encoding="utf-8")
 
 
 def main() -> None:
