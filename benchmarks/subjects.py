@@ -91,13 +91,16 @@ class _TorchModel:
     ``mode`` is ``eager``, ``cudagraph`` (one CUDA graph captured per batch shape, replayed)
     or ``compile`` (``torch.compile``). On CUDA, CUDA events around the model alone give the
     device-only time; ``cudnn.benchmark`` is on, as ONNX Runtime's CUDA provider searches
-    cuDNN algorithms too.
+    cuDNN algorithms too. TF32 is off: the ``fp32`` rows are IEEE FP32, the reference every
+    other backend's accuracy is measured against (PyTorch's default runs cuDNN convolutions in
+    TF32 on Ampere and newer).
     """
 
     def __init__(self, checkpoint: Checkpoint, device: str, fp16: bool, mode: str = "eager") -> None:
         self.cuda = device.startswith("cuda")
         if self.cuda:
             torch.backends.cudnn.benchmark = True
+            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
         self.device, self.fp16, self.mode = device, fp16, mode
         self.layout = torch.channels_last if fp16 else torch.contiguous_format
         model = checkpoint.build_model().to(device).eval().to(memory_format=self.layout)

@@ -37,6 +37,7 @@ from qualitynet.bench.run import BenchReport, BenchSettings, run_bench
 from qualitynet.bench.subjects import TORCH_VARIANTS, tensorrt_missing
 from qualitynet.errors import QualityNetError
 from qualitynet.export import export_all, load_photos
+from qualitynet.export.types import VerificationError
 from qualitynet.runtime.ort_runner import OrtRunner
 from qualitynet.trainer.checkpoint import load_checkpoint, save_untrained_checkpoint
 from qualitynet.trainer.model import MODEL_CONFIGS
@@ -219,6 +220,10 @@ def run(args: argparse.Namespace) -> int:
             continue
         if config == configs[0]:
             check.tensorrt = _tensorrt_checks(checkpoint, args.work)
+        try:  # export here so that a failed FP16 check is a finding, not the end of the config's figures
+            export_all(checkpoint, checkpoint.parent, fp16=True, require_tensorrt=False)
+        except VerificationError as exc:  # the files are kept and fresh: run_bench reuses them
+            check.notes.append(f"config {config!r}: {_error(exc)}")
         try:
             report: BenchReport = run_bench(checkpoint, _settings(config, args.quick, device))
         except Exception as exc:  # noqa: BLE001 - one config failing must not lose the others' figures
