@@ -2,7 +2,7 @@
 
 Keys: ``format``, ``model_config``, ``state_dict``, ``preprocess``, ``score_scale``,
 ``dataset``, ``metrics``, ``versions``, and (in ``last.pt`` only) ``train_state`` with the
-optimizer, scheduler, epoch and history needed to resume. Nothing is pickled code, so a
+optimizer, scheduler, epoch, history and random-number states needed to resume. Nothing is pickled code, so a
 checkpoint from anywhere can be inspected safely; one that carries code is refused.
 """
 

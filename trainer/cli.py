@@ -63,8 +63,9 @@ def format_metrics(metrics: dict[str, float]) -> str:
 
 @click.command(context_settings=CONTEXT)
 @dataset_options
-@click.option("--config", type=click.Choice(list(MODEL_CONFIGS)), default="qualitynet", show_default=True,
-              help="Model configuration: qualitynet is the paper's (ResNet-50 + EfficientNet-B7).")
+@click.option("--config", type=click.Choice(list(MODEL_CONFIGS)),
+              help="Model configuration: qualitynet (the default) is the paper's (ResNet-50 + "
+                   "EfficientNet-B7). With --resume, the resumed run's.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Run folder.")
 @click.option("--epochs", type=click.IntRange(1), default=100, show_default=True)
 @click.option("--batch-size", type=click.IntRange(2), default=10, show_default=True)
@@ -78,12 +79,13 @@ def format_metrics(metrics: dict[str, float]) -> str:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split and of training.")
 @click.option("--workers", type=int, default=-1, help="Decode workers (default: cores - 1, at most 4).")
 @click.option("--max-steps", type=click.IntRange(1), help="Stop each epoch after N batches (smoke tests).")
-@click.option("--resume", type=click.Path(path_type=Path), help="Continue from a run's last.pt.")
+@click.option("--resume", type=click.Path(path_type=Path),
+              help="Continue from a run's last.pt (its config, split, best model and random state).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or info logs.")
 @click.version_option(qualitynet.__version__)
 @cli_errors
 def train_command(dataset: str, data_root: Path | None, csv_path: Path | None, path_column: str,
-                  score_column: str, score_range: str | None, config: str, out_dir: Path, epochs: int,
+                  score_column: str, score_range: str | None, config: str | None, out_dir: Path, epochs: int,
                   batch_size: int, lr: float, lr_factor: float, early_stop: int, pretrained: bool, device: str,
                   seed: int, workers: int, max_steps: int | None, resume: Path | None, quiet: bool) -> None:
     """Train QualityNet on an IQA dataset and write OUT/model.pt.

@@ -17,8 +17,9 @@ import csv
 import json
 import logging
 import math
+import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -33,6 +34,7 @@ from qualitynet.trainer.loss import MaePlccLoss
 from qualitynet.trainer.metrics import compute_metrics
 from qualitynet.trainer.model import QualityNet, create_model
 from qualitynet.trainer.plots import plot_history, plot_scatter
+from qualitynet.trainer.rng import restore_rng_state, rng_state
 
 __all__ = ["TrainSettings", "TrainResult", "evaluate", "resolve_device", "train", "train_one_epoch"]
 
@@ -41,9 +43,12 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainSettings:
-    """Every knob of a training run (the CLI's options map one to one)."""
+    """Every knob of a training run (the CLI's options map one to one).
 
-    config: str = "qualitynet"
+    ``config`` None means ``qualitynet`` for a new run and the checkpoint's own when resuming.
+    """
+
+    config: str | None = None
     epochs: int = 100
     batch_size: int = 10
     lr: float = 1e-4
@@ -121,6 +126,26 @@ def _write_history(history: list[dict[str, float]], out_dir: Path) -> None:
     plot_history(history, out_dir / "training_curves.png")
 
 
+def _resumed_run(resume: Path, out: Path, settings: TrainSettings) -> tuple[Checkpoint, Split]:
+    """Load ``last.pt``, check ``settings`` against it, and take over its run's split and best model."""
+    resumed = load_checkpoint(resume)
+    state = resumed.train_state
+    if state is None:
+        raise QualityNetError(f"{resume}: holds no training state; resume from the run's last.pt, not model.pt")
+    saved = resumed.model_config.name
+    if settings.config is not None and settings.config != saved:
+        raise QualityNetError(f"--config {settings.config}: {resume} is a {saved!r} run; "
+                              f"leave --config out to resume it (or pass --config {saved})")
+    run_dir = resume.parent
+    split = Split.load(run_dir / "split.json")
+    best = run_dir / "model.pt"
+    if state["best_epoch"] > 0 and not best.is_file():
+        raise QualityNetError(f"{best}: missing; resuming needs the run's best model next to {resume.name}")
+    if state["best_epoch"] > 0 and run_dir.resolve() != out.resolve():
+        shutil.copyfile(best, out / "model.pt")
+    return resumed, split
+
+
 def train(index: DatasetIndex, out_dir: str | Path, settings: TrainSettings,
           resume: str | Path | None = None) -> TrainResult:
     """Train QualityNet on ``index`` and write the run's files to ``out_dir``.
@@ -129,7 +154,9 @@ def train(index: DatasetIndex, out_dir: str | Path, settings: TrainSettings,
         index: the dataset (see :func:`qualitynet.trainer.datasets.load_dataset`).
         out_dir: run folder; created if needed.
         settings: the recipe.
-        resume: a ``last.pt`` to continue from (its run's split is reused).
+        resume: a ``last.pt`` to continue from. The model is built from it, its run's
+            ``split.json`` and ``model.pt`` (best so far) are taken over into ``out_dir``, and
+            every random-number state is restored, so the run continues as if never stopped.
 
     Returns:
         The run's summary. Ctrl-C stops after the current batch, keeps ``model.pt`` (the best
@@ -142,16 +169,18 @@ def train(index: DatasetIndex, out_dir: str | Path, settings: TrainSettings,
     device = resolve_device(settings.device)
     workers = default_workers() if settings.workers < 0 else settings.workers
 
-    resumed = load_checkpoint(resume) if resume else None
+    resumed: Checkpoint | None = None
+    if resume:
+        resumed, split = _resumed_run(Path(resume), out, settings)
+    else:
+        split = make_split(index, settings.seed, settings.split_ratios)
     state = resumed.train_state if resumed else None
-    if resumed and state is None:
-        raise QualityNetError(f"{resume}: holds no training state; resume from the run's last.pt, not model.pt")
-    split_path = out / "split.json"
-    split = Split.load(split_path) if resume else make_split(index, settings.seed, settings.split_ratios)
-    split.save(split_path)
+    split.save(out / "split.json")
     check_images(index.paths)
 
-    model = create_model(settings.config, settings.pretrained).to(device)
+    model = (resumed.build_model() if resumed else create_model(settings.config or "qualitynet",
+                                                                settings.pretrained)).to(device)
+    settings = replace(settings, config=model.config.name)
     preprocess = PreprocessCfg(height=model.config.image_size, width=model.config.image_size)
     parts = {name: IqaDataset(index, index.subset(getattr(split, name)), preprocess, index.score_scale,
                               flip=name == "train") for name in ("train", "val", "test")}
@@ -164,12 +193,16 @@ def train(index: DatasetIndex, out_dir: str | Path, settings: TrainSettings,
         optimizer, mode="min", factor=settings.lr_factor, patience=settings.lr_patience, min_lr=settings.min_lr)
     history: list[dict[str, float]] = []
     start_epoch, best_loss, best_epoch = 1, math.inf, 0
-    if resumed and state is not None:
-        model.load_state_dict(resumed.state_dict)
+    if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         history, best_loss, best_epoch = state["history"], state["best_loss"], state["best_epoch"]
         start_epoch = state["epoch"] + 1
+        if "rng" in state:
+            restore_rng_state(state["rng"], loader.generator)
+        else:
+            log.warning("%s predates saved random-number states; the continued run will not match an "
+                        "uninterrupted one", resume)
         log.info("resuming at epoch %d (best so far: epoch %d)", start_epoch, best_epoch)
 
     def checkpoint(train_state: dict[str, object] | None, metrics: dict[str, float]) -> Checkpoint:
@@ -192,6 +225,7 @@ def train(index: DatasetIndex, out_dir: str | Path, settings: TrainSettings,
             save_checkpoint(out / "last.pt", checkpoint(
                 {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
                  "history": history, "best_loss": best_loss, "best_epoch": best_epoch,
+                 "rng": rng_state(loader.generator),
                  "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()}}, {}))
             log.info("epoch %d: train loss %.4f, val loss %.4f, val SROCC %.3f%s", epoch, train_loss, val["loss"],
                      val["srocc"], " (best)" if improved else "")
