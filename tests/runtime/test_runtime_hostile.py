@@ -325,6 +325,6 @@ def test_large_images_are_reported_once_in_the_tools_words(onnx_models: tuple[Pa
 
 def test_readme_says_how_to_open_scores_safely_in_a_spreadsheet() -> None:
     readme = (REPO / "README.md").read_text(encoding="utf-8")
-    section = readme.split("## Score: `iqa-run`", 1)[1].split("\n## ", 1)[0]
+    section = " ".join(readme.split("## Score: `iqa-run`", 1)[1].split("\n## ", 1)[0].split())
     assert "formula" in section and "column type *Text*" in section
 
