@@ -148,7 +148,7 @@ def test_every_name_round_trips_through_the_csv_and_resume(onnx_models: tuple[Pa
     folder = tmp_path / "odd"
     folder.mkdir()
     odd = os.path.join(os.fsencode(folder), name)
-    shutil.copy(sorted(photo_dir.glob("*.jpg"))[0], odd)
+    Path(os.fsdecode(odd)).write_bytes(sorted(photo_dir.glob("*.jpg"))[0].read_bytes())
     shutil.copy(sorted(photo_dir.glob("*.jpg"))[1], folder / "plain.jpg")
     out = tmp_path / "scores.csv"
     assert _run(onnx_models[0], folder, "-o", out, "--workers", "0").exit_code == 0
@@ -202,7 +202,7 @@ def _alive(pid: int) -> bool:
 
 def _segments(pids: list[int]) -> set[str]:
     """The /dev/shm files these processes map."""
-    found = set()
+    found: set[str] = set()
     for pid in pids:
         try:
             maps = Path(f"/proc/{pid}/maps").read_text()
