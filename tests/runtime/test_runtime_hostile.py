@@ -246,6 +246,9 @@ def test_write_errors_are_one_line_naming_the_output(onnx_models: tuple[Path, Pa
     assert result.output.strip().splitlines()[-1] == (
         "Error: /dev/full: cannot write the output (No space left on device); the rows written before are "
         "intact, and --resume continues from them")
+    read_only = _run(onnx_models[0], photo_dir, "-o", "/sys/scores.csv", "--workers", "0")  # even root may not
+    assert read_only.exit_code == 1 and "Traceback" not in read_only.output
+    assert read_only.output.strip().splitlines()[-1].startswith("Error: /sys/scores.csv: cannot write the output (")
     with open("/dev/full", "wb") as full:
         piped = subprocess.run([IQA_RUN, str(onnx_models[0]), str(photo_dir), "--workers", "0", "-q"], stdout=full,
                                stderr=subprocess.PIPE, text=True, timeout=120)
