@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
@@ -19,14 +21,26 @@ F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
 
 
+class _Terminated(Exception):
+    """SIGTERM arrived: unwinds the stack like Ctrl-C, so every ``with``/``finally`` cleans up."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    raise _Terminated
+
+
 def cli_errors(func: F) -> F:
-    """Turn :class:`QualityNetError` into one clean line and exit 1; Ctrl-C into exit 130.
+    """Turn :class:`QualityNetError` into one clean line and exit 1; Ctrl-C into exit 130 and
+    SIGTERM into exit 143, both after the same clean-up as a normal end.
 
     Anything else is a bug and keeps its traceback.
     """
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
         try:
             return func(*args, **kwargs)
         except QualityNetError as exc:
@@ -34,6 +48,12 @@ def cli_errors(func: F) -> F:
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+        except _Terminated:
+            click.echo("terminated", err=True)
+            sys.exit(128 + signal.SIGTERM)
+        finally:
+            if main_thread:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper  # type: ignore[return-value]
 

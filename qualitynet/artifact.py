@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,8 @@ __all__ = [
     "BatchProfile",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "INTERPOLATIONS",
+    "MAX_INPUT_SIDE",
     "ONNX_METADATA_KEY",
     "PreprocessCfg",
     "ScoreScale",
@@ -38,6 +41,10 @@ ARTIFACT_FORMAT = "qualitynet-artifact/1"
 ONNX_METADATA_KEY = "qualitynet"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Resize filters a record may name (the runtime maps them to Pillow's).
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
+# The largest input side a record may claim: far above any IQA network's, far below what exhausts memory.
+MAX_INPUT_SIDE = 4096
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,29 @@ class PreprocessCfg:
         """Build from a dict as written by :func:`dataclasses.asdict` (lists become tuples)."""
         fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         return cls(**fields)
+
+    def validate(self, source: str = "metadata") -> None:
+        """Refuse values no export writes (a damaged or hand-edited record).
+
+        Raises:
+            QualityNetError: naming the field, its value and what it must be.
+        """
+        def bad(what: str) -> QualityNetError:
+            return QualityNetError(f"{source}: damaged artifact record: {what}; re-export the model with iqa-export")
+
+        if self.interpolation not in INTERPOLATIONS:
+            raise bad(f"interpolation {self.interpolation!r} is not one of {', '.join(INTERPOLATIONS)}")
+        for name in ("height", "width"):
+            side = getattr(self, name)
+            if not isinstance(side, int) or isinstance(side, bool) or not 1 <= side <= MAX_INPUT_SIDE:
+                raise bad(f"input {name} {side!r} is not a whole number from 1 to {MAX_INPUT_SIDE}")
+        if self.layout != "NCHW":
+            raise bad(f"layout {self.layout!r} is not NCHW")
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            numbers = len(values) == 3 and all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
+            if not numbers or (name == "std" and min(values) <= 0):
+                raise bad(f"{name} {values!r} is not 3 finite numbers{' above 0' if name == 'std' else ''}")
 
 
 @dataclass(frozen=True)
@@ -118,6 +148,20 @@ class ArtifactMeta:
     extra: dict[str, Any] = field(default_factory=dict)
     format: str = ARTIFACT_FORMAT
 
+    def validate(self, source: str = "metadata") -> None:
+        """Refuse a record whose preprocessing or score scale no export writes.
+
+        Raises:
+            QualityNetError: one line naming the damaged field.
+        """
+        self.preprocess.validate(source)
+        low, high = self.score_scale.low, self.score_scale.high
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in (low, high)) or low == high:
+            raise QualityNetError(
+                f"{source}: damaged artifact record: score scale {low!r}..{high!r} is not two different finite "
+                "numbers; re-export the model with iqa-export"
+            )
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict."""
         return dataclasses.asdict(self)
@@ -128,7 +172,7 @@ class ArtifactMeta:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "metadata") -> ArtifactMeta:
-        """Parse a record, refusing anything that is not this toolkit's format."""
+        """Parse a record, refusing anything that is not this toolkit's format or fails :meth:`validate`."""
         if not isinstance(data, dict) or data.get("format") != ARTIFACT_FORMAT:
             found = data.get("format") if isinstance(data, dict) else type(data).__name__
             raise QualityNetError(
@@ -137,7 +181,7 @@ class ArtifactMeta:
             )
         try:
             profile = data.get("batch_profile")
-            return cls(
+            meta = cls(
                 config_name=data["config_name"],
                 preprocess=PreprocessCfg.from_dict(data["preprocess"]),
                 score_scale=ScoreScale(**data["score_scale"]),
@@ -149,8 +193,10 @@ class ArtifactMeta:
                 compute_capability=data.get("compute_capability"),
                 extra=dict(data.get("extra", {})),
             )
-        except (KeyError, TypeError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:
             raise QualityNetError(f"{source}: artifact record is incomplete or malformed ({exc})") from None
+        meta.validate(source)
+        return meta
 
     @classmethod
     def from_json(cls, text: str, source: str = "metadata") -> ArtifactMeta:

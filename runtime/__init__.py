@@ -7,8 +7,8 @@ contract (:mod:`qualitynet.artifact`).
 
 Modules: ``discovery`` (which files), ``preprocess`` (image -> tensor, shared with the
 trainer), ``pipeline`` (decode worker processes), ``runner`` / ``ort_runner`` /
-``trt_runner`` (backends), ``scorer`` (the Python API), ``writer`` and ``summary`` (output),
-``cli`` (``iqa-run``).
+``trt_runner`` (backends), ``scorer`` (the Python API), ``writer``, ``output`` (the locked,
+resumable output file and its run record) and ``summary`` (output), ``cli`` (``iqa-run``).
 """
 
 from qualitynet.runtime.scorer import Scorer

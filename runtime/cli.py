@@ -14,20 +14,23 @@ from qualitynet._cli import cli_errors, progress, setup_logging
 from qualitynet.errors import QualityNetError
 from qualitynet.runtime.discovery import iter_inputs, path_key, read_file_list
 from qualitynet.runtime.ort_runner import PROVIDERS
+from qualitynet.runtime.output import ModelIdentity, open_output
 from qualitynet.runtime.pipeline import FAST_DECODE_DEFAULT
 from qualitynet.runtime.scorer import Scorer
 from qualitynet.runtime.summary import RunStats
-from qualitynet.runtime.writer import FORMATS, RecordWriter, format_for, read_done
+from qualitynet.runtime.writer import FORMATS, RecordWriter, format_for
 
 __all__ = ["main"]
 
 logger = logging.getLogger(__name__)
 
 
-def _open_writer(output: Path | None, fmt: str, resume: bool) -> RecordWriter:
+def _open_writer(output: Path | None, fmt: str, resume: bool, overwrite: bool, model: ModelIdentity,
+                 allow_other_model: bool) -> tuple[RecordWriter, set[str]]:
     if output is None:
-        return RecordWriter.to_binary(sys.stdout.buffer, fmt)
-    return RecordWriter.to_file(output, fmt, append=resume)
+        return RecordWriter.to_binary(sys.stdout.buffer, fmt), set()
+    return open_output(output, fmt, resume=resume, overwrite=overwrite, model=model,
+                       allow_other_model=allow_other_model)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -43,6 +46,8 @@ def _open_writer(output: Path | None, fmt: str, resume: bool) -> RecordWriter:
 @click.option("--recursive/--no-recursive", default=True, show_default=True, help="Walk sub-folders.")
 @click.option("--resume", is_flag=True, help="Skip files already in --output and append the rest.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --output instead of refusing.")
+@click.option("--allow-other-model", is_flag=True,
+              help="With --resume, append even when the earlier rows came from another model.")
 @click.option("--fast-decode/--exact-decode", default=FAST_DECODE_DEFAULT, show_default=True,
               help="Decode JPEGs at reduced scale (draft mode) before the resize.")
 @click.option("--files-from", type=click.File("r", encoding="utf-8", errors="surrogateescape"),
@@ -55,15 +60,20 @@ def _open_writer(output: Path | None, fmt: str, resume: bool) -> RecordWriter:
 @click.version_option(package_name="qualitynet")
 @cli_errors
 def main(model: Path, inputs: tuple[str, ...], output: Path | None, fmt: str | None, batch_size: int,
-         workers: int | None, recursive: bool, resume: bool, overwrite: bool, fast_decode: bool,
-         files_from: TextIO | None, provider: str, threads: int | None, quiet: bool, verbose: bool) -> None:
+         workers: int | None, recursive: bool, resume: bool, overwrite: bool, allow_other_model: bool,
+         fast_decode: bool, files_from: TextIO | None, provider: str, threads: int | None, quiet: bool,
+         verbose: bool) -> None:
     """Score image files with MODEL (.plan or .onnx) and write path,score,error rows.
 
     INPUTS are folders (walked for JPEG, PNG, WebP, BMP and TIFF files, and suffix-less
     image files) or single files. Files that cannot be read get a row with the error and
     do not stop the run. Rows are flushed after every batch, so an interrupted run keeps
-    its rows; --resume continues it. Exit status: 0 when every readable image was scored,
-    1 when the model cannot be loaded or nothing could be scored, 2 for usage errors.
+    its rows; --resume continues it. The output is locked while a run writes it, and
+    OUTPUT.iqa-run.json records the model and working directory of each run, so --resume
+    refuses another model and works from any directory. Exit status: 0 when every
+    readable image was scored, 1 when the model cannot be loaded, the output cannot be
+    written or nothing could be scored, 2 for usage errors, 130/143 when interrupted by
+    Ctrl-C/SIGTERM.
 
     \b
     Example:
@@ -76,19 +86,14 @@ def main(model: Path, inputs: tuple[str, ...], output: Path | None, fmt: str | N
         raise click.UsageError("give at least one folder or file, or --files-from")
     if resume and output is None:
         raise click.UsageError("--resume needs --output (the file to continue)")
-    if output is not None and not resume and not overwrite and output.is_file() and output.stat().st_size:
-        raise click.ClickException(
-            f"{output} already exists; pass --resume to score only the files it lacks, or --overwrite to replace it"
-        )
     fmt = format_for(output, fmt)
-    done = read_done(output, fmt) if resume and output is not None else set()
-    sources = itertools.chain(inputs, read_file_list(files_from) if files_from is not None else ())
-    todo = (p for p in iter_inputs(sources, recursive) if path_key(p) not in done)
-
     with Scorer(model, provider=None if provider == "auto" else provider, threads=threads,
                 batch_size=batch_size, workers=workers, fast_decode=fast_decode) as scorer:
+        writer, done = _open_writer(output, fmt, resume, overwrite, ModelIdentity.of(scorer.meta, model),
+                                    allow_other_model)
+        sources = itertools.chain(inputs, read_file_list(files_from) if files_from is not None else ())
+        todo = (p for p in iter_inputs(sources, recursive) if path_key(p) not in done)
         stats = RunStats()  # the rate counts from here: model loading excluded
-        writer = _open_writer(output, fmt, resume)
         try:
             with progress(quiet=quiet, unit="img", desc="scoring") as bar:
                 for batch in scorer.score_batches(todo):

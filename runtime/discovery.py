@@ -2,9 +2,11 @@
 
 Everything here streams (generators), so a folder of millions of files starts scoring at
 once. A file is taken when its suffix is an image suffix (any case), or when it has no
-suffix and its first bytes are an image signature. Files that cannot be opened are still
-yielded when their name says image: the decoder then reports why, so each appears once
-in the output with its error instead of vanishing.
+suffix and its first bytes are an image signature. Only regular files are ever opened:
+a suffix-less FIFO, socket or device is yielded unopened (the decoder gives it an error
+row), since opening a FIFO blocks forever. Files that cannot be opened are still yielded
+when their name says image: the decoder then reports why, so each appears once in the
+output with its error instead of vanishing.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TextIO
@@ -27,12 +30,23 @@ _SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"II*\x00", b"MM\x0
 
 
 def _sniff(path: str) -> bool:
-    """True when a suffix-less file starts with a JPEG, PNG, WebP, BMP or TIFF signature."""
+    """True when a suffix-less file starts with a JPEG, PNG, WebP, BMP or TIFF signature, or is
+    not a regular file (it gets an error row rather than vanishing)."""
     try:
-        with open(path, "rb") as handle:
-            head = handle.read(12)
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return True
+        # Non-blocking, and checked again once open: the entry may have been swapped for a FIFO.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError:
         return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return True
+        head = os.read(fd, 12)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
     return head.startswith(_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
 
 
@@ -41,12 +55,18 @@ def _real_dir(folder: str) -> str:
     return os.path.realpath(folder)
 
 
-def path_key(path: str) -> str:
+def path_key(path: str, base: str | None = None) -> str:
     """One key per directory entry, however it was reached (``./a``, ``b/../a``, a linked folder).
 
     The folder is resolved (symlinks included) but the file name is kept, so two names for
     one file (links) stay two entries while one entry found by two routes is one.
+
+    Args:
+        path: a file's path.
+        base: the directory a relative ``path`` is relative to (default: the working directory).
     """
+    if base is not None:
+        path = os.path.join(base, path)
     folder, name = os.path.split(os.path.abspath(path))
     return os.path.join(_real_dir(folder), name)
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from qualitynet.artifact import ONNX_METADATA_KEY, ArtifactMeta
 from qualitynet.errors import QualityNetError
-from qualitynet.runtime.runner import BaseRunner
+from qualitynet.runtime.runner import BaseRunner, check_graph_input
 
 __all__ = ["PROVIDERS", "OrtRunner", "choose_providers"]
 
@@ -105,6 +105,7 @@ class OrtRunner(BaseRunner):
             )
         meta = ArtifactMeta.from_json(record, str(self.model_path))
         inputs, outputs = session.get_inputs(), session.get_outputs()
+        check_graph_input(meta, inputs[0].shape[1:], self.model_path)
         names = [o.name for o in outputs]
         self._input = (inputs[0].name, _NP_TYPES.get(inputs[0].type, np.float32))
         self._output = meta.preprocess.output_name if meta.preprocess.output_name in names else names[0]

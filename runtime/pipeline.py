@@ -5,6 +5,11 @@ At most ``prefetch`` images are in flight (submitted or decoded but not yet cons
 memory stays bounded however many paths stream in, while the workers decode the next
 images during inference on the current batch. A file that cannot be decoded yields its
 error instead of an array; even a crashed worker only fails the images it held.
+
+Workers never outlive the process that started them: each watches a pipe whose only
+writer is the parent and exits when it reads end-of-file (the parent died, even by
+SIGKILL). With the workers gone, multiprocessing's resource tracker sees its last client
+leave and unlinks the shared-memory ring.
 """
 
 from __future__ import annotations
@@ -17,14 +22,18 @@ import os
 import signal
 import stat
 import sys
+import threading
+import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from multiprocessing.connection import Connection
 from multiprocessing.shared_memory import SharedMemory
 from types import TracebackType
 
 import numpy as np
+from PIL import Image
 
 from qualitynet.artifact import PreprocessCfg
 from qualitynet.errors import QualityNetError
@@ -44,6 +53,9 @@ Decoded = tuple[str, "np.ndarray | None", str]
 
 # In a worker: (preprocessing, fast, the shared memory, its slots as an array).
 _worker: tuple[PreprocessCfg, bool, SharedMemory, np.ndarray] | None = None
+# Pillow's message for images between its warning and error pixel limits.
+_LARGE_IMAGE = "{path} has more than {limit:,} pixels (Pillow's decompression-bomb warning limit); it is " \
+    "decoded anyway, which takes much memory, and images over twice that are refused"
 
 
 def default_workers() -> int:
@@ -97,10 +109,22 @@ def _slots(shm: SharedMemory, cfg: PreprocessCfg) -> np.ndarray:
     return np.ndarray((shm.size // (4 * math.prod(shape)), *shape), np.float32, buffer=shm.buf)
 
 
-def _init_worker(cfg: PreprocessCfg, fast: bool, shm_name: str) -> None:
-    """Worker start-up: attach the slot ring, keep the settings, leave Ctrl-C to the parent."""
+def _exit_when_parent_dies(lifeline: Connection) -> None:
+    """Block until the parent's end of ``lifeline`` closes, then end this worker at once."""
+    try:
+        lifeline.recv_bytes()
+    except (EOFError, OSError):
+        pass
+    os._exit(1)
+
+
+def _init_worker(cfg: PreprocessCfg, fast: bool, shm_name: str, lifeline: Connection) -> None:
+    """Worker start-up: attach the slot ring, keep the settings, leave Ctrl-C and SIGTERM to the
+    parent, and exit when the parent dies."""
     global _worker
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    threading.Thread(target=_exit_when_parent_dies, args=(lifeline,), daemon=True).start()
     shm = SharedMemory(name=shm_name)
     _worker = (cfg, fast, shm, _slots(shm, cfg))
 
@@ -110,17 +134,35 @@ def _ready() -> int:
     return os.getpid()
 
 
-def _decode_into_slots(jobs: list[tuple[str, int]]) -> list[str]:
-    """Decode each ``(path, slot)`` into its slot of the ring; return the errors ("" on success)."""
+def _decode_noting_large(path: str, cfg: PreprocessCfg, fast: bool) -> tuple[Decoded, bool]:
+    """:func:`decode_path`, and whether Pillow warned that the image is a possible decompression bomb."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", Image.DecompressionBombWarning)
+        decoded = decode_path(path, cfg, fast)
+    large = any(issubclass(w.category, Image.DecompressionBombWarning) for w in caught)
+    for other in caught:
+        if not issubclass(other.category, Image.DecompressionBombWarning):
+            warnings.warn_explicit(other.message, other.category, other.filename, other.lineno)
+    return decoded, large
+
+
+def _decode_into_slots(jobs: list[tuple[str, int]]) -> tuple[list[str], list[str]]:
+    """Decode each ``(path, slot)`` into its slot of the ring.
+
+    Returns:
+        The errors ("" on success), and the paths Pillow warned about as very large.
+    """
     assert _worker is not None, "worker not initialised"
     cfg, fast, _, slots = _worker
-    errors = []
+    errors, large = [], []
     for path, slot in jobs:
-        _, tensor, error = decode_path(path, cfg, fast)
+        (_, tensor, error), is_large = _decode_noting_large(path, cfg, fast)
         if tensor is not None:
             slots[slot] = tensor
         errors.append(error)
-    return errors
+        if is_large:
+            large.append(path)
+    return errors, large
 
 
 class DecodePool:
@@ -146,17 +188,27 @@ class DecodePool:
         self.chunk = max(1, min(8, self.prefetch // (2 * max(1, workers))))
         self._executor: ProcessPoolExecutor | None = None
         self._shm: SharedMemory | None = None
+        self._lifeline: tuple[Connection, Connection] | None = None
+        self._warned_large = False
 
     def _start(self) -> ProcessPoolExecutor:
+        # forkserver (spawn on Windows): workers never inherit the inference library's threads.
+        context = multiprocessing.get_context("spawn" if sys.platform == "win32" else "forkserver")
         if self._shm is None:
             self._shm = SharedMemory(create=True, size=self.prefetch * 3 * self.cfg.height * self.cfg.width * 4)
-        # forkserver (spawn on Windows): workers never inherit the inference library's threads.
-        method = "spawn" if sys.platform == "win32" else "forkserver"
+        if self._lifeline is None:
+            self._lifeline = context.Pipe(duplex=False)  # (workers' end, parent's end); nothing is ever sent
         self._executor = ProcessPoolExecutor(
-            self.workers, mp_context=multiprocessing.get_context(method),
-            initializer=_init_worker, initargs=(self.cfg, self.fast, self._shm.name),
+            self.workers, mp_context=context,
+            initializer=_init_worker, initargs=(self.cfg, self.fast, self._shm.name, self._lifeline[0]),
         )
         return self._executor
+
+    def _note_large(self, paths: list[str]) -> None:
+        """Log the first very large image of the run, once, in the tool's words."""
+        if paths and not self._warned_large:
+            self._warned_large = True
+            logger.warning(_LARGE_IMAGE.format(path=paths[0], limit=Image.MAX_IMAGE_PIXELS))
 
     def start(self) -> None:
         """Start every worker now and wait until each is ready (otherwise the first images pay for it)."""
@@ -170,14 +222,16 @@ class DecodePool:
         """Decode ``paths`` and yield ``(path, tensor or None, error)`` in input order."""
         if self.workers == 0:
             for path in paths:
-                yield decode_path(path, self.cfg, self.fast)
+                decoded, is_large = _decode_noting_large(path, self.cfg, self.fast)
+                self._note_large([path] if is_large else [])
+                yield decoded
             return
         executor = self._executor or self._start()
         assert self._shm is not None
         slots = _slots(self._shm, self.cfg)
         # Slot = submission number mod prefetch: with at most prefetch images in flight and
         # consumption in order, a slot is reused only after its image was copied out.
-        pending: deque[tuple[list[tuple[str, int]], Future[list[str]]]] = deque()
+        pending: deque[tuple[list[tuple[str, int]], Future[tuple[list[str], list[str]]]]] = deque()
         source = iter(paths)
         in_flight = submitted = 0
         exhausted = False
@@ -196,7 +250,8 @@ class DecodePool:
             jobs, future = pending.popleft()
             in_flight -= len(jobs)
             try:
-                errors = future.result()
+                errors, large = future.result()
+                self._note_large(large)
             except BrokenProcessPool:
                 logger.warning("a decode worker died on one of %s; restarting the workers", [p for p, _ in jobs])
                 errors = ["decoder process crashed on this file or one decoded with it; retry it alone"] * len(jobs)
@@ -215,6 +270,10 @@ class DecodePool:
             self._shm.close()
             self._shm.unlink()
             self._shm = None
+        if self._lifeline is not None:
+            for end in self._lifeline:
+                end.close()
+            self._lifeline = None
 
     def __enter__(self) -> DecodePool:
         return self

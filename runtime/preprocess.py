@@ -13,17 +13,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from qualitynet import artifact
 from qualitynet.artifact import PreprocessCfg
 from qualitynet.errors import QualityNetError
 
 __all__ = ["INTERPOLATIONS", "image_to_tensor", "load_rgb", "to_rgb"]
 
-INTERPOLATIONS = {
-    "nearest": Image.Resampling.NEAREST,
-    "bilinear": Image.Resampling.BILINEAR,
-    "bicubic": Image.Resampling.BICUBIC,
-    "lanczos": Image.Resampling.LANCZOS,
-}
+# The record's filter names (validated at load) as Pillow's resampling filters.
+INTERPOLATIONS = {name: Image.Resampling[name.upper()] for name in artifact.INTERPOLATIONS}
 _WHITE = (255, 255, 255)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -20,7 +21,7 @@ import numpy as np
 from qualitynet.artifact import ArtifactMeta
 from qualitynet.errors import QualityNetError
 
-__all__ = ["BaseRunner", "runner_for"]
+__all__ = ["BaseRunner", "check_graph_input", "runner_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +105,28 @@ class BaseRunner(abc.ABC):
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.deactivate()
+
+
+def check_graph_input(meta: ArtifactMeta, dims: Sequence[object], model_path: Path) -> None:
+    """Refuse a record whose input size is not the graph's (a damaged or mismatched record).
+
+    Args:
+        meta: the artifact's record.
+        dims: the graph input's dims after the batch axis; names or negative numbers are dynamic.
+        model_path: the model, for the message.
+
+    Raises:
+        QualityNetError: a fixed dim of the graph differs from ``(3, height, width)``.
+    """
+    cfg = meta.preprocess
+    expected = (3, cfg.height, cfg.width)
+    fixed = [d if isinstance(d, int) and d >= 0 else None for d in dims]
+    if len(fixed) != 3 or any(d is not None and d != e for d, e in zip(fixed, expected, strict=True)):
+        graph = "x".join("?" if d is None else str(d) for d in fixed)
+        raise QualityNetError(
+            f"{model_path}: damaged artifact record: it says the input is {'x'.join(map(str, expected))} but the "
+            f"graph takes {graph}; re-export the model with iqa-export"
+        )
 
 
 def runner_for(model_path: str | Path, provider: str | None = None, threads: int | None = None) -> BaseRunner:

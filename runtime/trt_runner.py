@@ -20,7 +20,7 @@ import numpy as np
 from qualitynet.artifact import ArtifactMeta
 from qualitynet.errors import QualityNetError
 from qualitynet.runtime.gpu import HostDeviceBuffer, cuda_call, cudart, device_properties
-from qualitynet.runtime.runner import BaseRunner
+from qualitynet.runtime.runner import BaseRunner, check_graph_input
 from qualitynet.runtime.trt_compat import (
     REBUILD_HINT,
     batch_limits,
@@ -89,6 +89,7 @@ class TrtRunner(BaseRunner):
         self._engine = engine
         cfg = meta.preprocess
         inp, out = find_io_tensors(engine, trt.TensorIOMode, (cfg.input_name, cfg.output_name))
+        check_graph_input(meta, tuple(engine.get_tensor_shape(inp))[1:], self.model_path)
         low, high = batch_limits(engine, inp)
         out_shape: tuple[int, ...] = tuple(engine.get_tensor_shape(out)[1:])
         if any(d < 0 for d in out_shape):

@@ -1,17 +1,21 @@
-"""Helpers of the runtime tests: the photos of a folder, and PyTorch eager reference scores."""
+"""Helpers of the runtime tests: the photos of a folder, PyTorch eager reference scores, crafted PNGs."""
 
 from __future__ import annotations
 
+import io
+import struct
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from qualitynet.runtime.preprocess import image_to_tensor, load_rgb
 from qualitynet.trainer.checkpoint import load_checkpoint
 
-__all__ = ["photo_paths", "torch_unit_scores"]
+__all__ = ["bomb_png", "photo_paths", "torch_unit_scores"]
 
 
 def photo_paths(folder: Path) -> list[Path]:
@@ -34,3 +38,16 @@ def torch_unit_scores(checkpoint: Path, paths: Sequence[Path | str], fp16_input:
         batch = batch.astype(np.float16).astype(np.float32)
     with torch.inference_mode():
         return model(torch.from_numpy(batch)).numpy().reshape(-1)
+
+
+def bomb_png(path: Path, side: int = 30000) -> None:
+    """A tiny PNG whose header claims ``side x side`` pixels (30000: over Pillow's bomb error limit;
+    10000: between its warning and error limits)."""
+    buffer = io.BytesIO()
+    Image.new("L", (8, 8)).save(buffer, "PNG")
+    data = bytearray(buffer.getvalue())
+    ihdr = bytearray(data[12:29])  # b"IHDR" + 13 bytes of fields
+    ihdr[4:12] = struct.pack(">II", side, side)
+    data[12:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
+    path.write_bytes(bytes(data))

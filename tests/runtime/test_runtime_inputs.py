@@ -8,8 +8,6 @@ import io
 import os
 import shutil
 import signal
-import struct
-import zlib
 from pathlib import Path
 
 import pytest
@@ -21,19 +19,9 @@ from qualitynet.runtime.cli import main
 from qualitynet.runtime.discovery import iter_folder, iter_inputs, looks_like_image
 from qualitynet.runtime.pipeline import DecodePool, decode_path
 
+from runtime_helpers import bomb_png
+
 CFG = PreprocessCfg(height=32, width=32)
-
-
-def _bomb_png(path: Path, side: int = 30000) -> None:
-    """A tiny PNG whose header claims ``side x side`` pixels (over Pillow's bomb limit)."""
-    buffer = io.BytesIO()
-    Image.new("L", (8, 8)).save(buffer, "PNG")
-    data = bytearray(buffer.getvalue())
-    ihdr = bytearray(data[12:29])  # b"IHDR" + 13 bytes of fields
-    ihdr[4:12] = struct.pack(">II", side, side)
-    data[12:29] = ihdr
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
-    path.write_bytes(bytes(data))
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +48,7 @@ def messy_dir(tmp_path_factory: pytest.TempPathFactory, photo_dir: Path) -> tupl
     (root / "zero.jpg").write_bytes(b"")
     (root / "truncated.jpg").write_bytes(jpeg.getvalue()[: len(jpeg.getvalue()) // 2])
     (root / "text.png").write_text("this is not an image\n")
-    _bomb_png(root / "bomb.png")
+    bomb_png(root / "bomb.png")
     (root / "unreadable.jpg").write_bytes(jpeg.getvalue())
     os.chmod(root / "unreadable.jpg", 0)
     os.symlink("missing.jpg", root / "broken_link.jpg")
