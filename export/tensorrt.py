@@ -45,9 +45,9 @@ log = logging.getLogger(__name__)
 
 INSTALL_HINT = (
     "install TensorRT's builder from NVIDIA's package index: pip install tensorrt-cu12 (CUDA 12) or "
-    "tensorrt-cu13 (CUDA 13) for Turing or newer GPUs, or pip install tensorrt==8.6.1 (CUDA 11/12) for "
-    "Pascal GPUs such as the Quadro P5000; plus cuda-python for your CUDA: pip install 'qualitynet[tensorrt-cu12]' "
-    "or 'qualitynet[tensorrt-cu13]' (see the README)"
+    "tensorrt-cu13 (CUDA 13) for Turing or newer GPUs, or pip install tensorrt==8.6.1 (CUDA 12, Python <= 3.11) "
+    "for Pascal GPUs such as the Quadro P5000; plus cuda-python of the same CUDA major: pip install "
+    "'qualitynet[tensorrt-cu12]' or 'qualitynet[tensorrt-cu13]' (see the README)"
 )
 STRONG_TYPING_FROM = (10, 0)
 # Compute capabilities that run FP16 at full rate or better before Volta (Jetson TX1, P100,

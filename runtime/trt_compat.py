@@ -29,6 +29,7 @@ __all__ = [
     "check_plan_compat",
     "find_io_tensors",
     "import_tensorrt",
+    "installed_runtimes",
     "io_tensor_names",
     "plan_chunks",
     "same_release",
@@ -77,48 +78,52 @@ def import_tensorrt() -> ModuleType:
     return module
 
 
-def select_runtime(meta: ArtifactMeta, plan: Path, allow_host_code: bool = False, *,
-                   full: ModuleType | None | bool = True, lean: ModuleType | None | bool = True) -> ModuleType:
+def installed_runtimes() -> tuple[ModuleType | None, ModuleType | None]:
+    """``(full TensorRT, lean runtime)`` modules, each ``None`` when not installed."""
+    return _first_runtime(_FULL), _first_runtime(_LEAN)
+
+
+def select_runtime(meta: ArtifactMeta, plan: Path, full: ModuleType | None, lean: ModuleType | None,
+                   allow_host_code: bool = False) -> ModuleType:
     """The TensorRT module that may load this plan, or a refusal before anything is deserialised.
 
     A plain plan needs the full TensorRT. A plan built with ``--version-compatible`` runs on the lean
-    runtime (which executes nothing from the plan file) when it is installed; otherwise the full
-    TensorRT runs the lean runtime embedded in the plan, which is code loaded from the file, so that
-    needs ``allow_host_code``. A plan built with ``--exclude-lean-runtime`` as well needs the lean runtime.
+    runtime of the release that built it (which executes nothing from the plan file) when that is
+    installed; otherwise the full TensorRT runs the lean runtime embedded in the plan, which is code
+    loaded from the file, so that needs ``allow_host_code``. A plan built with
+    ``--exclude-lean-runtime`` as well needs the lean runtime.
 
     Args:
         meta: the plan's sidecar (``extra["version_compatible"]``, ``extra["exclude_lean_runtime"]``).
         plan: the plan's path, for the messages.
+        full: the full ``tensorrt`` module, ``None`` when absent (see :func:`installed_runtimes`).
+        lean: the lean runtime module, ``None`` when absent.
         allow_host_code: the user trusts the plan file (``--allow-plan-host-code``).
-        full: the full ``tensorrt`` module, ``None`` when absent; ``True`` imports it.
-        lean: the lean runtime module, ``None`` when absent; ``True`` imports it.
 
     Raises:
         QualityNetError: no installed runtime may load the plan; the message says what to do.
     """
-    full_module = _first_runtime(_FULL) if full is True else full or None
-    lean_module = _first_runtime(_LEAN) if lean is True else lean or None
     version_compatible = bool(meta.extra.get("version_compatible"))
     if not version_compatible:
-        if full_module is not None:
-            return full_module
-        if lean_module is not None:
+        if full is not None:
+            return full
+        if lean is not None:
             raise QualityNetError(
                 f"{plan}: refused, it was built without --version-compatible and only TensorRT's lean runtime "
-                f"({lean_module.__name__} {lean_module.__version__}) is installed, which loads only version-compatible "
+                f"({lean.__name__} {lean.__version__}) is installed, which loads only version-compatible "
                 "plans; rebuild with `iqa-export --fp16 --version-compatible model.pt`, or install the full TensorRT"
             )
         raise QualityNetError(_NOT_INSTALLED)
-    if lean_module is not None:
-        return lean_module
     built = meta.versions.get("tensorrt", "?")
-    if full_module is None:
+    if lean is not None and (full is None or same_release(built, lean.__version__)):
+        return lean  # of another release, check_plan_compat refuses it with both versions
+    if full is None:
         raise QualityNetError(_NOT_INSTALLED)
     if meta.extra.get("exclude_lean_runtime"):
         raise QualityNetError(
             f"{plan}: it was built with --exclude-lean-runtime, so it runs only on TensorRT's lean runtime of the "
-            f"version that built it ({built}), which is not installed (pip install tensorrt-lean-cu12 or "
-            "tensorrt-lean-cu13 of that version from NVIDIA's index)"
+            f"version that built it ({built}), which is not installed (its wheel from NVIDIA's index: "
+            "tensorrt-lean-cu12 or tensorrt-lean-cu13 for 10.x and 11.x)"
         )
     if not allow_host_code:
         raise QualityNetError(
@@ -126,7 +131,7 @@ def select_runtime(meta: ArtifactMeta, plan: Path, allow_host_code: bool = False
             f"would run that code from the plan file; pass {HOST_CODE_OPTION} (Python: allow_host_code=True) only "
             f"for a plan you trust, or install TensorRT's lean runtime {built}, which runs the plan without it"
         )
-    return full_module
+    return full
 
 
 def tensorrt_cuda(module_name: str) -> str | None:

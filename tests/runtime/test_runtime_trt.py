@@ -125,28 +125,31 @@ _VC = {"version_compatible": True}
 
 def test_plain_plan_needs_the_full_tensorrt() -> None:
     full, lean = _full_module(), pytest.importorskip("tensorrt_lean")
-    assert select_runtime(_meta(), Path("m.plan"), full=full, lean=lean) is full
+    assert select_runtime(_meta(), Path("m.plan"), full, lean) is full
     with pytest.raises(QualityNetError, match=r"refused, it was built without --version-compatible.*tensorrt_lean 11"):
-        select_runtime(_meta(), Path("m.plan"), full=None, lean=lean)
+        select_runtime(_meta(), Path("m.plan"), None, lean)
     with pytest.raises(QualityNetError, match="TensorRT is not installed"):
-        select_runtime(_meta(), Path("m.plan"), full=None, lean=None)
+        select_runtime(_meta(), Path("m.plan"), None, None)
 
 
-def test_version_compatible_plan_prefers_the_lean_runtime() -> None:
+def test_version_compatible_plan_prefers_the_lean_runtime_of_its_release() -> None:
     full, lean = _full_module(), pytest.importorskip("tensorrt_lean")
+    built_by_this_release = {"tensorrt": lean.__version__}
     for extra in (_VC, {**_VC, "exclude_lean_runtime": True}):
-        assert select_runtime(_meta(extra=extra), Path("m.plan"), full=full, lean=lean) is lean
-        assert select_runtime(_meta(extra=extra), Path("m.plan"), full=None, lean=lean) is lean
+        assert select_runtime(_meta(extra=extra, versions=built_by_this_release), Path("m.plan"), full, lean) is lean
+        assert select_runtime(_meta(extra=extra), Path("m.plan"), None, lean) is lean  # check_plan_compat refuses
+    # a lean runtime of another release cannot run it; the full TensorRT may (with the user's permission)
+    assert select_runtime(_meta(extra=_VC), Path("m.plan"), full, lean, allow_host_code=True) is full
 
 
 def test_embedded_lean_runtime_on_the_full_tensorrt_needs_the_users_permission() -> None:
     full = _full_module()
     with pytest.raises(QualityNetError, match=r"embeds TensorRT's lean runtime.*pass --allow-plan-host-code"):
-        select_runtime(_meta(extra=_VC), Path("m.plan"), full=full, lean=None)
-    assert select_runtime(_meta(extra=_VC), Path("m.plan"), allow_host_code=True, full=full, lean=None) is full
+        select_runtime(_meta(extra=_VC), Path("m.plan"), full, None)
+    assert select_runtime(_meta(extra=_VC), Path("m.plan"), full, None, allow_host_code=True) is full
     with pytest.raises(QualityNetError, match=r"--exclude-lean-runtime.*lean runtime of the version that built it"):
-        select_runtime(_meta(extra={**_VC, "exclude_lean_runtime": True}), Path("m.plan"), allow_host_code=True,
-                       full=full, lean=None)
+        select_runtime(_meta(extra={**_VC, "exclude_lean_runtime": True}), Path("m.plan"), full, None,
+                       allow_host_code=True)
 
 
 def test_cuda_of_the_installed_tensorrt_wheels() -> None:
