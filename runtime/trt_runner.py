@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -81,7 +82,10 @@ class TrtRunner(BaseRunner):
         try:
             self._load(trt, meta)
         except BaseException:
-            self.deactivate_impl()
+            try:
+                self.deactivate_impl()
+            except QualityNetError as cleanup:  # the load's own error is the one to report
+                logger.warning("freeing after the failed load also failed: %s", cleanup)
             raise
         return meta
 
@@ -156,7 +160,9 @@ class TrtRunner(BaseRunner):
         first error is raised."""
         rt, stream, buffers = cudart(), self._stream, self._buffers[::-1]
         self._stream, self._buffers = None, []
-        steps: list[Any] = [lambda: cuda_call(rt.cudaStreamSynchronize(stream))] if stream is not None else []
+        steps: list[Callable[[], object]] = []
+        if stream is not None:
+            steps.append(lambda: cuda_call(rt.cudaStreamSynchronize(stream)))
         steps += [self._drop_tensorrt, *(buffer.free for buffer in buffers)]
         if stream is not None:
             steps.append(lambda: cuda_call(rt.cudaStreamDestroy(stream)))
