@@ -383,3 +383,25 @@ def test_plan_built_elsewhere_is_refused(real_plan: ExportResult, tmp_path: Path
     with pytest.raises(QualityNetError, match="refused.*iqa-export --fp16"):
         with TrtRunner(plan):
             pass
+
+
+@pytest.mark.trt
+@needs_trt
+def test_real_version_compatible_plan(varied_checkpoint: Path, photo_dir: Path, tmp_path: Path) -> None:
+    """Built with VERSION_COMPATIBLE and verified by the export (full TensorRT, host code allowed: it built
+    the plan); loaded without permission it runs only on the lean runtime of its release, else is refused."""
+    from qualitynet.runtime.trt_compat import installed_runtimes, same_release
+    from qualitynet.runtime.trt_runner import TrtRunner
+
+    result = export_all(varied_checkpoint, tmp_path, fp16=True, photos=photo_dir, profile=BatchProfile(1, 4, 8),
+                        workspace=1024, version_compatible=True)
+    assert result.plan is not None and result.verifications["plan"]
+    meta = ArtifactMeta.read_sidecar(result.plan)
+    assert meta.extra["version_compatible"] is True and meta.extra["exclude_lean_runtime"] is False
+    lean = installed_runtimes()[1]
+    if lean is not None and same_release(meta.versions["tensorrt"], lean.__version__):
+        with TrtRunner(result.plan) as runner:
+            assert runner.infer(np.zeros((3, 3, 96, 96), np.float32)).shape == (3,)
+    else:
+        with pytest.raises(QualityNetError, match="--allow-plan-host-code"):
+            TrtRunner(result.plan).activate()
