@@ -39,13 +39,20 @@ def _batch_profile(ctx: click.Context, param: click.Parameter, value: str) -> Ba
               help="TensorRT timing cache file: read if present, written after the build (speeds up rebuilds).")
 @click.option("--opt-level", type=click.IntRange(0, 5), default=3, show_default=True,
               help="TensorRT builder optimization level (higher: slower build, maybe faster engine).")
+@click.option("--version-compatible", is_flag=True,
+              help="Build a plan that TensorRT's lean runtime and later TensorRT releases of the same major version "
+                   "can run (it embeds the lean runtime; may be slower).")
+@click.option("--exclude-lean-runtime", is_flag=True,
+              help="With --version-compatible: leave the lean runtime out of the plan (smaller; runs only on the "
+                   "lean runtime of the TensorRT version that built it).")
 @click.option("--photos", type=click.Path(exists=True, path_type=Path),
               help="Folder of photos to verify on (first 32) [default: photos bundled with scikit-image].")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
 @click.version_option(qualitynet.__version__, "-V", "--version")
 @cli_errors
 def main(checkpoint: Path, fp16: bool, out_dir: Path | None, opset: int, profile: BatchProfile, workspace: int,
-         timing_cache: Path | None, opt_level: int, photos: Path | None, quiet: bool) -> None:
+         timing_cache: Path | None, opt_level: int, version_compatible: bool, exclude_lean_runtime: bool,
+         photos: Path | None, quiet: bool) -> None:
     """Export CHECKPOINT (a model.pt from iqa-train) to a verified ONNX model.
 
     Writes model.onnx (FP32, dynamic batch, preprocessing and score scale in its metadata)
@@ -61,8 +68,13 @@ def main(checkpoint: Path, fp16: bool, out_dir: Path | None, opset: int, profile
         iqa-export --fp16 --batch 1:32:128 --timing-cache trt.cache runs/koniq/model.pt
     """
     setup_logging(quiet)
+    if exclude_lean_runtime and not version_compatible:
+        raise click.UsageError("--exclude-lean-runtime applies only with --version-compatible")
+    if version_compatible and not fp16:
+        raise click.UsageError("--version-compatible applies to the TensorRT plan, which only --fp16 builds")
     result = export_all(checkpoint, out_dir, fp16=fp16, opset=opset, photos=photos, profile=profile,
-                        workspace=workspace, timing_cache=timing_cache, opt_level=opt_level)
+                        workspace=workspace, timing_cache=timing_cache, opt_level=opt_level,
+                        version_compatible=version_compatible, exclude_lean_runtime=exclude_lean_runtime)
     if not quiet:
         click.echo(summary(result), err=True)
 

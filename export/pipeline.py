@@ -37,7 +37,8 @@ def export_all(checkpoint_path: str | Path, out_dir: str | Path | None = None, *
                opset: int = DEFAULT_OPSET, photos: str | Path | Sequence[str | Path] | None = None,
                profile: BatchProfile = BatchProfile(), workspace: int = 4096,
                timing_cache: str | Path | None = None, opt_level: int = 3,
-               require_tensorrt: bool = True) -> ExportResult:
+               require_tensorrt: bool = True, version_compatible: bool = False,
+               exclude_lean_runtime: bool = False) -> ExportResult:
     """Export a checkpoint to ONNX (and, with ``fp16``, FP16 ONNX and a TensorRT engine), verifying each.
 
     Args:
@@ -54,6 +55,10 @@ def export_all(checkpoint_path: str | Path, out_dir: str | Path | None = None, *
         opt_level: TensorRT builder optimization level, 0-5.
         require_tensorrt: with ``fp16``, raise when TensorRT (or a GPU) is missing, after
             the ONNX files are written and verified; ``False`` logs it and returns.
+        version_compatible: build a plan TensorRT's lean runtime and later releases of the same
+            major version can run (see :func:`~qualitynet.export.tensorrt.build_engine`).
+        exclude_lean_runtime: with ``version_compatible``, leave the lean runtime out of the plan;
+            verifying it then needs TensorRT's lean runtime installed next to the builder.
 
     Returns:
         What was written and measured (also in ``result.report``).
@@ -94,16 +99,19 @@ def export_all(checkpoint_path: str | Path, out_dir: str | Path | None = None, *
         with OrtRunner(fp16_path, provider="cpu") as fp16_runner:
             _check(result, "fp16_onnx", fp16_runner.infer, onnx_reference, "fp16")
         _build_and_check(result, onnx_reference, out / f"{stem}.plan", profile, workspace, timing_cache,
-                         opt_level, require_tensorrt)
+                         opt_level, require_tensorrt,
+                         {"version_compatible": version_compatible, "exclude_lean_runtime": exclude_lean_runtime})
     return result
 
 
 def _build_and_check(result: ExportResult, reference: Reference, plan: Path, profile: BatchProfile,
-                     workspace: int, timing_cache: str | Path | None, opt_level: int, require_tensorrt: bool) -> None:
+                     workspace: int, timing_cache: str | Path | None, opt_level: int, require_tensorrt: bool,
+                     compatibility: dict[str, bool]) -> None:
     assert result.fp16_onnx is not None
     try:
         with _timed(result, "tensorrt"):
-            meta = build_engine(result.onnx, result.fp16_onnx, plan, profile, workspace, timing_cache, opt_level)
+            meta = build_engine(result.onnx, result.fp16_onnx, plan, profile, workspace, timing_cache, opt_level,
+                                **compatibility)
     except TensorRTUnavailableError as exc:
         result.tensorrt_skipped = str(exc)
         _write_report(result)
@@ -119,7 +127,8 @@ def _build_and_check(result: ExportResult, reference: Reference, plan: Path, pro
     result.plan = plan
     from qualitynet.runtime.trt_runner import TrtRunner
 
-    with TrtRunner(plan) as runner:
+    # This process has just built the plan, so the code it embeds (a version-compatible plan's lean runtime) is trusted.
+    with TrtRunner(plan, allow_host_code=True) as runner:
         _check(result, "plan", runner.infer, reference, meta.precision)
 
 

@@ -2,23 +2,27 @@
 
 The build follows the installed TensorRT version:
 
-- 10.12+ and 11.x: a strongly typed network parsed from the FP16 ONNX model (weak typing,
-  ``BuilderFlag.FP16``, was deprecated in 10.12 and removed in 11; strong typing is the
-  only mode in 11, where the creation flag is not needed).
-- 8.6 to 10.11: the FP32 ONNX model with ``BuilderFlag.FP16`` (8.6 also needs the
-  explicit-batch network flag; 10.x made explicit batch the only mode).
+- 10.x and 11.x: a strongly typed network parsed from the FP16 ONNX model, whose FP32 islands
+  (``export/fp16.py``'s block list) TensorRT must keep. Weak typing (``BuilderFlag.FP16``) was
+  deprecated in 10.12 and removed in 11, where strong typing is the only mode (no creation flag);
+  10.0-10.11 get the ``STRONGLY_TYPED`` creation flag, so every 10.x builds the same network.
+- 8.6: the FP32 ONNX model with the explicit-batch flag and ``BuilderFlag.FP16``; the layers of
+  the nodes the FP16 ONNX keeps in FP32 are pinned to FP32 (layer precision and output types,
+  ``OBEY_PRECISION_CONSTRAINTS``).
 
 On a GPU whose FP16 rate is a fraction of FP32 (compute capability 6.1, e.g. Quadro P5000:
 1/64) an FP16 build would silently pick FP32 kernels, so the engine is built and recorded
-as FP32, with a warning. This module is type-checked against ``tensorrt-stubs`` (see
-tests/export/test_export_tensorrt.py): ``tensorrt`` is imported inside the functions
-so that the rest of the export stage works without it.
+as FP32, with a warning. ``version_compatible`` builds a plan TensorRT's lean runtime can run
+(``BuilderFlag.VERSION_COMPATIBLE``, optionally ``EXCLUDE_LEAN_RUNTIME``). This module is
+type-checked against ``tensorrt-stubs`` (see tests/export/test_export_tensorrt.py): ``tensorrt``
+is imported inside the functions so that the rest of the export stage works without it.
 """
 
 from __future__ import annotations
 
 import datetime
 import logging
+import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,6 +32,7 @@ import onnx
 from qualitynet.artifact import ArtifactMeta, BatchProfile
 from qualitynet.errors import QualityNetError
 from qualitynet.export._io import atomic_write_bytes, ensure_writable_dir
+from qualitynet.export.fp16 import FP16_OP_BLOCK_LIST
 from qualitynet.export.onnx import read_meta
 from qualitynet.export.types import TensorRTUnavailableError
 
@@ -40,10 +45,11 @@ log = logging.getLogger(__name__)
 
 INSTALL_HINT = (
     "install TensorRT's builder from NVIDIA's package index: pip install tensorrt-cu12 (CUDA 12) or "
-    "tensorrt-cu13 (CUDA 13) for Turing or newer GPUs, or pip install tensorrt==8.6.1 (CUDA 11/12) for "
-    "Pascal GPUs such as the Quadro P5000; plus pip install cuda-python"
+    "tensorrt-cu13 (CUDA 13) for Turing or newer GPUs, or pip install tensorrt==8.6.1 (CUDA 12, Python <= 3.11) "
+    "for Pascal GPUs such as the Quadro P5000; plus cuda-python of the same CUDA major: pip install "
+    "'qualitynet[tensorrt-cu12]' or 'qualitynet[tensorrt-cu13]' (see the README)"
 )
-STRONG_TYPING_FROM = (10, 12)
+STRONG_TYPING_FROM = (10, 0)
 # Compute capabilities that run FP16 at full rate or better before Volta (Jetson TX1, P100,
 # Jetson TX2); every other GPU below 7.0 runs FP16 at a small fraction of FP32.
 _FAST_FP16_PRE_VOLTA = {(5, 3), (6, 0), (6, 2)}
@@ -88,27 +94,34 @@ def gpu_info(device: int = 0) -> tuple[str, str]:
     return str(name), str(capability)
 
 
-def cuda_runtime_version() -> str:
-    """The CUDA runtime's version as ``"12.4"``."""
-    from qualitynet.runtime.gpu import cuda_call, cudart
+def cuda_versions() -> dict[str, str]:
+    """What the sidecar records about CUDA: the CUDA version the driver supports (``cuda_driver``,
+    e.g. ``"12.4"``) and the CUDA major version TensorRT's wheels were built for (``tensorrt_cuda``,
+    ``"unknown"`` for a TensorRT not installed with pip)."""
+    from qualitynet.runtime.gpu import driver_version
+    from qualitynet.runtime.trt_compat import tensorrt_cuda
 
-    version = int(cuda_call(cudart().cudaRuntimeGetVersion()))
-    return f"{version // 1000}.{version % 1000 // 10}"
+    return {"cuda_driver": driver_version(), "tensorrt_cuda": tensorrt_cuda("tensorrt") or "unknown"}
 
 
 def build_engine(onnx_path: str | Path, fp16_onnx_path: str | Path | None, plan_path: str | Path,
                  profile: BatchProfile = BatchProfile(), workspace: int = 4096,
-                 timing_cache: str | Path | None = None, opt_level: int = 3) -> ArtifactMeta:
+                 timing_cache: str | Path | None = None, opt_level: int = 3, *,
+                 version_compatible: bool = False, exclude_lean_runtime: bool = False) -> ArtifactMeta:
     """Build an FP16 TensorRT engine and write it with its sidecar.
 
     Args:
-        onnx_path: the FP32 ONNX model (used by TensorRT 8.6-10.11).
-        fp16_onnx_path: the FP16 ONNX model (needed by TensorRT 10.12+ and 11.x).
+        onnx_path: the FP32 ONNX model (used by TensorRT 8.6, and on GPUs without fast FP16).
+        fp16_onnx_path: the FP16 ONNX model (needed by TensorRT 10.x and 11.x).
         plan_path: where to write the engine; the sidecar goes to ``<plan_path>.json``.
         profile: the batch optimization profile (tactics are tuned for ``opt``).
         workspace: TensorRT workspace memory pool limit, MiB.
         timing_cache: a timing cache file, read when present and written after the build.
         opt_level: TensorRT builder optimization level, 0-5 (3 is TensorRT's default).
+        version_compatible: build a plan that later TensorRT releases of the same major version and
+            TensorRT's lean runtime can run (it embeds the lean runtime unless ``exclude_lean_runtime``).
+        exclude_lean_runtime: with ``version_compatible``, leave the lean runtime out of the plan
+            (smaller; it then runs only on the lean runtime of this TensorRT version).
 
     Returns:
         The artifact record written to the sidecar (precision, profile, versions, GPU).
@@ -122,6 +135,8 @@ def build_engine(onnx_path: str | Path, fp16_onnx_path: str | Path | None, plan_
         raise QualityNetError(f"builder optimization level {opt_level} is not in 0-5")
     if workspace < 1:
         raise QualityNetError(f"workspace {workspace} MiB must be at least 1")
+    if exclude_lean_runtime and not version_compatible:
+        raise QualityNetError("--exclude-lean-runtime applies only to a --version-compatible plan")
     if timing_cache is not None:
         ensure_writable_dir(Path(timing_cache).parent)  # fail now, not after a build of minutes
     _check_tensorrt()
@@ -132,16 +147,17 @@ def build_engine(onnx_path: str | Path, fp16_onnx_path: str | Path | None, plan_
     _check_gpu_supported(version, capability, gpu_name, trt.__version__)
     fast_fp16 = _has_fast_fp16(capability)
     strongly_typed = version >= STRONG_TYPING_FROM
-    if strongly_typed and fp16_onnx_path is None:
+    if strongly_typed and fast_fp16 and fp16_onnx_path is None:
         raise QualityNetError(
             f"TensorRT {trt.__version__} builds FP16 engines from the FP16 ONNX model; export it first")
-    source = Path(fp16_onnx_path if strongly_typed and fp16_onnx_path is not None else onnx_path)
+    source = Path(fp16_onnx_path if strongly_typed and fast_fp16 and fp16_onnx_path is not None else onnx_path)
     plan_path = Path(plan_path)
     if not fast_fp16:
         log.warning("%s (compute capability %s) runs FP16 at 1/64 of the FP32 rate, so TensorRT would pick FP32 "
                     "kernels anyway: building an FP32 engine (INT8 is the only faster precision on this GPU)",
                     gpu_name, capability)
-    meta: ArtifactMeta = read_meta(onnx.load(str(source), load_external_data=False), str(source))
+    model = onnx.load(str(source), load_external_data=False)
+    meta: ArtifactMeta = read_meta(model, str(source))
 
     logger = trt.Logger(trt.Logger.INFO if log.isEnabledFor(logging.DEBUG) else trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -151,8 +167,16 @@ def build_engine(onnx_path: str | Path, fp16_onnx_path: str | Path | None, plan_
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise QualityNetError(f"{source}: TensorRT {trt.__version__} cannot parse it: {errors}")
     config = builder.create_builder_config()
+    fp32_layers = 0
     if fast_fp16 and not strongly_typed:
         config.set_flag(trt.BuilderFlag.FP16)
+        fp32_layers = _keep_fp32_layers(network, model)
+        if fp32_layers:
+            config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+    if version_compatible:
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+        if exclude_lean_runtime:
+            config.set_flag(trt.BuilderFlag.EXCLUDE_LEAN_RUNTIME)
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace << 20)
     config.builder_optimization_level = opt_level
     config.add_optimization_profile(_optimization_profile(builder, meta, profile))
@@ -171,13 +195,16 @@ def build_engine(onnx_path: str | Path, fp16_onnx_path: str | Path | None, plan_
 
     meta.precision = "fp16" if fast_fp16 else "fp32"
     meta.batch_profile = profile
-    meta.versions = {**meta.versions, "tensorrt": trt.__version__, "cuda_runtime": cuda_runtime_version()}
+    meta.versions = {**meta.versions, "tensorrt": trt.__version__, **cuda_versions()}
     meta.gpu_name = gpu_name
     meta.compute_capability = capability
     meta.extra = {
         **meta.extra,
         "source_onnx": source.name,
         "typing": "strong" if strongly_typed else "weak",
+        "fp32_layers": fp32_layers,
+        "version_compatible": version_compatible,
+        "exclude_lean_runtime": exclude_lean_runtime,
         "builder_optimization_level": opt_level,
         "workspace_mib": workspace,
         "build_seconds": round(seconds, 1),
@@ -247,11 +274,47 @@ def _optimization_profile(builder: trt.Builder, meta: ArtifactMeta, profile: Bat
     return optimization_profile
 
 
+def _keep_fp32_layers(network: trt.INetworkDefinition, model: onnx.ModelProto) -> int:
+    """Pin the layers of the ONNX nodes that the FP16 ONNX keeps in FP32 (``FP16_OP_BLOCK_LIST``) to FP32.
+
+    TensorRT's ONNX parser names a node's layers after the node: its name (``node_of_<first
+    output>`` when it has none), then ``<name>_<n>`` for further layers. Only float outputs are
+    pinned (TopK's indices stay int32). Returns the number of layers pinned.
+    """
+    import tensorrt as trt
+
+    blocked = {node.name or f"node_of_{node.output[0]}" for node in model.graph.node
+               if node.op_type in FP16_OP_BLOCK_LIST}
+    pinned = 0
+    for index in range(network.num_layers):
+        layer = network.get_layer(index)
+        if layer.name not in blocked and re.sub(r"_\d+$", "", layer.name) not in blocked:
+            continue
+        outputs = [i for i in range(layer.num_outputs) if layer.get_output(i).dtype in (trt.float32, trt.float16)]
+        if not outputs:
+            continue
+        layer.precision = trt.float32
+        for i in outputs:
+            layer.set_output_type(i, trt.float32)
+        pinned += 1
+    log.info("%d layers of %d kept in FP32 (operators %s)", pinned, network.num_layers,
+             ", ".join(sorted({n.op_type for n in model.graph.node if n.op_type in FP16_OP_BLOCK_LIST})) or "none")
+    return pinned
+
+
 def _load_timing_cache(config: trt.IBuilderConfig, path: Path) -> None:
-    """Use the cache at ``path`` if it exists and matches this GPU and version; else start a new one."""
+    """Use the cache at ``path`` if it exists and matches this GPU and version; else start a new one.
+
+    A cache from another TensorRT version may not even deserialise (``create_timing_cache`` then
+    returns ``None``), or deserialise and be refused by ``set_timing_cache``.
+    """
     data = path.read_bytes() if path.is_file() else b""
-    if not config.set_timing_cache(config.create_timing_cache(data), False):
-        log.warning("%s was made on another GPU or TensorRT version; starting a new timing cache", path)
-        config.set_timing_cache(config.create_timing_cache(b""), False)
-    elif data:
+    cache = config.create_timing_cache(data) if data else None
+    if cache is not None and config.set_timing_cache(cache, False):
         log.info("timing cache %s loaded", path)
+        return
+    if data:
+        log.warning("%s was made on another GPU or TensorRT version (or is not a timing cache); starting a new "
+                    "timing cache, written there after the build", path)
+    if not config.set_timing_cache(config.create_timing_cache(b""), False):
+        raise QualityNetError(f"TensorRT refused a new, empty timing cache for {path}")

@@ -55,13 +55,17 @@ def _open_writer(output: Path | None, fmt: str, resume: bool, overwrite: bool, m
 @click.option("--provider", type=click.Choice(["auto", *PROVIDERS]), default="auto", show_default=True,
               help="ONNX Runtime execution provider (auto: tensorrt, then cuda, then cpu).")
 @click.option("--threads", type=click.IntRange(1), help="ONNX Runtime intra-op threads (default: all cores).")
+@click.option("--allow-plan-host-code", is_flag=True,
+              help="Let the full TensorRT run the lean runtime embedded in a --version-compatible plan: code from "
+                   "the plan file, so only for plans you trust (TensorRT's lean runtime needs no such permission).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, log or summary; only errors.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @click.version_option(package_name="qualitynet")
 @cli_errors
 def main(model: Path, inputs: tuple[str, ...], output: Path | None, fmt: str | None, batch_size: int,
          workers: int | None, recursive: bool, resume: bool, overwrite: bool, allow_other_model: bool,
-         fast_decode: bool, files_from: TextIO | None, provider: str, threads: int | None, quiet: bool,
+         fast_decode: bool, files_from: TextIO | None, provider: str, threads: int | None,
+         allow_plan_host_code: bool, quiet: bool,
          verbose: bool) -> None:
     """Score image files with MODEL (.plan or .onnx) and write path,score,error rows.
 
@@ -88,7 +92,8 @@ def main(model: Path, inputs: tuple[str, ...], output: Path | None, fmt: str | N
         raise click.UsageError("--resume needs --output (the file to continue)")
     fmt = format_for(output, fmt)
     with Scorer(model, provider=None if provider == "auto" else provider, threads=threads,
-                batch_size=batch_size, workers=workers, fast_decode=fast_decode) as scorer:
+                batch_size=batch_size, workers=workers, fast_decode=fast_decode,
+                allow_host_code=allow_plan_host_code) as scorer:
         writer, done = _open_writer(output, fmt, resume, overwrite, ModelIdentity.of(scorer.meta, model),
                                     allow_other_model)
         sources = itertools.chain(inputs, read_file_list(files_from) if files_from is not None else ())

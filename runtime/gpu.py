@@ -16,7 +16,7 @@ import numpy as np
 
 from qualitynet.errors import QualityNetError
 
-__all__ = ["HostDeviceBuffer", "cuda_call", "cudart", "device_properties"]
+__all__ = ["HostDeviceBuffer", "cuda_call", "cudart", "device_properties", "driver_version"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +35,8 @@ def cudart() -> ModuleType:
             from cuda import cudart as runtime  # type: ignore[no-redef]
         except ImportError:
             raise QualityNetError(
-                "cuda-python is not installed; TensorRT plans need it: pip install 'qualitynet[tensorrt]'"
+                "cuda-python is not installed; TensorRT plans need it: pip install 'qualitynet[tensorrt-cu12]' for a "
+                "TensorRT built for CUDA 12 (8.6, tensorrt-cu12) or 'qualitynet[tensorrt-cu13]' for CUDA 13"
             ) from None
     return runtime
 
@@ -75,6 +76,14 @@ def device_properties(device: int) -> tuple[str, str]:
     return f"{props.major}.{props.minor}", name
 
 
+def driver_version() -> str:
+    """The CUDA version the installed driver supports, as ``"12.4"`` (``cudaDriverGetVersion``; ``"0.0"``
+    without a driver). A TensorRT built for CUDA 13 needs ``"13.0"`` or more."""
+    rt = cudart()
+    version = int(cuda_call(rt.cudaDriverGetVersion()))
+    return f"{version // 1000}.{version % 1000 // 10}"
+
+
 class HostDeviceBuffer:
     """A pinned host array and a device allocation of the same size, made once and reused.
 
@@ -109,12 +118,15 @@ class HostDeviceBuffer:
                                      rt.cudaMemcpyKind.cudaMemcpyDeviceToHost, stream))
 
     def free(self) -> None:
-        """Release both allocations (idempotent); the host array must not be used after."""
+        """Release both allocations (idempotent, and both are released even if the first call
+        fails); the host array must not be used after."""
         rt = cudart()
-        if self.device:
-            cuda_call(rt.cudaFree(self.device))
-            self.device = 0
-        if self.host_ptr:
-            self.host = np.empty(0, self.dtype)
-            cuda_call(rt.cudaFreeHost(self.host_ptr))
-            self.host_ptr = 0
+        device, host_ptr = self.device, self.host_ptr
+        self.device = self.host_ptr = 0
+        self.host = np.empty(0, self.dtype)
+        try:
+            if device:
+                cuda_call(rt.cudaFree(device))
+        finally:
+            if host_ptr:
+                cuda_call(rt.cudaFreeHost(host_ptr))

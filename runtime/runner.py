@@ -81,10 +81,13 @@ class BaseRunner(abc.ABC):
         return np.asarray(scores, dtype=np.float32).reshape(batch.shape[0])
 
     def deactivate(self) -> None:
-        """Free everything :meth:`activate` allocated (idempotent)."""
+        """Free everything :meth:`activate` allocated (idempotent); the runner is inactive after,
+        even when freeing raises."""
         if self.is_active:
-            self.deactivate_impl()
-            self._meta = None
+            try:
+                self.deactivate_impl()
+            finally:
+                self._meta = None
 
     @abc.abstractmethod
     def activate_impl(self) -> ArtifactMeta:
@@ -129,7 +132,8 @@ def check_graph_input(meta: ArtifactMeta, dims: Sequence[object], model_path: Pa
         )
 
 
-def runner_for(model_path: str | Path, provider: str | None = None, threads: int | None = None) -> BaseRunner:
+def runner_for(model_path: str | Path, provider: str | None = None, threads: int | None = None,
+               allow_host_code: bool = False) -> BaseRunner:
     """The runner for an artifact, chosen by its suffix (not yet activated).
 
     Args:
@@ -137,6 +141,7 @@ def runner_for(model_path: str | Path, provider: str | None = None, threads: int
         provider: ONNX Runtime execution provider (``tensorrt``, ``cuda``, ``cpu``); ``None``
             picks the best available. Refused for a TensorRT plan.
         threads: ONNX Runtime intra-op threads; ``None`` lets it choose.
+        allow_host_code: TensorRT plans only: see :class:`~qualitynet.runtime.trt_runner.TrtRunner`.
 
     Raises:
         QualityNetError: an unknown suffix, or options the backend cannot honour.
@@ -148,7 +153,7 @@ def runner_for(model_path: str | Path, provider: str | None = None, threads: int
             raise QualityNetError(f"--provider {provider} applies to .onnx models; {path.name} is a TensorRT plan")
         from qualitynet.runtime.trt_runner import TrtRunner
 
-        return TrtRunner(path)
+        return TrtRunner(path, allow_host_code=allow_host_code)
     if suffix == ".onnx":
         from qualitynet.runtime.ort_runner import OrtRunner
 

@@ -43,17 +43,20 @@ class Scorer:
         batch_size: images per inference call.
         workers: decode processes; ``None`` for every core but one, 0 to decode in this process.
         fast_decode: JPEG draft-mode decoding (see :mod:`qualitynet.runtime.pipeline`).
+        allow_host_code: let the full TensorRT run the lean runtime embedded in a plan built
+            ``--version-compatible``: code from the plan file, so only for plans you trust.
 
     Raises:
         QualityNetError: the model cannot be loaded (the message says why and what to do).
     """
 
     def __init__(self, model_path: str | Path, *, provider: str | None = None, threads: int | None = None,
-                 batch_size: int = 32, workers: int | None = None, fast_decode: bool = FAST_DECODE_DEFAULT) -> None:
+                 batch_size: int = 32, workers: int | None = None, fast_decode: bool = FAST_DECODE_DEFAULT,
+                 allow_host_code: bool = False) -> None:
         self.batch_size = max(1, batch_size)
         self.workers = default_workers() if workers is None else workers
         self.fast_decode = fast_decode
-        self.runner: BaseRunner = runner_for(model_path, provider, threads)
+        self.runner: BaseRunner = runner_for(model_path, provider, threads, allow_host_code)
         self.runner.activate()
         self._pool: DecodePool | None = None
 

@@ -9,7 +9,9 @@ passed in as an object with TensorRT's name-based API (``num_io_tensors``,
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import logging
+import re
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -21,13 +23,18 @@ if TYPE_CHECKING:
     import tensorrt
 
 __all__ = [
+    "HOST_CODE_OPTION",
     "REBUILD_HINT",
     "batch_limits",
     "check_plan_compat",
     "find_io_tensors",
     "import_tensorrt",
+    "installed_runtimes",
+    "io_tensor_names",
     "plan_chunks",
     "same_release",
+    "select_runtime",
+    "tensorrt_cuda",
 ]
 
 logger = logging.getLogger(__name__)
@@ -36,30 +43,120 @@ REBUILD_HINT = (
     "rebuild the plan on this machine with `iqa-export --fp16 model.pt` (TensorRT engines are tied to "
     "the GPU and TensorRT version that built them); meanwhile `iqa-run model.fp16.onnx ...` works anywhere"
 )
-# Full TensorRT first, then the lean runtime (8.6/10.x: tensorrt_lean; 11.x also tensorrt_lean_bindings).
-_MODULES = ("tensorrt", "tensorrt_lean", "tensorrt_lean_bindings")
+HOST_CODE_OPTION = "--allow-plan-host-code"
+# The full TensorRT, and the lean runtime (8.6/10.x: tensorrt_lean; 11.x also tensorrt_lean_bindings).
+_FULL = ("tensorrt",)
+_LEAN = ("tensorrt_lean", "tensorrt_lean_bindings")
+_CUDA_SUFFIX = re.compile(r"(?:^tensorrt.*|^nvidia-cuda-runtime)[-_]cu(\d+)(?:[-_]|$)")
+_NOT_INSTALLED = (
+    "TensorRT is not installed: a .plan needs it (pip install tensorrt-cu12, or tensorrt==8.6.1 on Pascal GPUs, "
+    "plus pip install 'qualitynet[tensorrt-cu12]' for cuda-python; see the README); or score the ONNX model instead"
+)
+
+
+def _first_runtime(names: tuple[str, ...]) -> ModuleType | None:
+    """The first importable module of ``names`` with a ``Runtime`` (the type stubs' bare ``tensorrt`` has none)."""
+    for name in names:
+        try:
+            module = importlib.import_module(name)
+        except (ImportError, OSError):  # OSError: the bindings are there but their libraries are not
+            continue
+        if hasattr(module, "Runtime"):
+            return module
+    return None
 
 
 def import_tensorrt() -> ModuleType:
     """The installed TensorRT runtime module: full ``tensorrt``, else the lean runtime.
 
-    A ``tensorrt`` that is only a namespace (the type stubs) does not count.
-
     Raises:
         QualityNetError: neither is installed; the message says what to install.
     """
-    for name in _MODULES:
+    module = _first_runtime(_FULL) or _first_runtime(_LEAN)
+    if module is None:
+        raise QualityNetError(_NOT_INSTALLED)
+    return module
+
+
+def installed_runtimes() -> tuple[ModuleType | None, ModuleType | None]:
+    """``(full TensorRT, lean runtime)`` modules, each ``None`` when not installed."""
+    return _first_runtime(_FULL), _first_runtime(_LEAN)
+
+
+def select_runtime(meta: ArtifactMeta, plan: Path, full: ModuleType | None, lean: ModuleType | None,
+                   allow_host_code: bool = False) -> ModuleType:
+    """The TensorRT module that may load this plan, or a refusal before anything is deserialised.
+
+    A plain plan needs the full TensorRT. A plan built with ``--version-compatible`` runs on the lean
+    runtime of the release that built it (which executes nothing from the plan file) when that is
+    installed; otherwise the full TensorRT runs the lean runtime embedded in the plan, which is code
+    loaded from the file, so that needs ``allow_host_code``. A plan built with
+    ``--exclude-lean-runtime`` as well needs the lean runtime.
+
+    Args:
+        meta: the plan's sidecar (``extra["version_compatible"]``, ``extra["exclude_lean_runtime"]``).
+        plan: the plan's path, for the messages.
+        full: the full ``tensorrt`` module, ``None`` when absent (see :func:`installed_runtimes`).
+        lean: the lean runtime module, ``None`` when absent.
+        allow_host_code: the user trusts the plan file (``--allow-plan-host-code``).
+
+    Raises:
+        QualityNetError: no installed runtime may load the plan; the message says what to do.
+    """
+    version_compatible = bool(meta.extra.get("version_compatible"))
+    if not version_compatible:
+        if full is not None:
+            return full
+        if lean is not None:
+            raise QualityNetError(
+                f"{plan}: refused, it was built without --version-compatible and only TensorRT's lean runtime "
+                f"({lean.__name__} {lean.__version__}) is installed, which loads only version-compatible "
+                "plans; rebuild with `iqa-export --fp16 --version-compatible model.pt`, or install the full TensorRT"
+            )
+        raise QualityNetError(_NOT_INSTALLED)
+    built = meta.versions.get("tensorrt", "?")
+    if lean is not None and (full is None or same_release(built, lean.__version__)):
+        return lean  # of another release, check_plan_compat refuses it with both versions
+    if full is None:
+        raise QualityNetError(_NOT_INSTALLED)
+    if meta.extra.get("exclude_lean_runtime"):
+        raise QualityNetError(
+            f"{plan}: it was built with --exclude-lean-runtime, so it runs only on TensorRT's lean runtime of the "
+            f"version that built it ({built}), which is not installed (its wheel from NVIDIA's index: "
+            "tensorrt-lean-cu12 or tensorrt-lean-cu13 for 10.x and 11.x)"
+        )
+    if not allow_host_code:
+        raise QualityNetError(
+            f"{plan}: refused, it embeds TensorRT's lean runtime (built --version-compatible) and the full TensorRT "
+            f"would run that code from the plan file; pass {HOST_CODE_OPTION} (Python: allow_host_code=True) only "
+            f"for a plan you trust, or install TensorRT's lean runtime {built}, which runs the plan without it"
+        )
+    return full
+
+
+def tensorrt_cuda(module_name: str) -> str | None:
+    """The CUDA major version the installed TensorRT module's wheels were built for, e.g. ``"12"``.
+
+    TensorRT links CUDA statically and its Python module does not say which CUDA it was built
+    for; its pip wheels do: ``tensorrt-cu12``, ``tensorrt_cu13_libs``, ``tensorrt_lean_cu13``, and
+    8.6's ``tensorrt-libs`` requires ``nvidia-cuda-runtime-cu12``.
+
+    Returns:
+        ``None`` for a TensorRT not installed with pip (a tarball or a system package).
+    """
+    names = list(importlib.metadata.packages_distributions().get(module_name.split(".")[0], []))
+    for name in names:  # grows with their TensorRT and CUDA requirements (tensorrt -> tensorrt-libs -> nvidia-cuda-...)
+        found = _CUDA_SUFFIX.search(name.lower())
+        if found:
+            return found.group(1)
         try:
-            module = importlib.import_module(name)
-        except ImportError:
+            requires = importlib.metadata.distribution(name).requires or []
+        except importlib.metadata.PackageNotFoundError:
             continue
-        if hasattr(module, "Runtime"):
-            logger.debug("using %s %s", name, getattr(module, "__version__", "?"))
-            return module
-    raise QualityNetError(
-        "TensorRT is not installed: a .plan needs it (pip install tensorrt-cu12, or tensorrt==8.6.1 on "
-        "Pascal GPUs, plus pip install 'qualitynet[tensorrt]' for cuda-python); or score the ONNX model instead"
-    )
+        required = (re.split(r"[\s;=<>!~\[]", requirement, maxsplit=1)[0] for requirement in requires)
+        names += [r for r in required
+                  if r not in names and (r.lower().startswith("tensorrt") or _CUDA_SUFFIX.search(r.lower()))]
+    return None
 
 
 def _release(version: str) -> tuple[int, ...]:
@@ -83,7 +180,7 @@ def same_release(built: str, installed: str, version_compatible: bool = False) -
 
 
 def check_plan_compat(meta: ArtifactMeta, plan: Path, tensorrt_version: str, compute_capability: str,
-                      gpu_name: str = "") -> None:
+                      gpu_name: str = "", lean: bool = False) -> None:
     """Refuse a plan built for another GPU architecture or TensorRT version.
 
     Args:
@@ -93,6 +190,8 @@ def check_plan_compat(meta: ArtifactMeta, plan: Path, tensorrt_version: str, com
         tensorrt_version: the TensorRT present here.
         compute_capability: this GPU's, as ``"major.minor"``.
         gpu_name: this GPU's name, for the message.
+        lean: ``tensorrt_version`` is the lean runtime's, which runs plans of its own release
+            only (a later full TensorRT runs a version-compatible plan of the same major).
 
     Raises:
         QualityNetError: which mismatch, and how to rebuild.
@@ -109,7 +208,7 @@ def check_plan_compat(meta: ArtifactMeta, plan: Path, tensorrt_version: str, com
             f"it was built for compute capability {meta.compute_capability} ({meta.gpu_name or 'unknown GPU'}) "
             f"but this GPU is {compute_capability} ({gpu_name or 'unknown'})"
         )
-    if not same_release(built_version, tensorrt_version, bool(meta.extra.get("version_compatible"))):
+    if not same_release(built_version, tensorrt_version, bool(meta.extra.get("version_compatible")) and not lean):
         problems.append(f"it was built with TensorRT {built_version} but TensorRT {tensorrt_version} is installed")
     if problems:
         raise QualityNetError(f"{plan}: refused, {'; and '.join(problems)}; {REBUILD_HINT}")
@@ -131,9 +230,7 @@ def find_io_tensors(engine: tensorrt.ICudaEngine, io_mode: Any,
     Raises:
         QualityNetError: the engine does not have exactly one input and at least one output.
     """
-    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
-    inputs = [n for n in names if engine.get_tensor_mode(n) == io_mode.INPUT]
-    outputs = [n for n in names if engine.get_tensor_mode(n) == io_mode.OUTPUT]
+    inputs, outputs = io_tensor_names(engine, io_mode)
     if len(inputs) != 1 or not outputs:
         raise QualityNetError(
             f"engine has inputs {inputs} and outputs {outputs}; a QualityNet plan has one image input and a "
@@ -143,6 +240,13 @@ def find_io_tensors(engine: tensorrt.ICudaEngine, io_mode: Any,
     if preferred[0] and preferred[0] != inputs[0]:
         logger.warning("engine input is %r, the sidecar says %r; using the engine's", inputs[0], preferred[0])
     return inputs[0], output
+
+
+def io_tensor_names(engine: tensorrt.ICudaEngine, io_mode: Any) -> tuple[list[str], list[str]]:
+    """The engine's input and output tensor names, in the engine's order (name-based API)."""
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    return ([n for n in names if engine.get_tensor_mode(n) == io_mode.INPUT],
+            [n for n in names if engine.get_tensor_mode(n) == io_mode.OUTPUT])
 
 
 def batch_limits(engine: tensorrt.ICudaEngine, input_name: str, profile: int = 0) -> tuple[int, int]:

@@ -2,16 +2,19 @@
 
 Only the name-based tensor API is used (``set_input_shape``, ``set_tensor_address``,
 ``execute_async_v3``), which TensorRT 8.6, 10.x and 11.x share. Pinned host and device
-buffers are allocated once for the optimization profile's maximum batch, their addresses
-bound once, and reused for every batch on one CUDA stream. A batch larger than the profile
-allows is split; one smaller than its minimum is padded. :meth:`TrtRunner.deactivate` (or
-leaving ``with``) frees the GPU memory.
+buffers are allocated once for the optimization profile's maximum batch, for the input and
+every output (``execute_async_v3`` needs an address for each), bound once, and reused for
+every batch on one CUDA stream. A batch larger than the profile allows is split; one smaller
+than its minimum is padded. :meth:`TrtRunner.deactivate` (or leaving ``with``) frees the GPU
+memory. Which TensorRT module loads the plan (full or lean runtime) is decided by
+:func:`~qualitynet.runtime.trt_compat.select_runtime` from the sidecar.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,12 +25,15 @@ from qualitynet.errors import QualityNetError
 from qualitynet.runtime.gpu import HostDeviceBuffer, cuda_call, cudart, device_properties
 from qualitynet.runtime.runner import BaseRunner, check_graph_input
 from qualitynet.runtime.trt_compat import (
+    HOST_CODE_OPTION,
     REBUILD_HINT,
     batch_limits,
     check_plan_compat,
     find_io_tensors,
-    import_tensorrt,
+    installed_runtimes,
+    io_tensor_names,
     plan_chunks,
+    select_runtime,
 )
 
 if TYPE_CHECKING:
@@ -44,13 +50,18 @@ class TrtRunner(BaseRunner):
     Args:
         model_path: the ``.plan``; its ``.json`` sidecar must sit next to it.
         device: the CUDA device index.
+        allow_host_code: let the full TensorRT run the lean runtime embedded in a plan built
+            ``--version-compatible`` (TensorRT's ``engine_host_code_allowed``): that executes code
+            from the plan file, so only for plans you trust. Without it such a plan is refused
+            unless TensorRT's lean runtime is installed (it needs no code from the file).
     """
 
     name = "tensorrt"
 
-    def __init__(self, model_path: str | Path, device: int = 0) -> None:
+    def __init__(self, model_path: str | Path, device: int = 0, allow_host_code: bool = False) -> None:
         super().__init__(model_path)
         self.device = device
+        self.allow_host_code = allow_host_code
         self._runtime: tensorrt.Runtime | None = None
         self._engine: tensorrt.ICudaEngine | None = None
         self._context: tensorrt.IExecutionContext | None = None
@@ -63,15 +74,18 @@ class TrtRunner(BaseRunner):
 
     def activate_impl(self) -> ArtifactMeta:
         meta = ArtifactMeta.read_sidecar(self.model_path)
-        trt = import_tensorrt()
+        trt = select_runtime(meta, self.model_path, *installed_runtimes(), allow_host_code=self.allow_host_code)
         rt = cudart()
         capability, gpu_name = device_properties(self.device)  # before TensorRT touches CUDA
-        check_plan_compat(meta, self.model_path, trt.__version__, capability, gpu_name)
+        check_plan_compat(meta, self.model_path, trt.__version__, capability, gpu_name, lean=trt.__name__ != "tensorrt")
         cuda_call(rt.cudaSetDevice(self.device))
         try:
             self._load(trt, meta)
         except BaseException:
-            self.deactivate_impl()
+            try:
+                self.deactivate_impl()
+            except QualityNetError as cleanup:  # the load's own error is the one to report
+                logger.warning("freeing after the failed load also failed: %s", cleanup)
             raise
         return meta
 
@@ -80,38 +94,49 @@ class TrtRunner(BaseRunner):
         self._trt_logger = trt.Logger(trt.Logger.WARNING)
         runtime: tensorrt.Runtime = trt.Runtime(self._trt_logger)
         self._runtime = runtime
+        if self.allow_host_code:
+            runtime.engine_host_code_allowed = True
         engine = runtime.deserialize_cuda_engine(self.model_path.read_bytes())
         if engine is None:
-            lean = "" if trt.__name__ == "tensorrt" else (
-                f"; {trt.__name__} (the lean runtime) loads only plans built version-compatible, "
-                "install the full TensorRT or rebuild so")
-            raise QualityNetError(f"{self.model_path}: TensorRT could not deserialize the plan{lean}; {REBUILD_HINT}")
+            hint = "" if trt.__name__ == "tensorrt" or self.allow_host_code else (
+                f"; if TensorRT's log above says the plan holds host code, {HOST_CODE_OPTION} allows it (trusted "
+                "plans only)")
+            raise QualityNetError(f"{self.model_path}: {trt.__name__} {trt.__version__} could not deserialize the "
+                                  f"plan{hint}; {REBUILD_HINT}")
         self._engine = engine
         cfg = meta.preprocess
         inp, out = find_io_tensors(engine, trt.TensorIOMode, (cfg.input_name, cfg.output_name))
         check_graph_input(meta, tuple(engine.get_tensor_shape(inp))[1:], self.model_path)
+        outputs = io_tensor_names(engine, trt.TensorIOMode)[1]
         low, high = batch_limits(engine, inp)
-        out_shape: tuple[int, ...] = tuple(engine.get_tensor_shape(out)[1:])
-        if any(d < 0 for d in out_shape):
-            raise QualityNetError(f"{self.model_path}: output {out!r} has dynamic non-batch dims {out_shape}")
+        per_item = {name: self._items_per_image(engine, name) for name in outputs}
         context = engine.create_execution_context()
         if context is None:
             raise QualityNetError(f"{self.model_path}: TensorRT could not create an execution context (GPU memory?)")
         self._context = context
         self._stream = cuda_call(cudart().cudaStreamCreate())
-        in_items, out_items = 3 * cfg.height * cfg.width, math.prod(out_shape)
-        in_buf = HostDeviceBuffer(high * in_items, np.dtype(trt.nptype(engine.get_tensor_dtype(inp))))
-        self._buffers.append(in_buf)
-        out_buf = HostDeviceBuffer(high * out_items, np.dtype(trt.nptype(engine.get_tensor_dtype(out))))
-        self._buffers.append(out_buf)
-        if not (context.set_tensor_address(inp, in_buf.device) and context.set_tensor_address(out, out_buf.device)):
-            raise QualityNetError(f"{self.model_path}: TensorRT refused the buffer addresses")
-        self._io, self._limits, self._per_item = (inp, out), (low, high), (in_items, out_items)
-        logger.info("TensorRT %s engine: input %r, output %r, batch %d..%d, buffers %.1f MiB",
-                    trt.__version__, inp, out, low, high, (in_buf.nbytes + out_buf.nbytes) / 2**20)
+        in_items = 3 * cfg.height * cfg.width
+        # The input first, the chosen output second; every other output gets a buffer too, whose values are unused.
+        for name, items in ((inp, in_items), (out, per_item[out]),
+                            *((n, per_item[n]) for n in outputs if n != out)):
+            buffer = HostDeviceBuffer(high * items, np.dtype(trt.nptype(engine.get_tensor_dtype(name))))
+            self._buffers.append(buffer)
+            if not context.set_tensor_address(name, buffer.device):
+                raise QualityNetError(f"{self.model_path}: TensorRT refused the buffer address of {name!r}")
+        self._io, self._limits, self._per_item = (inp, out), (low, high), (in_items, per_item[out])
+        logger.info("TensorRT %s engine (%s): input %r, output %r of %d, batch %d..%d, buffers %.1f MiB",
+                    trt.__version__, trt.__name__, inp, out, len(outputs), low, high,
+                    sum(b.nbytes for b in self._buffers) / 2**20)
+
+    def _items_per_image(self, engine: tensorrt.ICudaEngine, name: str) -> int:
+        """Elements per image of an output tensor, whose dims past the batch must be static."""
+        shape: tuple[int, ...] = tuple(engine.get_tensor_shape(name)[1:])
+        if any(d < 0 for d in shape):
+            raise QualityNetError(f"{self.model_path}: output {name!r} has dynamic non-batch dims {shape}")
+        return math.prod(shape)
 
     def infer_impl(self, batch: np.ndarray) -> np.ndarray:
-        context, (in_buf, out_buf) = self._context, self._buffers
+        context, (in_buf, out_buf) = self._context, self._buffers[:2]
         assert context is not None
         rt = cudart()
         (inp, _), (in_items, out_items) = self._io, self._per_item
@@ -131,13 +156,25 @@ class TrtRunner(BaseRunner):
         return scores
 
     def deactivate_impl(self) -> None:
-        rt = cudart()
-        if self._stream is not None:
-            cuda_call(rt.cudaStreamSynchronize(self._stream))
-        for buffer in reversed(self._buffers):
-            buffer.free()
-        self._buffers.clear()
-        if self._stream is not None:
-            cuda_call(rt.cudaStreamDestroy(self._stream))
-            self._stream = None
+        """Wait for the stream, drop the engine, free every buffer and destroy the stream; each step
+        runs even if an earlier one fails (after a sticky CUDA error every call fails), then the
+        first error is raised."""
+        rt, stream, buffers = cudart(), self._stream, self._buffers[::-1]
+        self._stream, self._buffers = None, []
+        steps: list[Callable[[], object]] = []
+        if stream is not None:
+            steps.append(lambda: cuda_call(rt.cudaStreamSynchronize(stream)))
+        steps += [self._drop_tensorrt, *(buffer.free for buffer in buffers)]
+        if stream is not None:
+            steps.append(lambda: cuda_call(rt.cudaStreamDestroy(stream)))
+        errors = []
+        for step in steps:
+            try:
+                step()
+            except QualityNetError as exc:
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+    def _drop_tensorrt(self) -> None:
         self._context = self._engine = self._runtime = self._trt_logger = None

@@ -1,4 +1,5 @@
-"""Type-checking the TensorRT code against tensorrt-stubs, shared by the export and runtime tests.
+"""Type-checking the TensorRT code against tensorrt-stubs, and sidecar values that differ from a
+real plan's, shared by the export and runtime tests.
 
 The stubs wheel installs ``tensorrt/__init__.pyi`` without ``py.typed`` (so mypy skips it
 unless it is on MYPYPATH), and 10.13.0.35.1 has a few lines Python cannot parse (a parameter
@@ -16,6 +17,18 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def other_capability(capability: str) -> str:
+    """A compute capability other than this GPU's ``"major.minor"`` (so every GPU, a P5000 too, refuses it)."""
+    major, minor = capability.split(".")
+    return f"{int(major) + 1}.{minor}"
+
+
+def other_release(version: str) -> str:
+    """A TensorRT release other than ``version`` (the patch level bumped: "8.6.1" -> "8.6.2")."""
+    parts = (version.split(".") + ["0", "0"])[:3]
+    return ".".join([*parts[:2], str(int("".join(c for c in parts[2] if c.isdigit()) or 0) + 1)])
 
 
 def sanitised_stubs(target: Path) -> Path:

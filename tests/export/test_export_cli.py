@@ -113,3 +113,13 @@ def test_photos_folder_without_photos_is_one_line(varied_checkpoint: Path, tmp_p
     checkpoint = shutil.copy(varied_checkpoint, tmp_path / "model.pt")
     code, output = run("--photos", str(empty), str(checkpoint))
     assert code == 1 and "needs at least 2 photos" in output
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--fp16", "--exclude-lean-runtime"], "--exclude-lean-runtime applies only with --version-compatible"),
+    (["--version-compatible"], "--version-compatible applies to the TensorRT plan, which only --fp16 builds"),
+])
+def test_version_compatibility_options_are_usage_errors_where_they_do_not_apply(
+        varied_checkpoint: Path, args: list[str], message: str) -> None:
+    code, output = run(*args, str(varied_checkpoint))
+    assert code == 2 and message in output

@@ -34,7 +34,8 @@ def test_help_ends_with_an_example_block() -> None:
     assert description.rstrip().splitlines()[-4].strip() == "Example:"
     assert "iqa-run model.plan photos/ -o scores.csv" in description
     for option in ("--output", "--format", "--batch-size", "--workers", "--no-recursive", "--resume",
-                   "--fast-decode", "--exact-decode", "--files-from", "--provider", "--quiet"):
+                   "--fast-decode", "--exact-decode", "--files-from", "--provider", "--quiet",
+                   "--allow-plan-host-code"):
         assert option in result.output
 
 
