@@ -27,8 +27,9 @@ from qualitynet._cli import progress
 from qualitynet.artifact import PreprocessCfg
 from qualitynet.errors import QualityNetError
 from qualitynet.trainer.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, software_versions
-from qualitynet.trainer.data import IqaDataset, default_workers, make_loader, predict
+from qualitynet.trainer.data import IqaDataset, default_workers, predict
 from qualitynet.trainer.datasets import DatasetIndex, Split, check_images, make_split
+from qualitynet.trainer.distributed import World
 from qualitynet.trainer.loss import MaePlccLoss
 from qualitynet.trainer.metrics import compute_metrics
 from qualitynet.trainer.model import QualityNet, create_model
@@ -83,7 +84,7 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def train_one_epoch(model: QualityNet, loader: torch.utils.data.DataLoader, criterion: MaePlccLoss,
+def train_one_epoch(model: torch.nn.Module, loader: torch.utils.data.DataLoader, criterion: torch.nn.Module,
                     optimizer: torch.optim.Optimizer, device: str, epoch: int, max_steps: int | None = None,
                     quiet: bool = False) -> float:
     """One pass over the training data; returns the mean batch loss."""
@@ -122,7 +123,7 @@ def _write_history(history: list[dict[str, float]], out_dir: Path) -> None:
 
 
 def train(index: DatasetIndex, out_dir: str | Path, settings: TrainSettings,
-          resume: str | Path | None = None) -> TrainResult:
+          resume: str | Path | None = None, world: World | None = None) -> TrainResult:
     """Train QualityNet on ``index`` and write the run's files to ``out_dir``.
 
     Args:
@@ -130,6 +131,8 @@ def train(index: DatasetIndex, out_dir: str | Path, settings: TrainSettings,
         out_dir: run folder; created if needed.
         settings: the recipe.
         resume: a ``last.pt`` to continue from (its run's split is reused).
+        world: this process's place in a DDP run (see :mod:`qualitynet.trainer.distributed`);
+            default: a single process.
 
     Returns:
         The run's summary. Ctrl-C stops after the current batch, keeps ``model.pt`` (the best
@@ -139,7 +142,8 @@ def train(index: DatasetIndex, out_dir: str | Path, settings: TrainSettings,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(settings.seed)
-    device = resolve_device(settings.device)
+    world = world or World()
+    device = world.device(resolve_device(settings.device))
     workers = default_workers() if settings.workers < 0 else settings.workers
 
     resumed = load_checkpoint(resume) if resume else None
@@ -148,7 +152,8 @@ def train(index: DatasetIndex, out_dir: str | Path, settings: TrainSettings,
         raise QualityNetError(f"{resume}: holds no training state; resume from the run's last.pt, not model.pt")
     split_path = out / "split.json"
     split = Split.load(split_path) if resume else make_split(index, settings.seed, settings.split_ratios)
-    split.save(split_path)
+    if world.is_main:
+        split.save(split_path)
     check_images(index.paths)
 
     model = create_model(settings.config, settings.pretrained).to(device)
@@ -157,7 +162,7 @@ def train(index: DatasetIndex, out_dir: str | Path, settings: TrainSettings,
                               flip=name == "train") for name in ("train", "val", "test")}
     log.info("%s: %d train / %d val / %d test images; %s on %s", index.name, len(parts["train"]),
              len(parts["val"]), len(parts["test"]), settings.config, device)
-    loader = make_loader(parts["train"], settings.batch_size, True, workers, settings.seed)
+    loader = world.loader(parts["train"], settings.batch_size, workers, settings.seed)
     criterion = MaePlccLoss(settings.lambda_mae, settings.lambda_plcc)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -171,6 +176,7 @@ def train(index: DatasetIndex, out_dir: str | Path, settings: TrainSettings,
         history, best_loss, best_epoch = state["history"], state["best_loss"], state["best_epoch"]
         start_epoch = state["epoch"] + 1
         log.info("resuming at epoch %d (best so far: epoch %d)", start_epoch, best_epoch)
+    net, train_criterion = world.wrap(model), world.criterion(criterion)
 
     def checkpoint(train_state: dict[str, object] | None, metrics: dict[str, float]) -> Checkpoint:
         return Checkpoint(model.config, {k: v.detach().cpu() for k, v in model.state_dict().items()}, preprocess,
@@ -179,20 +185,25 @@ def train(index: DatasetIndex, out_dir: str | Path, settings: TrainSettings,
     interrupted, epoch = False, start_epoch - 1
     try:
         for epoch in range(start_epoch, settings.epochs + 1):
-            train_loss = train_one_epoch(model, loader, criterion, optimizer, device, epoch,
+            world.start_epoch(loader, epoch)
+            train_loss = train_one_epoch(net, loader, train_criterion, optimizer, device, epoch,
                                          settings.max_steps, settings.quiet)
-            val = evaluate(model, parts["val"], criterion, device, settings.batch_size, workers)
+            val = world.from_main(lambda: evaluate(model, parts["val"], criterion, device, settings.batch_size,
+                                                   workers))
             scheduler.step(val["loss"])
             history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val["loss"],
                             "val_plcc": val["plcc"], "val_srocc": val["srocc"], "lr": optimizer.param_groups[0]["lr"]})
             improved = val["loss"] < best_loss
             if improved:
                 best_loss, best_epoch = val["loss"], epoch
+            if improved and world.is_main:
                 save_checkpoint(out / "model.pt", checkpoint(None, {f"val_{k}": v for k, v in val.items()}))
-            save_checkpoint(out / "last.pt", checkpoint(
-                {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
-                 "history": history, "best_loss": best_loss, "best_epoch": best_epoch,
-                 "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()}}, {}))
+            if world.is_main:
+                save_checkpoint(out / "last.pt", checkpoint(
+                    {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
+                     "history": history, "best_loss": best_loss, "best_epoch": best_epoch,
+                     "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()}},
+                    {}))
             log.info("epoch %d: train loss %.4f, val loss %.4f, val SROCC %.3f%s", epoch, train_loss, val["loss"],
                      val["srocc"], " (best)" if improved else "")
             if epoch - best_epoch >= settings.early_stop_patience:
@@ -201,6 +212,8 @@ def train(index: DatasetIndex, out_dir: str | Path, settings: TrainSettings,
     except KeyboardInterrupt:
         interrupted = True
         log.warning("interrupted at epoch %d; keeping the best checkpoint (epoch %d)", epoch, best_epoch)
+    if not world.is_main:  # rank 0 alone writes the history and scores the test split
+        return TrainResult(out, best_epoch, len(history), interrupted, {}, time.perf_counter() - started)
     _write_history(history, out)
     if best_epoch == 0:
         raise QualityNetError("training stopped before the first epoch finished; no model.pt was written")
