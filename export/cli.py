@@ -41,11 +41,14 @@ def _batch_profile(ctx: click.Context, param: click.Parameter, value: str) -> Ba
               help="TensorRT builder optimization level (higher: slower build, maybe faster engine).")
 @click.option("--photos", type=click.Path(exists=True, path_type=Path),
               help="Folder of photos to verify on (first 32) [default: photos bundled with scikit-image].")
+@click.option("--triton-repo", type=click.Path(file_okay=False, path_type=Path),
+              help="Also write a Triton Inference Server model repository here (config.pbtxt + 1/model.*).")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
 @click.version_option(qualitynet.__version__, "-V", "--version")
 @cli_errors
 def main(checkpoint: Path, fp16: bool, out_dir: Path | None, opset: int, profile: BatchProfile, workspace: int,
-         timing_cache: Path | None, opt_level: int, photos: Path | None, quiet: bool) -> None:
+         timing_cache: Path | None, opt_level: int, photos: Path | None, triton_repo: Path | None,
+         quiet: bool) -> None:
     """Export CHECKPOINT (a model.pt from iqa-train) to a verified ONNX model.
 
     Writes model.onnx (FP32, dynamic batch, preprocessing and score scale in its metadata)
@@ -63,6 +66,11 @@ def main(checkpoint: Path, fp16: bool, out_dir: Path | None, opset: int, profile
     setup_logging(quiet)
     result = export_all(checkpoint, out_dir, fp16=fp16, opset=opset, photos=photos, profile=profile,
                         workspace=workspace, timing_cache=timing_cache, opt_level=opt_level)
+    if triton_repo is not None:
+        from qualitynet.export.triton import write_triton_repo
+
+        for config in write_triton_repo(triton_repo, result.onnx, result.plan, profile=profile):
+            click.echo(f"Triton model: {config.parent}", err=True)
     if not quiet:
         click.echo(summary(result), err=True)
 
