@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from qualitynet.errors import QualityNetError
-from qualitynet.runtime.pipeline import FAST_DECODE_DEFAULT
+from qualitynet.runtime.pipeline import FAST_DECODE_DEFAULT, decode_bytes
 from qualitynet.runtime.scorer import Scorer
 from qualitynet.runtime.types import ScoreRecord
 
@@ -48,7 +48,8 @@ def _import_ray() -> Any:
 
 
 class ScoreActor:
-    """One actor of the pool: loads the model once, then scores ``{"path": [...]}`` batches."""
+    """One actor of the pool: loads the model once, then scores batches of ``path`` (files every node
+    opens) or of ``path`` and ``bytes`` (what ``ray.data.read_binary_files`` reads, from S3 and the like)."""
 
     def __init__(self, model_path: str, provider: str | None, threads: int | None, batch_size: int, workers: int,
                  fast_decode: bool) -> None:
@@ -56,7 +57,12 @@ class ScoreActor:
                              workers=workers, fast_decode=fast_decode)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        records = list(self.scorer.score_paths(str(p) for p in batch["path"]))
+        if "bytes" in batch:  # ray.data.read_binary_files(..., include_paths=True): any filesystem Ray reads
+            cfg, fast = self.scorer.meta.preprocess, self.scorer.fast_decode
+            records = self.scorer.score_decoded([decode_bytes(bytes(data), cfg, fast, name=str(path))
+                                                 for path, data in zip(batch["path"], batch["bytes"], strict=True)])
+        else:
+            records = list(self.scorer.score_paths(str(p) for p in batch["path"]))
         return {
             "path": np.array([r.path for r in records], dtype=object),
             "score": np.array([math.nan if r.score is None else r.score for r in records], dtype=np.float64),
@@ -70,7 +76,8 @@ def score_dataset(dataset: Any, model_path: str | Path, *, actors: int | None = 
     """Score a Ray Dataset of image paths with a pool of :class:`ScoreActor`.
 
     Args:
-        dataset: a ``ray.data.Dataset`` with a ``path`` column (files every node can read).
+        dataset: a ``ray.data.Dataset`` with a ``path`` column (files every node can read), or
+            ``path`` and ``bytes`` columns (``ray.data.read_binary_files(uri, include_paths=True)``).
         model_path: the ``.onnx`` or ``.plan``, at a path every node can read. A ``.plan`` runs
             only on the GPU model it was built for: give a cluster of such GPUs (or a ``.onnx``).
         actors: pool size; default: the cluster's CPUs / ``cpus_per_actor`` (GPUs / ``gpus_per_actor``

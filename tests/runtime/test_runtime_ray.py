@@ -88,6 +88,25 @@ def test_score_dataset_writes_parquet(onnx_models: tuple[Path, Path], mixed_fold
     assert not rows
 
 
+def test_binary_files_dataset_scores_like_paths(onnx_models: tuple[Path, Path], mixed_folder: Path,
+                                                 ray_address: str) -> None:
+    """Ray's own reader (the one that reads object stores) gives the bytes; the scores are the files'."""
+    from qualitynet.runtime import Scorer
+    from qualitynet.runtime.ray_scoring import records_of, score_dataset
+
+    dataset = ray.data.read_binary_files(str(mixed_folder), include_paths=True)
+    got = {Path(r.path).name: r for batch in records_of(score_dataset(dataset, onnx_models[0], actors=1,
+                                                                      batch_size=4)) for r in batch}
+    with Scorer(onnx_models[0], workers=0) as scorer:
+        expected = {Path(r.path).name: r for r in scorer.score_folder(mixed_folder)}
+    assert sorted(got) == sorted(expected)
+    for name, record in expected.items():
+        if record.error:
+            assert got[name].score is None and got[name].error.startswith("cannot read image")
+        else:
+            assert got[name].error == "" and abs(got[name].score - record.score) <= 1e-6  # type: ignore[operator]
+
+
 @pytest.mark.slow
 def test_killed_ray_run_resumes_with_every_file_exactly_once(onnx_models: tuple[Path, Path], mixed_folder: Path,
                                                              ray_address: str, tmp_path: Path) -> None:
