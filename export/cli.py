@@ -47,12 +47,14 @@ def _batch_profile(ctx: click.Context, param: click.Parameter, value: str) -> Ba
                    "lean runtime of the TensorRT version that built it).")
 @click.option("--photos", type=click.Path(exists=True, path_type=Path),
               help="Folder of photos to verify on (first 32) [default: photos bundled with scikit-image].")
+@click.option("--triton-repo", type=click.Path(file_okay=False, path_type=Path),
+              help="Also write a Triton Inference Server model repository here (config.pbtxt + 1/model.*).")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
 @click.version_option(qualitynet.__version__, "-V", "--version")
 @cli_errors
 def main(checkpoint: Path, fp16: bool, out_dir: Path | None, opset: int, profile: BatchProfile, workspace: int,
          timing_cache: Path | None, opt_level: int, version_compatible: bool, exclude_lean_runtime: bool,
-         photos: Path | None, quiet: bool) -> None:
+         photos: Path | None, triton_repo: Path | None, quiet: bool) -> None:
     """Export CHECKPOINT (a model.pt from iqa-train) to a verified ONNX model.
 
     Writes model.onnx (FP32, dynamic batch, preprocessing and score scale in its metadata)
@@ -75,6 +77,11 @@ def main(checkpoint: Path, fp16: bool, out_dir: Path | None, opset: int, profile
     result = export_all(checkpoint, out_dir, fp16=fp16, opset=opset, photos=photos, profile=profile,
                         workspace=workspace, timing_cache=timing_cache, opt_level=opt_level,
                         version_compatible=version_compatible, exclude_lean_runtime=exclude_lean_runtime)
+    if triton_repo is not None:
+        from qualitynet.export.triton import write_triton_repo
+
+        for config in write_triton_repo(triton_repo, result.onnx, result.plan, profile=profile):
+            click.echo(f"Triton model: {config.parent}", err=True)
     if not quiet:
         click.echo(summary(result), err=True)
 

@@ -6,7 +6,7 @@ import itertools
 import logging
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import click
 
@@ -19,6 +19,9 @@ from qualitynet.runtime.pipeline import FAST_DECODE_DEFAULT
 from qualitynet.runtime.scorer import Scorer
 from qualitynet.runtime.summary import RunStats
 from qualitynet.runtime.writer import FORMATS, RecordWriter, format_for
+
+if TYPE_CHECKING:
+    from qualitynet.runtime.ray_scoring import RayScorer
 
 __all__ = ["main"]
 
@@ -58,6 +61,12 @@ def _open_writer(output: Path | None, fmt: str, resume: bool, overwrite: bool, m
 @click.option("--allow-plan-host-code", is_flag=True,
               help="Let the full TensorRT run the lean runtime embedded in a --version-compatible plan: code from "
                    "the plan file, so only for plans you trust (TensorRT's lean runtime needs no such permission).")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
+              help="Score on a Ray cluster (pip install 'qualitynet[ray]'): ADDRESS, or RAY_ADDRESS / the local "
+                   "`ray start` cluster / a new local one when left out.")
+@click.option("--ray-actors", type=click.IntRange(1), help="With --ray: scoring actors (default: one per CPU or GPU).")
+@click.option("--ray-gpus", type=click.FloatRange(0), default=0, show_default=True,
+              help="With --ray: GPUs per actor (1, or 0.5 to share one).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, log or summary; only errors.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @click.version_option(package_name="qualitynet")
@@ -65,8 +74,8 @@ def _open_writer(output: Path | None, fmt: str, resume: bool, overwrite: bool, m
 def main(model: Path, inputs: tuple[str, ...], output: Path | None, fmt: str | None, batch_size: int,
          workers: int | None, recursive: bool, resume: bool, overwrite: bool, allow_other_model: bool,
          fast_decode: bool, files_from: TextIO | None, provider: str, threads: int | None,
-         allow_plan_host_code: bool, quiet: bool,
-         verbose: bool) -> None:
+         allow_plan_host_code: bool, ray_address: str | None, ray_actors: int | None, ray_gpus: float,
+         quiet: bool, verbose: bool) -> None:
     """Score image files with MODEL (.plan or .onnx) and write path,score,error rows.
 
     INPUTS are folders (walked for JPEG, PNG, WebP, BMP and TIFF files, and suffix-less
@@ -91,9 +100,9 @@ def main(model: Path, inputs: tuple[str, ...], output: Path | None, fmt: str | N
     if resume and output is None:
         raise click.UsageError("--resume needs --output (the file to continue)")
     fmt = format_for(output, fmt)
-    with Scorer(model, provider=None if provider == "auto" else provider, threads=threads,
-                batch_size=batch_size, workers=workers, fast_decode=fast_decode,
-                allow_host_code=allow_plan_host_code) as scorer:
+    with _open_scorer(model, ray_address, ray_actors, ray_gpus, provider=None if provider == "auto" else provider,
+                      threads=threads, batch_size=batch_size, workers=workers, fast_decode=fast_decode,
+                      allow_host_code=allow_plan_host_code) as scorer:
         writer, done = _open_writer(output, fmt, resume, overwrite, ModelIdentity.of(scorer.meta, model),
                                     allow_other_model)
         sources = itertools.chain(inputs, read_file_list(files_from) if files_from is not None else ())
@@ -108,6 +117,17 @@ def main(model: Path, inputs: tuple[str, ...], output: Path | None, fmt: str | N
         finally:
             writer.close()
     _finish(stats, len(done))
+
+
+def _open_scorer(model: Path, ray_address: str | None, ray_actors: int | None, ray_gpus: float, *,
+                 workers: int | None, **options: Any) -> Scorer | RayScorer:
+    """This process's :class:`Scorer`, or with ``--ray`` the same scoring in a Ray actor pool."""
+    if ray_address is None:
+        return Scorer(model, workers=workers, **options)
+    from qualitynet.runtime.ray_scoring import RayScorer
+
+    return RayScorer(model, address=ray_address or None, actors=ray_actors, gpus_per_actor=ray_gpus,
+                     workers=workers or 0, **options)
 
 
 def _finish(stats: RunStats, already: int) -> None:

@@ -14,6 +14,7 @@ leave and unlinks the shared-memory ring.
 
 from __future__ import annotations
 
+import io
 import itertools
 import logging
 import math
@@ -39,7 +40,8 @@ from qualitynet.artifact import PreprocessCfg
 from qualitynet.errors import QualityNetError
 from qualitynet.runtime.preprocess import image_to_tensor, load_rgb
 
-__all__ = ["DRAFT_FACTOR", "FAST_DECODE_DEFAULT", "DecodePool", "Decoded", "decode_path", "default_workers"]
+__all__ = ["DRAFT_FACTOR", "FAST_DECODE_DEFAULT", "DecodePool", "Decoded", "decode_bytes", "decode_path",
+           "default_workers"]
 
 logger = logging.getLogger(__name__)
 
@@ -93,14 +95,27 @@ def decode_path(path: str, cfg: PreprocessCfg, fast: bool = False) -> Decoded:
     reason = _precheck(path)
     if reason:
         return path, None, reason
+    return _decode(path, path, cfg, fast)
+
+
+def decode_bytes(data: bytes, cfg: PreprocessCfg, fast: bool = False, name: str = "<bytes>") -> Decoded:
+    """Decode and preprocess an encoded image held in memory (JPEG, PNG, ...), as :func:`decode_path` does a file.
+
+    Returns:
+        ``(name, tensor, "")`` on success, ``(name, None, reason)`` otherwise; never raises.
+    """
+    return _decode(name, io.BytesIO(data), cfg, fast)
+
+
+def _decode(name: str, source: str | io.BytesIO, cfg: PreprocessCfg, fast: bool) -> Decoded:
     draft = DRAFT_FACTOR * max(cfg.height, cfg.width) if fast else None
     try:
-        return path, image_to_tensor(load_rgb(path, draft_size=draft), cfg), ""
+        return name, image_to_tensor(load_rgb(source, draft_size=draft), cfg), ""
     except QualityNetError as exc:
-        return path, None, str(exc).removeprefix(f"{path}: ")
+        return name, None, str(exc).removeprefix(f"{source}: ").replace(str(source), name)
     except Exception as exc:  # noqa: BLE001 - a corrupt file may raise anything from a codec
-        logger.debug("decoding %s failed", path, exc_info=True)
-        return path, None, f"cannot read image ({type(exc).__name__}: {exc})"
+        logger.debug("decoding %s failed", name, exc_info=True)
+        return name, None, f"cannot read image ({type(exc).__name__}: {exc})".replace(str(source), name)
 
 
 def _slots(shm: SharedMemory, cfg: PreprocessCfg) -> np.ndarray:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import struct
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -50,11 +51,11 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def load_rgb(path: str | Path, draft_size: int | None = None) -> Image.Image:
+def load_rgb(path: str | Path | BinaryIO, draft_size: int | None = None) -> Image.Image:
     """Decode a file and return it as 8-bit RGB.
 
     Args:
-        path: the image file.
+        path: the image file, or an open binary stream of one.
         draft_size: ``None`` (the default) decodes at full resolution. An int lets a JPEG
             decode at 1/2, 1/4 or 1/8 scale straight from the DCT (Pillow's draft mode),
             choosing the smallest scale whose width and height both stay >= ``draft_size``;

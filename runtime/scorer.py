@@ -103,10 +103,10 @@ class Scorer:
         for item in pool.imap(str(p) for p in paths):
             items.append(item)
             if len(items) == self.batch_size:
-                yield self._finish(items)
+                yield self.score_decoded(items)
                 items = []
         if items:
-            yield self._finish(items)
+            yield self.score_decoded(items)
 
     def score_paths(self, paths: Iterable[str | Path]) -> Iterator[ScoreRecord]:
         """Score files; one :class:`ScoreRecord` per path, in order (a generator: wrap in ``list()``)."""
@@ -123,7 +123,9 @@ class Scorer:
             self._pool = DecodePool(self.meta.preprocess, self.workers, self.fast_decode, prefetch)
         return self._pool
 
-    def _finish(self, items: list[Decoded]) -> list[ScoreRecord]:
+    def score_decoded(self, items: list[Decoded]) -> list[ScoreRecord]:
+        """Score decoded items (:func:`~qualitynet.runtime.pipeline.decode_path` or ``decode_bytes``)
+        in one batch; an item that failed to decode, or a non-finite output, gives an error record."""
         tensors = [tensor for _, tensor, _ in items if tensor is not None]
         scores = iter(self.score_arrays(np.stack(tensors)) if tensors else ())
         records = []

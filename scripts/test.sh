@@ -9,3 +9,5 @@ EXTRAS=dev source scripts/setup-venv.sh
 .venv/bin/pip install --quiet --disable-pip-version-check --no-deps tensorrt-stubs==10.13.0.35.1
 .venv/bin/pip install --quiet --disable-pip-version-check tensorrt-lean-cu13==11.4.0.106
 .venv/bin/python -m pytest "$@"
+# The Triton serving tests need a venv of the system's Python: see scripts/test-serve.sh.
+[ "$#" -gt 0 ] || bash scripts/test-serve.sh

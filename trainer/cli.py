@@ -81,13 +81,17 @@ def format_metrics(metrics: dict[str, float]) -> str:
 @click.option("--max-steps", type=click.IntRange(1), help="Stop each epoch after N batches (smoke tests).")
 @click.option("--resume", type=click.Path(path_type=Path),
               help="Continue from a run's last.pt (its config, split, best model and random state).")
+@click.option("--nproc", type=click.IntRange(1), default=1, show_default=True,
+              help="Data-parallel processes on this machine (DDP; one per GPU, or gloo on CPU). For several "
+                   "nodes use torchrun: see the README.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or info logs.")
 @click.version_option(qualitynet.__version__)
 @cli_errors
 def train_command(dataset: str, data_root: Path | None, csv_path: Path | None, path_column: str,
                   score_column: str, score_range: str | None, config: str | None, out_dir: Path, epochs: int,
                   batch_size: int, lr: float, lr_factor: float, early_stop: int, pretrained: bool, device: str,
-                  seed: int, workers: int, max_steps: int | None, resume: Path | None, quiet: bool) -> None:
+                  seed: int, workers: int, max_steps: int | None, resume: Path | None, nproc: int,
+                  quiet: bool) -> None:
     """Train QualityNet on an IQA dataset and write OUT/model.pt.
 
     Also writes split.json, history.csv, training_curves.png, metrics.json (test split) and
@@ -97,15 +101,20 @@ def train_command(dataset: str, data_root: Path | None, csv_path: Path | None, p
     Example:
       iqa-train --dataset koniq10k --data-root /data/koniq --out runs/koniq
       iqa-train --dataset csv --csv demo/scores.csv --config small --epochs 8 --out runs/demo
+      iqa-train --nproc 4 --dataset koniq10k --data-root /data/koniq --out runs/koniq   # 4 GPUs, DDP
+      torchrun --nnodes 2 --nproc-per-node 8 ... -m qualitynet.trainer --dataset ...   # multi-node
     """
-    from qualitynet.trainer.train import TrainSettings, train
+    from qualitynet.trainer.distributed import run_training
+    from qualitynet.trainer.train import TrainSettings
 
     setup_logging(quiet)
     index = _load_index(dataset, data_root, csv_path, path_column, score_column, score_range)
     settings = TrainSettings(config=config, epochs=epochs, batch_size=batch_size, lr=lr, lr_factor=lr_factor,
                              early_stop_patience=early_stop, pretrained=pretrained, device=device, seed=seed,
                              workers=workers, max_steps=max_steps, quiet=quiet)
-    result = train(index, out_dir, settings, resume)
+    result = run_training(nproc, index, out_dir, settings, resume)
+    if result is None:  # another rank of a torchrun job: rank 0 reports
+        return
     click.echo(f"{'interrupted; ' if result.interrupted else ''}best epoch {result.best_epoch} of "
                f"{result.epochs_run}, {result.seconds:.0f} s. Test split:", err=True)
     click.echo(format_metrics(result.test_metrics))

@@ -28,8 +28,9 @@ from qualitynet._cli import progress
 from qualitynet.artifact import PreprocessCfg
 from qualitynet.errors import QualityNetError
 from qualitynet.trainer.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, software_versions
-from qualitynet.trainer.data import IqaDataset, default_workers, make_loader, predict
+from qualitynet.trainer.data import IqaDataset, default_workers, predict
 from qualitynet.trainer.datasets import DatasetIndex, Split, check_images, make_split
+from qualitynet.trainer.distributed import World
 from qualitynet.trainer.loss import MaePlccLoss
 from qualitynet.trainer.metrics import compute_metrics
 from qualitynet.trainer.model import QualityNet, create_model
@@ -88,7 +89,7 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def train_one_epoch(model: QualityNet, loader: torch.utils.data.DataLoader, criterion: MaePlccLoss,
+def train_one_epoch(model: torch.nn.Module, loader: torch.utils.data.DataLoader, criterion: torch.nn.Module,
                     optimizer: torch.optim.Optimizer, device: str, epoch: int, max_steps: int | None = None,
                     quiet: bool = False) -> float:
     """One pass over the training data; returns the mean batch loss."""
@@ -126,8 +127,9 @@ def _write_history(history: list[dict[str, float]], out_dir: Path) -> None:
     plot_history(history, out_dir / "training_curves.png")
 
 
-def _resumed_run(resume: Path, out: Path, settings: TrainSettings) -> tuple[Checkpoint, Split]:
-    """Load ``last.pt``, check ``settings`` against it, and take over its run's split and best model."""
+def _resumed_run(resume: Path, out: Path, settings: TrainSettings, copy_best: bool = True) -> tuple[Checkpoint, Split]:
+    """Load ``last.pt``, check ``settings`` against it, and take over its run's split and (with ``copy_best``,
+    the writing rank's job) best model."""
     resumed = load_checkpoint(resume)
     state = resumed.train_state
     if state is None:
@@ -141,13 +143,13 @@ def _resumed_run(resume: Path, out: Path, settings: TrainSettings) -> tuple[Chec
     best = run_dir / "model.pt"
     if state["best_epoch"] > 0 and not best.is_file():
         raise QualityNetError(f"{best}: missing; resuming needs the run's best model next to {resume.name}")
-    if state["best_epoch"] > 0 and run_dir.resolve() != out.resolve():
+    if copy_best and state["best_epoch"] > 0 and run_dir.resolve() != out.resolve():
         shutil.copyfile(best, out / "model.pt")
     return resumed, split
 
 
 def train(index: DatasetIndex, out_dir: str | Path, settings: TrainSettings,
-          resume: str | Path | None = None) -> TrainResult:
+          resume: str | Path | None = None, world: World | None = None) -> TrainResult:
     """Train QualityNet on ``index`` and write the run's files to ``out_dir``.
 
     Args:
@@ -157,6 +159,8 @@ def train(index: DatasetIndex, out_dir: str | Path, settings: TrainSettings,
         resume: a ``last.pt`` to continue from. The model is built from it, its run's
             ``split.json`` and ``model.pt`` (best so far) are taken over into ``out_dir``, and
             every random-number state is restored, so the run continues as if never stopped.
+        world: this process's place in a DDP run (see :mod:`qualitynet.trainer.distributed`);
+            default: a single process.
 
     Returns:
         The run's summary. Ctrl-C stops after the current batch, keeps ``model.pt`` (the best
@@ -166,16 +170,18 @@ def train(index: DatasetIndex, out_dir: str | Path, settings: TrainSettings,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(settings.seed)
-    device = resolve_device(settings.device)
+    world = world or World()
+    device = world.device(resolve_device(settings.device))
     workers = default_workers() if settings.workers < 0 else settings.workers
 
     resumed: Checkpoint | None = None
     if resume:
-        resumed, split = _resumed_run(Path(resume), out, settings)
+        resumed, split = _resumed_run(Path(resume), out, settings, copy_best=world.is_main)
     else:
         split = make_split(index, settings.seed, settings.split_ratios)
     state = resumed.train_state if resumed else None
-    split.save(out / "split.json")
+    if world.is_main:
+        split.save(out / "split.json")
     check_images(index.paths)
 
     model = (resumed.build_model() if resumed else create_model(settings.config or "qualitynet",
@@ -186,7 +192,7 @@ def train(index: DatasetIndex, out_dir: str | Path, settings: TrainSettings,
                               flip=name == "train") for name in ("train", "val", "test")}
     log.info("%s: %d train / %d val / %d test images; %s on %s", index.name, len(parts["train"]),
              len(parts["val"]), len(parts["test"]), settings.config, device)
-    loader = make_loader(parts["train"], settings.batch_size, True, workers, settings.seed)
+    loader = world.loader(parts["train"], settings.batch_size, workers, settings.seed)
     criterion = MaePlccLoss(settings.lambda_mae, settings.lambda_plcc)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -204,6 +210,7 @@ def train(index: DatasetIndex, out_dir: str | Path, settings: TrainSettings,
             log.warning("%s predates saved random-number states; the continued run will not match an "
                         "uninterrupted one", resume)
         log.info("resuming at epoch %d (best so far: epoch %d)", start_epoch, best_epoch)
+    net, train_criterion = world.wrap(model), world.criterion(criterion)
 
     def checkpoint(train_state: dict[str, object] | None, metrics: dict[str, float]) -> Checkpoint:
         return Checkpoint(model.config, {k: v.detach().cpu() for k, v in model.state_dict().items()}, preprocess,
@@ -212,21 +219,26 @@ def train(index: DatasetIndex, out_dir: str | Path, settings: TrainSettings,
     interrupted, epoch = False, start_epoch - 1
     try:
         for epoch in range(start_epoch, settings.epochs + 1):
-            train_loss = train_one_epoch(model, loader, criterion, optimizer, device, epoch,
+            world.start_epoch(loader, epoch)
+            train_loss = train_one_epoch(net, loader, train_criterion, optimizer, device, epoch,
                                          settings.max_steps, settings.quiet)
-            val = evaluate(model, parts["val"], criterion, device, settings.batch_size, workers)
+            val = world.from_main(lambda: evaluate(model, parts["val"], criterion, device, settings.batch_size,
+                                                   workers))
             scheduler.step(val["loss"])
             history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val["loss"],
                             "val_plcc": val["plcc"], "val_srocc": val["srocc"], "lr": optimizer.param_groups[0]["lr"]})
             improved = val["loss"] < best_loss
             if improved:
                 best_loss, best_epoch = val["loss"], epoch
+            if improved and world.is_main:
                 save_checkpoint(out / "model.pt", checkpoint(None, {f"val_{k}": v for k, v in val.items()}))
-            save_checkpoint(out / "last.pt", checkpoint(
-                {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
-                 "history": history, "best_loss": best_loss, "best_epoch": best_epoch,
-                 "rng": rng_state(loader.generator),
-                 "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()}}, {}))
+            if world.is_main:
+                save_checkpoint(out / "last.pt", checkpoint(
+                    {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
+                     "history": history, "best_loss": best_loss, "best_epoch": best_epoch,
+                     "rng": rng_state(loader.generator),
+                     "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()}},
+                    {}))
             log.info("epoch %d: train loss %.4f, val loss %.4f, val SROCC %.3f%s", epoch, train_loss, val["loss"],
                      val["srocc"], " (best)" if improved else "")
             if epoch - best_epoch >= settings.early_stop_patience:
@@ -235,6 +247,8 @@ def train(index: DatasetIndex, out_dir: str | Path, settings: TrainSettings,
     except KeyboardInterrupt:
         interrupted = True
         log.warning("interrupted at epoch %d; keeping the best checkpoint (epoch %d)", epoch, best_epoch)
+    if not world.is_main:  # rank 0 alone writes the history and scores the test split
+        return TrainResult(out, best_epoch, len(history), interrupted, {}, time.perf_counter() - started)
     _write_history(history, out)
     if best_epoch == 0:
         raise QualityNetError("training stopped before the first epoch finished; no model.pt was written")

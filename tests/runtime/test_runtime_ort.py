@@ -136,7 +136,7 @@ def test_runtime_imports_no_torch_trainer_or_export(onnx_models: tuple[Path, Pat
         from qualitynet.runtime.cli import main
         result = CliRunner().invoke(main, [{str(onnx_models[1])!r}, {str(photo_dir)!r}, "--workers", "1"])
         assert result.exit_code == 0, result.output
-        packages = ("torch", "torchvision", "onnx")
+        packages = ("torch", "torchvision", "onnx", "ray", "tritonclient", "pytriton", "timm")
         stages = ("qualitynet.trainer", "qualitynet.export", "qualitynet.bench")
         print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in packages or m.startswith(stages))))
     """)
