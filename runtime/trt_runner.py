@@ -89,7 +89,7 @@ class TrtRunner(BaseRunner):
         self._engine = engine
         cfg = meta.preprocess
         inp, out = find_io_tensors(engine, trt.TensorIOMode, (cfg.input_name, cfg.output_name))
-        check_graph_input(meta, tuple(engine.get_tensor_shape(inp))[1:], self.model_path)
+        check_graph_input(meta, tuple(engine.get_tensor_shape(inp)[1:]), self.model_path)
         low, high = batch_limits(engine, inp)
         out_shape: tuple[int, ...] = tuple(engine.get_tensor_shape(out)[1:])
         if any(d < 0 for d in out_shape):
