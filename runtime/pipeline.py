@@ -55,9 +55,6 @@ Decoded = tuple[str, "np.ndarray | None", str]
 
 # In a worker: (preprocessing, fast, the shared memory, its slots as an array).
 _worker: tuple[PreprocessCfg, bool, SharedMemory, np.ndarray] | None = None
-# Pillow's message for images between its warning and error pixel limits.
-_LARGE_IMAGE = "{path} has more than {limit:,} pixels (Pillow's decompression-bomb warning limit); it is " \
-    "decoded anyway, which takes much memory, and images over twice that are refused"
 
 
 def default_workers() -> int:
@@ -134,11 +131,10 @@ def _exit_when_parent_dies(lifeline: Connection) -> None:
 
 
 def _init_worker(cfg: PreprocessCfg, fast: bool, shm_name: str, lifeline: Connection) -> None:
-    """Worker start-up: attach the slot ring, keep the settings, leave Ctrl-C and SIGTERM to the
-    parent, and exit when the parent dies."""
+    """Worker start-up: attach the slot ring, keep the settings, leave Ctrl-C to the parent, and
+    exit when the parent dies."""
     global _worker
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     threading.Thread(target=_exit_when_parent_dies, args=(lifeline,), daemon=True).start()
     shm = SharedMemory(name=shm_name)
     _worker = (cfg, fast, shm, _slots(shm, cfg))
@@ -223,7 +219,9 @@ class DecodePool:
         """Log the first very large image of the run, once, in the tool's words."""
         if paths and not self._warned_large:
             self._warned_large = True
-            logger.warning(_LARGE_IMAGE.format(path=paths[0], limit=Image.MAX_IMAGE_PIXELS))
+            logger.warning("%s has more than %s pixels (Pillow's decompression-bomb warning limit); it is decoded "
+                           "anyway, which takes much memory, and images over twice that are refused",
+                           paths[0], f"{Image.MAX_IMAGE_PIXELS:,}")
 
     def start(self) -> None:
         """Start every worker now and wait until each is ready (otherwise the first images pay for it)."""

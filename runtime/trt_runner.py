@@ -106,8 +106,7 @@ class TrtRunner(BaseRunner):
         self._engine = engine
         cfg = meta.preprocess
         inp, out = find_io_tensors(engine, trt.TensorIOMode, (cfg.input_name, cfg.output_name))
-        input_dims: tuple[int, ...] = tuple(engine.get_tensor_shape(inp)[1:])
-        check_graph_input(meta, input_dims, self.model_path)
+        check_graph_input(meta, tuple(engine.get_tensor_shape(inp)[1:]), self.model_path)
         outputs = io_tensor_names(engine, trt.TensorIOMode)[1]
         low, high = batch_limits(engine, inp)
         per_item = {name: self._items_per_image(engine, name) for name in outputs}
