@@ -168,6 +168,8 @@ def test_cli_help_and_bad_input(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "checkpoint not found" in result.output
     result = CliRunner().invoke(main, [str(tmp_path / "missing.pt"), "--batch-sizes", "1,x"])
     assert result.exit_code == 2
+    result = CliRunner().invoke(main, [str(tmp_path / "missing.pt"), "--torch-variants", "cudagraph,jit"])
+    assert result.exit_code == 2 and "unknown jit" in result.output
 
 
 @pytest.mark.gpu
