@@ -46,4 +46,13 @@ echo "[cpu_tables] runtime figures" >&2
     > /dev/null
 cp "$WORK/runtime/runtime_throughput.json" "$RESULTS/runtime-cpu.json"
 cat "$RESULTS/small-cpu.md" "$RESULTS/paper-cpu.md"
+# Old (before the issue-15 harness fixes, commit 93c0a79) and new figures side by side.
+BASELINE="${BASELINE:-93c0a79}"
+if git rev-parse -q --verify "$BASELINE^{commit}" > /dev/null 2>&1; then
+    for name in small paper; do
+        git show "$BASELINE:benchmarks/results/$name-cpu.json" > "$WORK/$name-cpu.baseline.json"
+        "$BIN/python" benchmarks/scripts/compare_results.py "$WORK/$name-cpu.baseline.json" "$RESULTS/$name-cpu.json" \
+            > "$RESULTS/$name-cpu.compare.md"
+    done
+fi
 echo "[cpu_tables] done in $((SECONDS - START)) s" >&2
