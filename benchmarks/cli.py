@@ -35,7 +35,10 @@ def _batch_sizes(text: str | None) -> tuple[int, ...] | None:
               help="Timed batches per point (minimum).")
 @click.option("--min-seconds", type=click.FloatRange(0), default=0.0, show_default=True,
               help="Keep timing a point until this much time is spent.")
-@click.option("--threads", type=click.IntRange(0), default=0, help="Intra-op threads for torch and ORT (0: all cores).")
+@click.option("--max-seconds", type=click.FloatRange(0), help="Stop timing a point after this long (>= 3 batches).")
+@click.option("--threads", type=click.IntRange(0), default=0,
+              help="Intra-op threads for torch and ONNX Runtime, model-only and end to end (0: every core).")
+@click.option("--torch-variants", default="", help="Also time PyTorch FP16 as: cudagraph, compile (CUDA only).")
 @click.option("--device", default="auto", show_default=True, help="PyTorch device: auto, cpu, cuda.")
 @click.option("--photos", type=click.Path(path_type=Path), help="Photos for inputs and accuracy (default: bundled).")
 @click.option("--images", type=click.Path(path_type=Path), help="Folder for the end-to-end run (decode included).")
@@ -49,30 +52,41 @@ def _batch_sizes(text: str | None) -> tuple[int, ...] | None:
 @click.version_option(qualitynet.__version__)
 @cli_errors
 def main(checkpoint: Path, onnx: Path | None, engine: Path | None, out_dir: Path | None, batch_sizes: str | None,
-         warmup: int, iters: int, min_seconds: float, threads: int, device: str, photos: Path | None,
+         warmup: int, iters: int, min_seconds: float, max_seconds: float | None, threads: int, torch_variants: str,
+         device: str, photos: Path | None,
          images: Path | None, e2e_batch_size: int, e2e_workers: int | None, e2e_limit: int | None,
          json_path: Path | None, markdown: bool, plot_path: Path | None, quiet: bool) -> None:
     """Measure throughput, latency and accuracy of every backend against PyTorch eager.
 
-    Exports the ONNX models next to CHECKPOINT first when they are missing. Model-only
-    points time pre-processed batches; --images adds end-to-end points (decode included)
+    Exports the ONNX models next to CHECKPOINT first when they are missing or were exported
+    from another checkpoint (the SHA-256 they record); a stale --onnx/--engine is refused.
+    Every backend is timed host batch in to host scores out; model-only points time
+    pre-processed batches; --images adds end-to-end points (decode included)
     against the naive per-image loop. Table on stdout; logs on stderr.
 
     \b
     Example:
       iqa-bench runs/koniq/model.pt --json bench.json --plot bench.png
       iqa-bench runs/demo/model.pt --images photos/ --batch-sizes 1,8 --markdown
+      iqa-bench model.pt --batch-sizes 1,8,32,64 --torch-variants cudagraph,compile   # on a GPU
     """
     import torch
 
     from qualitynet.bench.report import format_table, plot_throughput, write_json
     from qualitynet.bench.run import BenchSettings, run_bench
+    from qualitynet.bench.subjects import TORCH_VARIANTS
 
     setup_logging(quiet)
+    variants = tuple(v for v in torch_variants.split(",") if v)
+    unknown = sorted(set(variants) - set(TORCH_VARIANTS))
+    if unknown:
+        raise click.BadParameter(f"unknown {', '.join(unknown)}; choose from {', '.join(TORCH_VARIANTS)}",
+                                 param_hint="--torch-variants")
     sizes = _batch_sizes(batch_sizes) or ((1, 8, 32) if torch.cuda.is_available() and device != "cpu" else (1, 8))
     settings = BenchSettings(batch_sizes=sizes, warmup=warmup, iters=iters, min_seconds=min_seconds,
-                             threads=threads, device=device, images=images, e2e_batch_size=e2e_batch_size,
-                             e2e_workers=e2e_workers, e2e_limit=e2e_limit, photos=photos, quiet=quiet)
+                             max_seconds=max_seconds, torch_variants=variants, threads=threads, device=device,
+                             images=images, e2e_batch_size=e2e_batch_size, e2e_workers=e2e_workers,
+                             e2e_limit=e2e_limit, photos=photos, quiet=quiet)
     report = run_bench(checkpoint, settings, onnx=onnx, engine=engine, out_dir=out_dir)
     click.echo(format_table(report, markdown))
     if json_path:

@@ -34,13 +34,17 @@ def _row(point: Point) -> list[str]:
 
 def format_table(report: BenchReport, markdown: bool = False) -> str:
     """The points as an aligned text table (or Markdown), then the skipped points and the machine."""
+    columns: tuple[str, ...] = _COLUMNS
     rows = [_row(p) for p in report.points]
+    if any(p.peak_device_mib is not None for p in report.points):  # a GPU run: device memory too
+        columns = (*_COLUMNS, "peak device MiB")
+        rows = [row + [_fmt(p.peak_device_mib, 0)] for row, p in zip(rows, report.points, strict=True)]
     if markdown:
-        lines = ["| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
+        lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
         lines += ["| " + " | ".join(row) + " |" for row in rows]
     else:
-        widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(_COLUMNS)]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(_COLUMNS, widths, strict=True))]
+        widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
         lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in rows]
     machine = report.machine
     gpu = machine["gpu"]["name"] if machine.get("gpu") else "no GPU"

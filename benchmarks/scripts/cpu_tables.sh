@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Reproduce BENCHMARKS.md's CPU figures into benchmarks/results/ (run from anywhere, after
-# `bash scripts/demo.sh`, whose trained small model is the small config's subject):
+# Reproduce BENCHMARKS.md's CPU figures into benchmarks/results/, self-contained and offline
+# (run from anywhere; about 15-20 minutes on the 2-core VM, 3 of them training the demo model):
 #   small-cpu.{md,json,png}    iqa-bench, demo-trained small config, 200 JPEGs 1024x768
 #   paper-cpu.{md,json,png}    iqa-bench, paper config (random weights), 100 of the same JPEGs
 #   runtime-cpu.json           iqa-run vs the naive loop, decode-only rates, fast-decode effect
-# Inputs are generated offline into $WORK (default runs/bench-cpu).
+# Everything is made in $WORK (default runs/bench-cpu): the venv if missing (scripts/setup-venv.sh),
+# the small model (trained by iqa-demo, as scripts/demo.sh does), the JPEGs, the paper checkpoint.
+# Artifacts are reused only while they record the checkpoint's SHA-256 (iqa-bench checks).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 WORK="${WORK:-runs/bench-cpu}"
@@ -12,9 +14,14 @@ WORK="${WORK:-runs/bench-cpu}"
 PHOTOS="$WORK/runtime/photos_1024x768"
 RESULTS=benchmarks/results
 BIN=.venv/bin
-[ -f demo-output/run/model.pt ] || { echo "run 'bash scripts/demo.sh' first (it trains the small model)" >&2; exit 1; }
+START=$SECONDS
+[ -x "$BIN/iqa-bench" ] || source scripts/setup-venv.sh
 mkdir -p "$WORK/small" "$WORK/paper" "$RESULTS"
-cp demo-output/run/model.pt "$WORK/small/model.pt"
+if [ ! -f "$WORK/demo/run/model.pt" ]; then
+    echo "[cpu_tables] training the small model with iqa-demo (a few minutes)" >&2
+    "$BIN/iqa-demo" --out "$WORK/demo" -q > "$WORK/demo.log"
+fi
+cmp -s "$WORK/demo/run/model.pt" "$WORK/small/model.pt" || cp "$WORK/demo/run/model.pt" "$WORK/small/model.pt"
 "$BIN/python" - "$WORK" "$PHOTOS" <<'PY'
 import sys
 from pathlib import Path
@@ -28,11 +35,24 @@ if len(list(photos.glob("*.jpg"))) < 200:
 if not (work / "paper" / "model.pt").exists():
     save_untrained_checkpoint(work / "paper" / "model.pt", "qualitynet")
 PY
-"$BIN/iqa-bench" "$WORK/small/model.pt" --images "$PHOTOS" --iters 50 --warmup 10 \
+echo "[cpu_tables] small config" >&2
+"$BIN/iqa-bench" "$WORK/small/model.pt" --images "$PHOTOS" --iters 200 --warmup 10 \
     --json "$RESULTS/small-cpu.json" --plot "$RESULTS/small-cpu.png" --markdown -q > "$RESULTS/small-cpu.md"
+echo "[cpu_tables] paper config" >&2
 "$BIN/iqa-bench" "$WORK/paper/model.pt" --images "$PHOTOS" --e2e-limit 100 --iters 20 --warmup 3 \
     --json "$RESULTS/paper-cpu.json" --plot "$RESULTS/paper-cpu.png" --markdown -q > "$RESULTS/paper-cpu.md"
+echo "[cpu_tables] runtime figures" >&2
 "$BIN/python" benchmarks/scripts/runtime_throughput.py --out-dir "$WORK/runtime" --checkpoint "$WORK/small/model.pt" \
     > /dev/null
 cp "$WORK/runtime/runtime_throughput.json" "$RESULTS/runtime-cpu.json"
 cat "$RESULTS/small-cpu.md" "$RESULTS/paper-cpu.md"
+# Old (before the issue-15 harness fixes, commit 93c0a79) and new figures side by side.
+BASELINE="${BASELINE:-93c0a79}"
+if git rev-parse -q --verify "$BASELINE^{commit}" > /dev/null 2>&1; then
+    for name in small paper; do
+        git show "$BASELINE:benchmarks/results/$name-cpu.json" > "$WORK/$name-cpu.baseline.json"
+        "$BIN/python" benchmarks/scripts/compare_results.py "$WORK/$name-cpu.baseline.json" "$RESULTS/$name-cpu.json" \
+            > "$RESULTS/$name-cpu.compare.md"
+    done
+fi
+echo "[cpu_tables] done in $((SECONDS - START)) s" >&2

@@ -200,6 +200,9 @@ def run(args: argparse.Namespace) -> int:
     check.skipped += [f"config {c!r}: not defined in this checkout" for c in GPU_CONFIGS
                       if not args.quick and c not in MODEL_CONFIGS]
     stem = args.out / f"gpu-{_slug(name)}{'-quick' if args.quick else ''}"
+    if device == "cuda":
+        check.notes.append("peak device MiB: device-wide memory in use (every allocator and the CUDA context), "
+                           "sampled after each timed batch; points run one after another in one process.")
     import onnxruntime
 
     providers = onnxruntime.get_available_providers()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ from qualitynet.bench.run import BenchReport, BenchSettings, run_bench
 from qualitynet.export import load_photos
 from qualitynet.runtime.scorer import Scorer
 from qualitynet.trainer.checkpoint import load_checkpoint
+
+from trt_stubs import REPO
 
 LATENCY_FIELDS = ("latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "latency_mean_ms")
 
@@ -168,6 +171,8 @@ def test_cli_help_and_bad_input(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "checkpoint not found" in result.output
     result = CliRunner().invoke(main, [str(tmp_path / "missing.pt"), "--batch-sizes", "1,x"])
     assert result.exit_code == 2
+    result = CliRunner().invoke(main, [str(tmp_path / "missing.pt"), "--torch-variants", "cudagraph,jit"])
+    assert result.exit_code == 2 and "unknown jit" in result.output
 
 
 @pytest.mark.gpu
@@ -178,3 +183,21 @@ def test_gpu_points(bench_dir: Path) -> None:
     assert ("torch-eager", "fp16-autocast") in precisions
     assert report.machine["gpu"]["compute_capability"]
     assert all(p.peak_device_mib and p.peak_device_mib > 0 for p in report.points)
+
+
+def test_compare_results_puts_old_and_new_side_by_side(tmp_path: Path) -> None:
+    sys.path.insert(0, str(REPO / "benchmarks" / "scripts"))
+    try:
+        from compare_results import compare
+    finally:
+        sys.path.pop(0)
+    old = {"points": [{"mode": "model-only", "backend": "torch-eager", "precision": "fp32", "device": "cpu",
+                       "batch_size": 8, "throughput_img_s": 400.0, "latency_p50_ms": 20.0, "speedup": 1.0}]}
+    new = {"points": [{**old["points"][0], "throughput_img_s": 500.0, "ms_per_image": 2.0, "latency_p50_ms": 16.0},
+                      {**old["points"][0], "backend": "onnxruntime", "throughput_img_s": 900.0, "speedup": 1.8}]}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    (tmp_path / "new.json").write_text(json.dumps(new))
+    table = compare(tmp_path / "old.json", tmp_path / "new.json").splitlines()
+    assert table[2] == ("| model-only | torch-eager | fp32 | 8 | 400.0 → 500.0 | 2.50 → 2.00 | 20.00 → 16.00 "
+                        "| 1.00x → 1.00x |")
+    assert table[3].startswith("| model-only | onnxruntime | fp32 | 8 | - → 900.0 |") and "- → 1.80x" in table[3]
