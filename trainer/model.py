@@ -105,6 +105,13 @@ MODEL_CONFIGS: dict[str, ModelConfig] = {
         mean=LITE_MEAN,
         std=LITE_STD,
     ),
+    # The same with Lite0 + Lite2, for the backbone comparison (README, "The lite config").
+    "lite02": ModelConfig(
+        "lite02",
+        ("efficientnet_lite0", "efficientnet_lite2"),
+        mean=LITE_MEAN,
+        std=LITE_STD,
+    ),
     "tiny": ModelConfig(
         "tiny",
         ("mobilenet_v3_small", "mobilenet_v3_small"),
