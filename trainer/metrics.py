@@ -30,8 +30,8 @@ def logistic4(x: np.ndarray, b1: float, b2: float, b3: float, b4: float) -> np.n
         return (b1 - b2) / (1.0 + np.exp(-(x - b3) / (np.abs(b4) + 1e-12))) + b2
 
 
-def fit_logistic4(pred: np.ndarray, target: np.ndarray,
-                  value_range: tuple[float, float] | None = None) -> tuple[float, float, float, float]:
+def fit_logistic4(pred: np.ndarray, target: np.ndarray, value_range: tuple[float, float] | None = None,
+                  min_scale: float | None = None) -> tuple[float, float, float, float]:
     """Least-squares fit of :func:`logistic4` to ``target``, constrained to be increasing.
 
     The fit may only keep or flatten the ranking of ``pred``, never reverse it: the
@@ -44,6 +44,8 @@ def fit_logistic4(pred: np.ndarray, target: np.ndarray,
         target: MOS.
         value_range: where both asymptotes must lie; default: the observed MOS range
             widened by its own width on each side.
+        min_scale: the smallest ``b4`` allowed (how steep the curve may get); default
+            ``1e-3`` times the predictions' standard deviation.
 
     Returns:
         ``(b1, b2, b3, b4)`` with ``b1 >= b2`` and ``b4 > 0``.
@@ -66,8 +68,9 @@ def fit_logistic4(pred: np.ndarray, target: np.ndarray,
     s_low = float(np.clip((lowest - low) / width, 0.01, 0.99))
     b2_start = low + width * s_low
     s_span = float(np.clip((highest - b2_start) / max(high - b2_start, 1e-12), 0.01, 0.99))
-    start = [s_low, s_span, float(np.median(pred)), spread]
-    bounds = ([0.0, 0.0, -np.inf, spread * 1e-3], [1.0, 1.0, np.inf, np.inf])
+    floor = spread * 1e-3 if min_scale is None else min_scale
+    start = [s_low, s_span, float(np.median(pred)), max(spread, 2 * floor)]
+    bounds = ([0.0, 0.0, -np.inf, floor], [1.0, 1.0, np.inf, np.inf])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         (s_low, s_span, b3, b4), _ = optimize.curve_fit(bounded, pred, target, p0=start, bounds=bounds,

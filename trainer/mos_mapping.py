@@ -25,6 +25,11 @@ __all__ = ["MosMappingLayer", "apply_mos_mapping", "fit_mos_mapping"]
 
 log = logging.getLogger(__name__)
 
+# The logistic's b4 is at least this many standard deviations of the validation predictions:
+# a steeper curve is a step fitted to a few validation images, which flattens unseen images
+# that fall outside the step onto one score (their ranking lost).
+MIN_SCALE = 0.25
+
 
 class MosMappingLayer(nn.Module):
     """A :class:`~qualitynet.artifact.MosMapping` on the unit scale: ``u -> scale*f(to_mos(u))+shift``.
@@ -84,7 +89,8 @@ def fit_mos_mapping(pred: np.ndarray, target: np.ndarray, scale: ScoreScale, fit
     slope, intercept = np.polyfit(pred, target, 1)
     candidates = [MosMapping("linear", (float(slope), float(intercept)), fitted_on)]
     try:
-        candidates.append(MosMapping("logistic4", fit_logistic4(pred, target, (scale.low, scale.high)), fitted_on))
+        params = fit_logistic4(pred, target, (scale.low, scale.high), MIN_SCALE * float(np.std(pred)))
+        candidates.append(MosMapping("logistic4", params, fitted_on))
     except (RuntimeError, ValueError):
         log.info("the logistic MOS mapping did not converge; using the linear one")
 

@@ -54,3 +54,11 @@ def test_the_layer_on_the_unit_scale_is_the_formula_on_the_mos_scale(mapping: Mo
     with torch.no_grad():
         got = SCALE.to_mos(layer(unit).numpy().ravel())
     assert got == pytest.approx(expected, abs=1e-5)
+
+
+def test_a_few_validation_points_do_not_get_a_step_that_flattens_unseen_scores() -> None:
+    raw = np.array([0.10, 0.11, 0.12, 0.13, 0.50, 0.51, 0.52, 0.53])  # two clusters: a step fits them exactly
+    mos = np.array([1.0, 1.0, 1.0, 1.0, 5.0, 5.0, 5.0, 5.0])
+    mapping = fit_mos_mapping(raw, mos, SCALE)
+    unseen = apply_mos_mapping(mapping, SCALE, np.linspace(0.2, 0.45, 6))
+    assert np.all(np.diff(unseen) > 1e-3)  # unseen images between the clusters keep their order
