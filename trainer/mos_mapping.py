@@ -25,10 +25,12 @@ __all__ = ["MosMappingLayer", "apply_mos_mapping", "fit_mos_mapping"]
 
 log = logging.getLogger(__name__)
 
-# The logistic's b4 is at least this many standard deviations of the validation predictions:
-# a steeper curve is a step fitted to a few validation images, which flattens unseen images
-# that fall outside the step onto one score (their ranking lost).
+# The logistic's b4 is at least this many standard deviations of the validation predictions,
+# and at least this share of the MOS range: a steeper curve is a step fitted to a few
+# validation images (or to the near-constant output of an undertrained model), which
+# flattens unseen images that fall outside the step onto one score (their ranking lost).
 MIN_SCALE = 0.25
+MIN_SCALE_OF_RANGE = 0.01
 
 
 class MosMappingLayer(nn.Module):
@@ -89,7 +91,8 @@ def fit_mos_mapping(pred: np.ndarray, target: np.ndarray, scale: ScoreScale, fit
     slope, intercept = np.polyfit(pred, target, 1)
     candidates = [MosMapping("linear", (float(slope), float(intercept)), fitted_on)]
     try:
-        params = fit_logistic4(pred, target, (scale.low, scale.high), MIN_SCALE * float(np.std(pred)))
+        floor = max(MIN_SCALE * float(np.std(pred)), MIN_SCALE_OF_RANGE * (scale.high - scale.low))
+        params = fit_logistic4(pred, target, (scale.low, scale.high), floor)
         candidates.append(MosMapping("logistic4", params, fitted_on))
     except (RuntimeError, ValueError):
         log.info("the logistic MOS mapping did not converge; using the linear one")

@@ -62,3 +62,12 @@ def test_a_few_validation_points_do_not_get_a_step_that_flattens_unseen_scores()
     mapping = fit_mos_mapping(raw, mos, SCALE)
     unseen = apply_mos_mapping(mapping, SCALE, np.linspace(0.2, 0.45, 6))
     assert np.all(np.diff(unseen) > 1e-3)  # unseen images between the clusters keep their order
+
+
+def test_a_nearly_constant_model_keeps_the_ranking_of_unseen_scores() -> None:
+    rng = np.random.default_rng(2)
+    mos = rng.uniform(1, 5, 20)
+    raw = 3.0 + 1e-4 * (mos - 3) + rng.normal(0, 2e-5, mos.size)  # undertrained: output barely moves
+    mapping = fit_mos_mapping(raw, mos, SCALE)
+    unseen = apply_mos_mapping(mapping, SCALE, 3.0 + np.linspace(-0.02, 0.02, 9))  # a little outside
+    assert np.all(np.diff(unseen) > 0)
