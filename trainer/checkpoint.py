@@ -1,6 +1,7 @@
 """Checkpoint format: a plain dict loadable with ``torch.load(weights_only=True)``.
 
 Keys: ``format``, ``model_config``, ``state_dict``, ``preprocess``, ``score_scale``,
+``mos_mapping`` (fitted after training; absent in older checkpoints: identity),
 ``dataset``, ``metrics``, ``versions``, and (in ``last.pt`` only) ``train_state`` with the
 optimizer, scheduler, epoch, history and random-number states needed to resume. Nothing is pickled code, so a
 checkpoint from anywhere can be inspected safely; one that carries code is refused.
@@ -21,7 +22,7 @@ import torch
 import torchvision
 
 import qualitynet
-from qualitynet.artifact import PreprocessCfg, ScoreScale
+from qualitynet.artifact import MosMapping, PreprocessCfg, ScoreScale
 from qualitynet.errors import QualityNetError
 from qualitynet.trainer.model import ModelConfig, QualityNet, calibrate_batchnorm, create_model
 
@@ -49,11 +50,21 @@ class Checkpoint:
     metrics: dict[str, float] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     train_state: dict[str, Any] | None = None
+    mos_mapping: MosMapping = field(default_factory=MosMapping)
 
-    def build_model(self) -> QualityNet:
-        """Instantiate the model with these weights, in eval mode."""
+    def build_model(self, mapped: bool = True) -> QualityNet:
+        """Instantiate the model with these weights, in eval mode.
+
+        Args:
+            mapped: end ``forward`` with the checkpoint's MOS mapping (what exports carry);
+                ``False`` gives the network's raw output.
+        """
+        from qualitynet.trainer.mos_mapping import MosMappingLayer
+
         model = QualityNet(self.model_config)
         model.load_state_dict(self.state_dict)
+        if mapped and self.mos_mapping.kind != "identity":
+            model.set_mos_mapping(MosMappingLayer(self.mos_mapping, self.score_scale))
         return model.eval()
 
 
@@ -75,6 +86,7 @@ def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
         "state_dict": checkpoint.state_dict,
         "preprocess": asdict(checkpoint.preprocess),
         "score_scale": asdict(checkpoint.score_scale),
+        "mos_mapping": asdict(checkpoint.mos_mapping),
         "dataset": checkpoint.dataset,
         "metrics": checkpoint.metrics,
         "versions": checkpoint.versions or software_versions(),
@@ -126,6 +138,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             metrics=payload.get("metrics", {}),
             versions=payload.get("versions", {}),
             train_state=payload.get("train_state"),
+            mos_mapping=MosMapping.from_dict(payload.get("mos_mapping") or {}),
         )
     except (KeyError, TypeError) as exc:
         raise QualityNetError(f"{path}: QualityNet checkpoint is incomplete ({exc!r}); re-train") from None
@@ -145,7 +158,7 @@ def save_untrained_checkpoint(path: Path, config: str, calibration: np.ndarray |
     """
     torch.manual_seed(seed)
     model = create_model(config)
-    preprocess = PreprocessCfg(height=model.config.image_size, width=model.config.image_size)
+    preprocess = model.config.preprocess()
     if calibration is None:
         from qualitynet.runtime.preprocess import image_to_tensor
         from qualitynet.trainer.demo_data import DEMO_SOURCES, demo_photo

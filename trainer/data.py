@@ -18,7 +18,7 @@ from qualitynet.artifact import PreprocessCfg, ScoreScale
 from qualitynet.runtime.preprocess import image_to_tensor, load_rgb
 from qualitynet.trainer.datasets import DatasetIndex
 
-__all__ = ["IqaDataset", "default_workers", "make_loader", "predict"]
+__all__ = ["IqaDataset", "ScoredDataset", "default_workers", "make_loader", "predict"]
 
 
 def default_workers() -> int:
@@ -26,7 +26,16 @@ def default_workers() -> int:
     return max(0, min(4, (os.cpu_count() or 1) - 1))
 
 
-class IqaDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+class ScoredDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """``(network input, target in unit scale)`` pairs whose targets lie on ``scale``."""
+
+    scale: ScoreScale
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+
+class IqaDataset(ScoredDataset):
     """``(image tensor, target in unit scale)`` pairs; ``flip`` adds random horizontal flips."""
 
     def __init__(self, index: DatasetIndex, indices: Sequence[int], preprocess: PreprocessCfg,
@@ -49,7 +58,7 @@ class IqaDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         return tensor, target
 
 
-def make_loader(dataset: IqaDataset, batch_size: int, shuffle: bool, workers: int,
+def make_loader(dataset: ScoredDataset, batch_size: int, shuffle: bool, workers: int,
                 seed: int = 0) -> DataLoader[tuple[torch.Tensor, torch.Tensor]]:
     """A DataLoader that never yields a training batch of one (BatchNorm cannot use it)."""
     drop_last = shuffle and len(dataset) % batch_size == 1
@@ -59,7 +68,7 @@ def make_loader(dataset: IqaDataset, batch_size: int, shuffle: bool, workers: in
 
 
 @torch.inference_mode()
-def predict(model: torch.nn.Module, dataset: IqaDataset, batch_size: int = 16, device: str = "cpu",
+def predict(model: torch.nn.Module, dataset: ScoredDataset, batch_size: int = 16, device: str = "cpu",
             workers: int = 0, quiet: bool = True, desc: str = "predict") -> tuple[np.ndarray, np.ndarray]:
     """Predict MOS-scale scores for every image of ``dataset``.
 

@@ -1,4 +1,8 @@
-"""Score a dataset with a trained checkpoint and compute every metric (``iqa-eval``)."""
+"""Score a dataset with a trained checkpoint and compute every metric (``iqa-eval``).
+
+Metrics are computed on the checkpoint's MOS-mapped scores (what exported models output)
+and, labelled as such, on the network's raw output before the mapping.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from qualitynet.trainer.checkpoint import load_checkpoint
 from qualitynet.trainer.data import IqaDataset, default_workers, predict
 from qualitynet.trainer.datasets import DatasetIndex, Split, check_images
 from qualitynet.trainer.metrics import compute_metrics
+from qualitynet.trainer.mos_mapping import apply_mos_mapping
 from qualitynet.trainer.train import resolve_device
 
 __all__ = ["Evaluation", "evaluate_checkpoint"]
@@ -21,12 +26,18 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Evaluation:
-    """Metrics and the per-image predictions behind them (MOS scale of the checkpoint)."""
+    """Metrics and the per-image predictions behind them (MOS scale of the checkpoint).
+
+    ``metrics`` and ``predictions`` are after the checkpoint's MOS mapping; ``raw_metrics``
+    are of the network's output before it (the same when the mapping is the identity).
+    """
 
     metrics: dict[str, float]
     predictions: np.ndarray
     targets: np.ndarray
     keys: list[str]
+    raw_metrics: dict[str, float]
+    mapping: str = "identity"
 
 
 def evaluate_checkpoint(checkpoint_path: str | Path, index: DatasetIndex, split: str = "all",
@@ -55,8 +66,10 @@ def evaluate_checkpoint(checkpoint_path: str | Path, index: DatasetIndex, split:
                     "RMSE/MAE are not", checkpoint.score_scale.name, checkpoint.score_scale.low,
                     checkpoint.score_scale.high, index.name, index.score_scale.low, index.score_scale.high)
     device = resolve_device(device)
-    model = checkpoint.build_model().to(device)
+    model = checkpoint.build_model(mapped=False).to(device)
     dataset = IqaDataset(index, indices, checkpoint.preprocess, checkpoint.score_scale)
     workers = default_workers() if workers < 0 else workers
-    pred, target = predict(model, dataset, batch_size, device, workers, quiet=quiet, desc="scoring")
-    return Evaluation(compute_metrics(pred, target), pred, target, keys)
+    raw, target = predict(model, dataset, batch_size, device, workers, quiet=quiet, desc="scoring")
+    pred = apply_mos_mapping(checkpoint.mos_mapping, checkpoint.score_scale, raw)
+    return Evaluation(compute_metrics(pred, target), pred, target, keys, compute_metrics(raw, target),
+                      checkpoint.mos_mapping.kind)

@@ -2,6 +2,8 @@
 
 PLCC is reported on raw predictions (``plcc``) and, as VQEG practice does, after a
 4-parameter logistic fit of predictions to MOS (``plcc_logistic4``); both are labelled.
+The fit (:func:`fit_logistic4`) is constrained to be increasing, and the MOS mapping a
+training run stores (:mod:`qualitynet.trainer.mos_mapping`) uses the same function.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import warnings
 import numpy as np
 from scipy import optimize, stats
 
-__all__ = ["QUANTILES", "compute_metrics", "logistic4", "quantile_loss"]
+__all__ = ["QUANTILES", "compute_metrics", "fit_logistic4", "logistic4", "quantile_loss"]
 
 QUANTILES = (0.1, 0.5, 0.9)
 
@@ -28,12 +30,53 @@ def logistic4(x: np.ndarray, b1: float, b2: float, b3: float, b4: float) -> np.n
         return (b1 - b2) / (1.0 + np.exp(-(x - b3) / (np.abs(b4) + 1e-12))) + b2
 
 
-def _fit_logistic4(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
-    start = [target.max(), target.min(), float(np.median(pred)), float(np.std(pred)) or 1.0]
+def fit_logistic4(pred: np.ndarray, target: np.ndarray, value_range: tuple[float, float] | None = None,
+                  min_scale: float | None = None) -> tuple[float, float, float, float]:
+    """Least-squares fit of :func:`logistic4` to ``target``, constrained to be increasing.
+
+    The fit may only keep or flatten the ranking of ``pred``, never reverse it: the
+    asymptotes satisfy ``value_range[0] <= b2 <= b1 <= value_range[1]`` and ``b4 > 0``. A
+    model that ranks backwards (a DMOS direction bug) therefore gets an almost flat curve
+    whose PLCC keeps the raw PLCC's sign, instead of a mirrored curve that reports +0.9.
+
+    Args:
+        pred: raw predictions.
+        target: MOS.
+        value_range: where both asymptotes must lie; default: the observed MOS range
+            widened by its own width on each side.
+        min_scale: the smallest ``b4`` allowed (how steep the curve may get); default
+            ``1e-3`` times the predictions' standard deviation.
+
+    Returns:
+        ``(b1, b2, b3, b4)`` with ``b1 >= b2`` and ``b4 > 0``.
+
+    Raises:
+        RuntimeError: the fit did not converge (scipy's own error).
+    """
+    pred, target = np.asarray(pred, np.float64).ravel(), np.asarray(target, np.float64).ravel()
+    lowest, highest = float(target.min()), float(target.max())
+    low, high = value_range or (2 * lowest - highest, 2 * highest - lowest)
+    width = high - low
+    spread = float(np.std(pred)) or 1.0
+
+    # Box bounds on (s_low, s_span) in [0, 1] give b2 = low + width * s_low and
+    # b1 = b2 + (high - b2) * s_span: increasing and inside the range by construction.
+    def bounded(x: np.ndarray, s_low: float, s_span: float, b3: float, b4: float) -> np.ndarray:
+        b2 = low + width * s_low
+        return logistic4(x, b2 + (high - b2) * s_span, b2, b3, b4)
+
+    s_low = float(np.clip((lowest - low) / width, 0.01, 0.99))
+    b2_start = low + width * s_low
+    s_span = float(np.clip((highest - b2_start) / max(high - b2_start, 1e-12), 0.01, 0.99))
+    floor = spread * 1e-3 if min_scale is None else min_scale
+    start = [s_low, s_span, float(np.median(pred)), max(spread, 2 * floor)]
+    bounds = ([0.0, 0.0, -np.inf, floor], [1.0, 1.0, np.inf, np.inf])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        params, _ = optimize.curve_fit(logistic4, pred, target, p0=start, maxfev=20000)
-    return logistic4(pred, *params)
+        (s_low, s_span, b3, b4), _ = optimize.curve_fit(bounded, pred, target, p0=start, bounds=bounds,
+                                                        maxfev=20000)
+    b2 = low + width * s_low
+    return float(b2 + (high - b2) * s_span), float(b2), float(b3), float(b4)
 
 
 def compute_metrics(pred: np.ndarray, target: np.ndarray, logistic_fit: bool = True) -> dict[str, float]:
@@ -66,7 +109,10 @@ def compute_metrics(pred: np.ndarray, target: np.ndarray, logistic_fit: bool = T
         result[f"quantile_loss_q{round(q * 100)}"] = quantile_loss(target, pred, q)
     if logistic_fit and not constant and pred.size > 4:  # four parameters need five points
         try:
-            result["plcc_logistic4"] = float(stats.pearsonr(_fit_logistic4(pred, target), target).statistic)
+            fitted = logistic4(pred, *fit_logistic4(pred, target))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", stats.NearConstantInputWarning)  # a flat fit of a backward model
+                result["plcc_logistic4"] = float(stats.pearsonr(fitted, target).statistic)
         except (RuntimeError, ValueError, TypeError):
             pass  # the fit did not converge: the raw PLCC stands alone
     return result

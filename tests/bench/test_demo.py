@@ -17,17 +17,21 @@ from qualitynet.trainer.checkpoint import load_checkpoint
 
 @pytest.mark.slow
 def test_demo_chain_hand_offs(tmp_path: Path) -> None:
-    result = run_demo(tmp_path, config="tiny", epochs=1, crops=1, side=64, bench_iters=2, quiet=True)
+    # the demo's own config (pretrained EfficientNet-Lite, frozen), on five photos to keep it short
+    result = run_demo(tmp_path, config="lite", epochs=5, crops=1, side=64, bench_iters=2, quiet=True,
+                      sources=("astronaut", "chelsea", "coffee", "rocket", "camera"))
     checkpoint = load_checkpoint(result.train.out_dir / "model.pt")
 
     # the checkpoint loaded in export, and every export check passed on real photos
-    assert result.export.passed and result.export.config_name == "tiny"
+    assert result.export.passed and result.export.config_name == "lite"
     assert result.export.checkpoint == result.train.out_dir / "model.pt"
 
-    # the ONNX metadata (not the trainer) drives the runtime's preprocessing and score scale
+    # the ONNX metadata (not the trainer) drives the runtime's preprocessing, score scale and mapping
     with Scorer(result.export.onnx, workers=0) as scorer:
         assert scorer.meta.preprocess == checkpoint.preprocess
+        assert scorer.meta.preprocess.mean == pytest.approx((127 / 255,) * 3)  # (x - 127) / 128
         assert scorer.meta.score_scale == checkpoint.score_scale
+        assert scorer.meta.mos_mapping == checkpoint.mos_mapping
 
     # the runtime's scores agree with PyTorch eager on the same files
     with open(result.scores_csv, newline="", encoding="utf-8") as handle:
@@ -42,7 +46,9 @@ def test_demo_chain_hand_offs(tmp_path: Path) -> None:
     modes = {(p["mode"], p["backend"], p["precision"]) for p in bench["points"]}
     assert ("model-only", "torch-eager", "fp32") in modes and ("end-to-end", "onnxruntime", "fp16") in modes
     assert bench["machine"]["cpu_model"] and bench["skipped"]
-    assert "held-out SROCC" in format_summary(result)
+    summary = format_summary(result)
+    assert "held-out       SROCC" in summary and "% of scores inside the MOS range" in summary
+    assert 0.0 <= result.heldout_in_range <= 1.0
 
 
 def test_demo_help() -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from qualitynet.trainer.metrics import compute_metrics, logistic4, quantile_loss
+from qualitynet.trainer.metrics import compute_metrics, fit_logistic4, logistic4, quantile_loss
 
 
 def test_metrics_match_scipy_and_hand_values() -> None:
@@ -52,3 +52,23 @@ def test_constant_predictions_give_nan_correlations_not_errors() -> None:
 def test_length_mismatch_is_an_error() -> None:
     with pytest.raises(ValueError):
         compute_metrics(np.ones(3), np.ones(4))
+
+
+def test_logistic_fit_cannot_reverse_a_backward_ranking() -> None:
+    """A model that ranks backwards (raw PLCC about -0.92) must not be reported as +0.9."""
+    rng = np.random.default_rng(0)
+    mos = rng.uniform(1, 5, 200)
+    pred = -mos + rng.normal(0, 0.5, 200)
+    m = compute_metrics(pred, mos)
+    assert m["plcc"] == pytest.approx(-0.92, abs=0.02)
+    assert m["plcc_logistic4"] < 0  # the unconstrained fit mirrored the curve and reported +0.93
+    b1, b2, b3, b4 = fit_logistic4(pred, mos)
+    assert b1 >= b2 and b4 > 0
+
+
+def test_logistic_fit_stays_inside_the_value_range() -> None:
+    pred = np.linspace(-3, 3, 50)
+    mos = np.clip(3 + 1.5 * pred, 1, 5)  # saturates at the ends
+    b1, b2, _, b4 = fit_logistic4(pred, mos, value_range=(1.0, 5.0))
+    assert 1.0 <= b2 <= b1 <= 5.0 and b4 > 0
+    assert np.corrcoef(logistic4(pred, b1, b2, _, b4), mos)[0, 1] > 0.99

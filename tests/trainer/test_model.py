@@ -103,3 +103,31 @@ def test_small_config_keeps_the_first_backbone_stages() -> None:
     assert [type(m).__name__ for m in resnet.features] == ["Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d", "Sequential"]
     assert len(mobilenet.features) == 2
     assert [m.out_features for m in model.head if isinstance(m, nn.Linear)] == [256, 128, 64]
+
+
+def test_lite_config_streams_are_pretrained_efficientnet_lites_with_attention(monkeypatch: pytest.MonkeyPatch) -> None:
+    from timm.models.efficientnet import EfficientNet
+
+    from qualitynet.trainer.backbones import LITE_MEAN, LITE_STD, lite_weights_path
+
+    for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):  # offline: the packages suffice
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    model = create_model("lite", pretrained=True).eval()
+    assert model.config.backbones == ("efficientnet_lite0", "efficientnet_lite1")
+    for stream, variant in zip(model.streams, model.config.backbones, strict=True):
+        assert isinstance(stream.features, EfficientNet) and stream.channels == 1280
+        assert _count(stream) == _count(stream.features) + _attention_params(1280, 16)
+        weights = torch.load(lite_weights_path(variant), weights_only=True)
+        assert torch.equal(stream.features.state_dict()["conv_head.weight"], weights["_conv_head.weight"])
+    assert [m.out_features for m in model.head if isinstance(m, nn.Linear)] == [1024, 512, 256]
+    assert model.head[0].in_features == 2560
+    cfg = model.config.preprocess()
+    assert (cfg.mean, cfg.std, cfg.height, cfg.width) == (LITE_MEAN, LITE_STD, 224, 224)
+
+    # the split forward (pooled features, then attention and head) is the whole forward
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.allclose(model(x), model.forward_head(model.attend_pooled(model.forward_pooled(x))), atol=1e-6)
+    model.freeze_backbones()
+    trainable = {name.split(".")[2] for name, p in model.named_parameters() if p.requires_grad and "streams" in name}
+    assert trainable == {"spatial", "channel"}

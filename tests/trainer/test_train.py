@@ -12,8 +12,11 @@ from click.testing import CliRunner
 from qualitynet.errors import QualityNetError
 from qualitynet.trainer.checkpoint import load_checkpoint
 from qualitynet.trainer.cli import demo_data_command, eval_command, train_command
+from qualitynet.trainer.data import IqaDataset, predict
 from qualitynet.trainer.datasets import Split, load_dataset
+from qualitynet.trainer.demo_data import demo_photo
 from qualitynet.trainer.model import create_model
+from qualitynet.trainer.mos_mapping import fit_mos_mapping
 from qualitynet.trainer.train import TrainSettings, train
 
 
@@ -38,6 +41,20 @@ def test_run_writes_every_file(tiny_run: Path) -> None:
     assert checkpoint.train_state is None and "test_srocc" in checkpoint.metrics
     assert checkpoint.score_scale.low == 1.0 and checkpoint.score_scale.high == 5.0
     assert len((tiny_run / "history.csv").read_text().splitlines()) == 3
+    assert metrics["mos_mapping"]["fitted_on"] == "val" and "srocc" in metrics["before_mos_mapping"]
+
+
+def test_mos_mapping_is_fitted_on_the_validation_split(tiny_run: Path, demo_dataset: Path) -> None:
+    checkpoint = load_checkpoint(tiny_run / "model.pt")
+    index = load_dataset("csv", csv_path=demo_dataset)
+    split = Split.load(tiny_run / "split.json")
+    model = checkpoint.build_model(mapped=False)
+    fits = {name: fit_mos_mapping(*predict(model, IqaDataset(index, index.subset(getattr(split, name)),
+                                                             checkpoint.preprocess, checkpoint.score_scale)),
+                                  checkpoint.score_scale)
+            for name in ("val", "test")}
+    assert checkpoint.mos_mapping.kind == fits["val"].kind
+    assert checkpoint.mos_mapping.params == pytest.approx(fits["val"].params, rel=1e-3, abs=1e-4)
 
 
 def test_resume_continues_from_last_epoch(tiny_run: Path, demo_dataset: Path, tmp_path: Path) -> None:
@@ -56,9 +73,11 @@ def test_eval_on_saved_test_split(tiny_run: Path, demo_dataset: Path) -> None:
         str(tiny_run / "model.pt"), "--dataset", "csv", "--csv", str(demo_dataset), "--split", "test",
         "--json", str(json_path), "--plot", str(plot_path), "--workers", "0", "--quiet"])
     assert result.exit_code == 0, result.output
-    for label in ("PLCC", "SROCC", "KROCC", "RMSE", "MAE", "explained variance", "quantile loss q=0.9"):
+    for label in ("PLCC", "SROCC", "KROCC", "RMSE", "MAE", "explained variance", "quantile loss q=0.9",
+                  "Before MOS mapping (raw network output)", "After MOS mapping"):
         assert label in result.output
     record = json.loads(json_path.read_text())
+    assert record["before_mos_mapping"]["n"] == record["n"]
     trained = json.loads((tiny_run / "metrics.json").read_text())
     assert record["n"] == trained["n"] and record["srocc"] == pytest.approx(trained["srocc"], abs=1e-6)
     assert plot_path.stat().st_size > 0
@@ -80,6 +99,29 @@ def test_pretrained_offline_is_a_clear_error(tmp_path: Path, monkeypatch: pytest
         monkeypatch.setenv(var, "http://127.0.0.1:9")
     with pytest.raises(QualityNetError, match="cannot load ImageNet weights for mobilenet_v3_small.*--no-pretrained"):
         create_model("tiny", pretrained=True)
+
+
+def test_paper_recipe_is_pretrained_and_fails_clearly_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    help_text = CliRunner().invoke(train_command, ["--help"]).output
+    recipe = next(line for line in help_text.splitlines() if "--dataset koniq10k" in line)
+    assert "--pretrained" in recipe and "--config" not in recipe  # qualitynet, the default config
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    documented = [line for line in readme.splitlines() if line.startswith("iqa-train --dataset koniq10k")]
+    assert documented and all("--pretrained" in line for line in documented)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    koniq = tmp_path / "koniq"  # a KonIQ-10k layout with six real photos
+    (koniq / "1024x768").mkdir(parents=True)
+    for i, name in enumerate(("astronaut", "chelsea", "coffee", "rocket", "camera", "coins")):
+        demo_photo(name, max_side=64).save(koniq / "1024x768" / f"{name}.jpg")
+    (koniq / "koniq10k_scores_and_distributions.csv").write_text(
+        "image_name,MOS\n" + "".join(f"{n}.jpg,{1 + i * 0.5}\n" for i, n in enumerate(
+            ("astronaut", "chelsea", "coffee", "rocket", "camera", "coins"))))
+    args = [str(koniq) if arg == "/data/koniq" else arg for arg in recipe.split()[1:]]
+    result = CliRunner().invoke(train_command, [*args[:args.index("--out")], "--out", str(tmp_path / "run")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "cannot load ImageNet weights for resnet50" in result.output and "$TORCH_HOME" in result.output
 
 
 def test_help_shows_examples() -> None:
