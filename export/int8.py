@@ -58,6 +58,7 @@ __all__ = [
     "gate",
     "quantize",
     "quantize_and_gate",
+    "Sensitivity",
     "sensitive_nodes",
     "tensorrt_target",
 ]
@@ -96,7 +97,8 @@ class Int8Target:
         """The quantization, for the artifact record."""
         kind = "int8" if self.activations == QuantType.QInt8 else "uint8"
         return {"activations": f"{kind} per-tensor, {'symmetric' if self.symmetric_activations else 'asymmetric'}",
-                "weights": "int8 per-channel, symmetric", "format": "QDQ"}
+                "weights": "int8 per-channel, symmetric", "format": "QDQ",
+                "bias": "float" if self.extra_options.get("QuantizeBias") is False else "int32"}
 
 
 def cpu_target(machine: str | None = None) -> Int8Target:
@@ -110,9 +112,10 @@ def cpu_target(machine: str | None = None) -> Int8Target:
 
 
 def tensorrt_target() -> Int8Target:
-    """TensorRT's explicit quantization: symmetric int8 everywhere, float weights behind Q/DQ pairs."""
+    """TensorRT's explicit quantization: symmetric int8 everywhere, float weights behind Q/DQ pairs,
+    float biases (TensorRT's Q/DQ nodes take int8, not ONNX Runtime's int32 biases)."""
     return Int8Target("tensorrt", ".int8.trt.onnx", QuantType.QInt8, symmetric_activations=True,
-                      extra_options={"AddQDQPairToWeight": True, "DedicatedQDQPair": True,
+                      extra_options={"AddQDQPairToWeight": True, "DedicatedQDQPair": True, "QuantizeBias": False,
                                      "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1}})
 
 
@@ -129,6 +132,8 @@ class Int8Settings:
         min_srocc: the gate's lower bound on SROCC against the FP32 model.
         max_abs_mos: optional upper bound on the max abs error, MOS scale.
         remedy: keep the most sensitive nodes in float when the plain graph fails.
+        max_float_fraction: the remedy keeps at most this fraction of the quantized nodes in
+            float (beyond it the graph is not worth calling INT8, and the export fails).
     """
 
     photos: str | Path | None = None
@@ -138,6 +143,7 @@ class Int8Settings:
     min_srocc: float = DEFAULT_MIN_SROCC
     max_abs_mos: float | None = None
     remedy: bool = True
+    max_float_fraction: float = 0.5
 
     def __post_init__(self) -> None:
         if self.method not in CALIBRATION_METHODS:
@@ -155,8 +161,17 @@ class Int8Settings:
 
 
 def preprocess_for_quantization(fp32_path: Path, out_path: Path) -> Path:
-    """``quant_pre_process``: shape inference and ONNX Runtime's basic graph optimisations."""
+    """``quant_pre_process`` (shape inference, ONNX Runtime's basic graph optimisations), then a
+    name for every node, since nodes are kept in float by name and the optimiser adds unnamed ones."""
     quant_pre_process(str(fp32_path), str(out_path))
+    model = onnx.load(str(out_path))
+    taken = {node.name for node in model.graph.node}
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            node.name = next(name for name in (f"{node.op_type}_{i}_{n}" for n in range(len(taken) + 1))
+                             if name not in taken)
+            taken.add(node.name)
+    onnx.save(model, str(out_path))
     return out_path
 
 
@@ -220,12 +235,30 @@ def gate(path: Path, reference: Reference, settings: Int8Settings, mos_range: fl
     return Verification(path.name, reference.name, len(reference.inputs), comparisons, time.perf_counter() - start)
 
 
-def sensitive_nodes(qdq_path: Path, inputs: np.ndarray, input_name: str, work: Path) -> list[tuple[str, float]]:
-    """Quantized nodes of a Q/DQ model, most sensitive first, with their SQNR in dB.
+@dataclass
+class Sensitivity:
+    """One quantized tensor: its signal-to-quantization-noise ratio and the nodes that keep it in float.
 
-    A node's sensitivity is the lowest signal-to-quantization-noise ratio among the tensors
-    it reads through a DequantizeLinear: its activations (measured on ``inputs``, the
-    calibration photos) and its weights.
+    Attributes:
+        tensor: an activation or weight name.
+        sqnr_db: its SQNR, dB (lower: more damaged by rounding).
+        nodes: for an activation its producer and its consumers (its Q/DQ pair goes only
+            when none of them is quantized); for a weight the node using it.
+    """
+
+    tensor: str
+    sqnr_db: float
+    nodes: list[str]
+
+
+def sensitive_nodes(qdq_path: Path, float_path: Path, inputs: np.ndarray, input_name: str,
+                    work: Path) -> list[Sensitivity]:
+    """Quantized tensors of a Q/DQ model, most sensitive first.
+
+    Activations are measured on ``inputs`` (the calibration photos: the gate's photos stay
+    unseen): each tensor before and after its QuantizeLinear/DequantizeLinear pair, with
+    ONNX Runtime's ``qdq_loss_debug``. Weights are compared, dequantized, with their float
+    originals in ``float_path`` (the model that was quantized).
     """
     from onnxruntime.quantization.qdq_loss_debug import (
         collect_activations,
@@ -243,41 +276,59 @@ def sensitive_nodes(qdq_path: Path, inputs: np.ndarray, input_name: str, work: P
     model = onnx.load(str(qdq_path))
     producers = {out: node for node in model.graph.node for out in node.output}
     initializers = {init.name: onnx.numpy_helper.to_array(init) for init in model.graph.initializer}
-    scores: dict[str, float] = {}
+    originals = {init.name: onnx.numpy_helper.to_array(init)
+                 for init in onnx.load(str(float_path)).graph.initializer}
+    found: dict[str, Sensitivity] = {}
     for node in model.graph.node:
-        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") or not node.name:
             continue
-        ratios = []
         for tensor in node.input:
             dq = producers.get(tensor)
             if dq is None or dq.op_type != "DequantizeLinear":
                 continue
             q = producers.get(dq.input[0])
             source = q.input[0] if q is not None and q.op_type == "QuantizeLinear" else dq.input[0]
-            if source in errors:
-                ratios.append(float(errors[source]))
-            elif source in initializers or dq.input[0] in initializers:
-                ratios.append(_weight_sqnr(dq, q, initializers, compute_signal_to_quantization_noice_ratio))
-        if ratios and node.name:
-            scores[node.name] = min(ratios)
-    return sorted(scores.items(), key=lambda item: item[1])
+            if source not in found:
+                if source in errors:
+                    producer = producers.get(source)
+                    nodes = [producer.name] if producer is not None and producer.name else []
+                    found[source] = Sensitivity(source, float(errors[source]), nodes)
+                elif source in initializers or dq.input[0] in initializers:
+                    found[source] = Sensitivity(source, _weight_sqnr(
+                        dq, q, initializers, originals, compute_signal_to_quantization_noice_ratio), [])
+                else:
+                    continue
+            if node.name not in found[source].nodes:
+                found[source].nodes.append(node.name)
+    return sorted(found.values(), key=lambda item: item.sqnr_db)
+
+
+def _nodes_of(ranked: Sequence[Sensitivity]) -> list[str]:
+    """The nodes that keep ``ranked`` tensors in float, each once, in rank order."""
+    return list(dict.fromkeys(node for item in ranked for node in item.nodes))
 
 
 def _weight_sqnr(dq: onnx.NodeProto, q: onnx.NodeProto | None, initializers: dict[str, np.ndarray],
-                 sqnr: Callable[[Any, Any], float]) -> float:
-    """SQNR of one quantized weight: float (or its int8 copy dequantized) against the dequantized value."""
+                 originals: dict[str, np.ndarray], sqnr: Callable[[Any, Any], float]) -> float:
+    """SQNR of one quantized weight: its float original against its dequantized value."""
     scale = initializers[dq.input[1]]
-    zero = initializers[dq.input[2]].astype(np.float32) if len(dq.input) > 2 else np.float32(0)
-    axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
-    if q is not None and q.input[0] in initializers:
+    zero = initializers[dq.input[2]].astype(np.float32) if len(dq.input) > 2 else np.zeros_like(scale)
+    if q is not None and q.input[0] in initializers:  # a float weight behind a Q/DQ pair
         weight = initializers[q.input[0]]
-        shape = [1] * weight.ndim
-        if scale.ndim:
-            shape[axis] = -1
-        s, z = scale.reshape(shape), np.asarray(zero).reshape(shape if np.ndim(zero) else ())
+        quantized = None
+    else:  # an int8 weight behind a DequantizeLinear, named <original>_quantized
+        weight = originals.get(dq.input[0].removesuffix("_quantized"))
+        quantized = initializers[dq.input[0]].astype(np.float32)
+    if weight is None:
+        return float("inf")
+    shape = [1] * weight.ndim
+    if scale.ndim:
+        axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+        shape[min(axis, weight.ndim - 1)] = -1  # a per-channel bias (rank 1) has its channels on axis 0
+    s, z = scale.reshape(shape), zero.reshape(shape if zero.ndim else ())
+    if quantized is None:
         quantized = np.clip(np.round(weight / s) + z, -128, 127)
-        return float(sqnr([weight], [(quantized - z) * s]))
-    return float("inf")  # int8 weights alone: no float original to compare with
+    return float(sqnr([weight], [(quantized - z) * s]))
 
 
 @dataclass
@@ -307,20 +358,22 @@ def quantize_and_gate(pre_path: Path, out_path: Path, target: Int8Target, settin
     log.info("%s: plain INT8 %s", out_path.name, _figures(plain, mos_range))
     result = Int8Gate(target=target.name, model=out_path.name, verification=plain, plain=plain, mos_range=mos_range)
     if not plain and settings.remedy:
-        ranked = sensitive_nodes(out_path, calib_inputs, meta.preprocess.input_name, work)
-        result.sensitivity_db = {name: round(db, 2) for name, db in ranked}
-        probe = _bisect(lambda keep: quantize(pre_path, work / f"k{len(keep)}{target.suffix}", target, None, cache,
-                                              calibration, meta, keep),
-                        lambda path: gate(path, reference, settings, mos_range), [name for name, _ in ranked],
-                        result)
+        ranked = sensitive_nodes(out_path, pre_path, calib_inputs, meta.preprocess.input_name, work)
+        result.sensitivity_db = {item.tensor: round(item.sqnr_db, 2) for item in ranked}
+        ranked = ranked[:max(1, int(settings.max_float_fraction * len(ranked)))]
+        probe = _bisect(lambda k: quantize(pre_path, work / f"k{k}{target.suffix}", target, None, cache, calibration,
+                                           meta, _nodes_of(ranked[:k])),
+                        lambda path: gate(path, reference, settings, mos_range), len(ranked), result)
         if probe is not None:
             if fp32_path is not None:
                 result.speed_img_s["int8_plain"] = throughput(out_path, reference.inputs)
             probe.path.replace(out_path)
             result.verification = probe.verification
-            result.kept_in_float = [name for name, _ in ranked[:probe.kept]]
-            log.info("%s: %d of %d quantized nodes kept in float (%s): %s", out_path.name, probe.kept, len(ranked),
-                     ", ".join(result.kept_in_float), _figures(probe.verification, mos_range))
+            result.kept_in_float = _nodes_of(ranked[:probe.kept])
+            log.info("%s: the %d most sensitive of %d quantized tensors kept in float, by %d nodes (%s%s): %s",
+                     out_path.name, probe.kept, len(result.sensitivity_db), len(result.kept_in_float),
+                     ", ".join(result.kept_in_float[:4]), ", ..." if len(result.kept_in_float) > 4 else "",
+                     _figures(probe.verification, mos_range))
         else:
             quantize(pre_path, out_path, target, None, cache, calibration, meta)  # the plain graph, kept
     if fp32_path is not None:
@@ -331,26 +384,27 @@ def quantize_and_gate(pre_path: Path, out_path: Path, target: Int8Target, settin
     return result
 
 
-def _bisect(build: Callable[[list[str]], Path], judge: Callable[[Path], Verification], ranked: list[str],
+def _bisect(build: Callable[[int], Path], judge: Callable[[Path], Verification], candidates: int,
             result: Int8Gate) -> _Probe | None:
-    """The smallest ``k`` whose graph, with ``ranked[:k]`` in float, passes: doubling, then bisection."""
+    """The smallest ``k <= candidates`` whose graph, with the ``k`` most sensitive tensors in float, passes:
+    doubling, then bisection (the search Polygraphy's ``debug precision`` runs over layers)."""
     tried: dict[int, _Probe] = {}
 
     def attempt(k: int) -> _Probe:
-        path = build(ranked[:k])
+        path = build(k)
         tried[k] = _Probe(k, path, judge(path))
-        result.probes.append({"kept_in_float": k, "srocc": _srocc(tried[k].verification),
+        result.probes.append({"tensors_in_float": k, "srocc": _srocc(tried[k].verification),
                               "max_abs_mos": tried[k].verification.worst.max_abs * result.mos_range,
                               "passed": tried[k].verification.passed})
-        log.info("keeping the %d most sensitive nodes in float: %s", k,
+        log.info("keeping the %d most sensitive tensors in float: %s", k,
                  "passes" if tried[k].verification else "still fails")
         return tried[k]
 
-    if not ranked:
+    if not candidates:
         return None
     low, high = 0, 1  # plain INT8 (nothing kept) is known to fail
-    while high < len(ranked) and not attempt(high).verification:
-        low, high = high, min(2 * high, len(ranked))
+    while high < candidates and not attempt(high).verification:
+        low, high = high, min(2 * high, candidates)
     if high not in tried and not attempt(high).verification:
         return None  # even every ranked node in float fails
     while high - low > 1:

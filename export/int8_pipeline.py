@@ -121,7 +121,8 @@ def export_int8(result: ExportResult, cfg: PreprocessCfg, photos: str | Path | S
 
 def _failure(gate: Int8Gate) -> str:
     figures = gate.figures()
-    kept = f" even with {gate.probes[-1]['kept_in_float']} nodes in float" if gate.probes else ""
+    most = max((probe["tensors_in_float"] for probe in gate.probes), default=0)
+    kept = f" even with its {most} most sensitive tensors in float" if most else ""
     return (f"{gate.model} fails the INT8 gate{kept}: SROCC {figures['srocc']:.4f} (needs >= {figures['min_srocc']}), "
             f"max abs error {figures['max_abs_mos']:.3f} MOS on {figures['photos']} held-out photos")
 

@@ -139,8 +139,8 @@ class Int8Gate:
         plain: the plain INT8 graph's comparisons (the same as ``verification`` when nothing is kept).
         mos_range: width of the MOS scale, to report errors on it.
         kept_in_float: nodes the remedy left in float, most sensitive first.
-        sensitivity_db: SQNR of each quantized node, when the remedy ran.
-        probes: each graph the remedy tried (nodes kept, SROCC, max abs MOS, passed).
+        sensitivity_db: SQNR of each quantized tensor, dB, when the remedy ran.
+        probes: each graph the remedy tried (tensors kept, SROCC, max abs MOS, passed).
         speed_img_s: ONNX Runtime CPU images/s at batch 8 (``fp32``, ``int8`` or
             ``int8_plain``/``int8_mixed``), for the CPU graph.
     """
@@ -165,7 +165,7 @@ class Int8Gate:
 
     def figures(self, check: Verification | None = None) -> dict[str, Any]:
         """Worst SROCC and max/mean abs error (MOS scale) of ``check`` (default the final graph)."""
-        check = check or self.verification
+        check = self.verification if check is None else check
         return {"srocc": min(c.srocc for c in check.comparisons), "max_abs_mos": check.worst.max_abs * self.mos_range,
                 "mean_abs_mos": max(c.mean_abs for c in check.comparisons) * self.mos_range,
                 "min_srocc": check.comparisons[0].tolerance.min_srocc, "photos": check.photos, "passed": check.passed}
