@@ -34,7 +34,7 @@ from qualitynet.export.verify import Reference, load_photos
 from qualitynet.runtime.discovery import iter_folder
 from qualitynet.runtime.ort_runner import OrtRunner
 
-__all__ = ["GATE_COUNT", "GATE_LIMIT", "export_int8", "gate_inputs"]
+__all__ = ["GATE_COUNT", "GATE_LIMIT", "check_held_out", "export_int8", "gate_inputs"]
 
 log = logging.getLogger(__name__)
 
@@ -42,21 +42,32 @@ GATE_COUNT = 48  # bundled held-out inputs: 6 photos and 42 crops
 GATE_LIMIT = 256  # at most this many of a --photos folder
 
 
-def gate_inputs(photos: str | Path | Sequence[str | Path] | None, cfg: PreprocessCfg,
-                calib_photos: str | Path | None) -> tuple[np.ndarray, list[str]]:
-    """The held-out photos of the INT8 gate, refusing any that are also calibration photos.
+def check_held_out(photos: str | Path | Sequence[str | Path] | None, calib_photos: str | Path | None) -> None:
+    """Refuse gate photos that are also calibration photos (cheap: run it before any work).
 
     Raises:
-        QualityNetError: a photo is in both sets, or the photos cannot be read.
+        QualityNetError: a photo is in both sets.
     """
+    if photos is None or calib_photos is None:
+        return  # the bundled gate and calibration photos are disjoint halves
+    shared = _files(photos) & _files(calib_photos)
+    if shared:
+        raise QualityNetError(
+            f"{len(shared)} photo(s) are both calibration and gate photos (e.g. {sorted(shared)[0]}); the INT8 "
+            "gate must judge on held-out photos: give --photos and --calib-photos disjoint folders")
+
+
+def gate_inputs(photos: str | Path | Sequence[str | Path] | None, cfg: PreprocessCfg,
+                calib_photos: str | Path | None) -> tuple[np.ndarray, list[str]]:
+    """The held-out photos of the INT8 gate: ``photos`` (at most :data:`GATE_LIMIT`), or by
+    default :data:`GATE_COUNT` inputs from the bundled photos never used for calibration.
+
+    Raises:
+        QualityNetError: a photo is also a calibration photo, or the photos cannot be read.
+    """
+    check_held_out(photos, calib_photos)
     if photos is None:
         return photo_inputs(None, cfg, GATE_COUNT, seed=1, bundled=GATE_SOURCES)
-    if calib_photos is not None:
-        shared = _files(photos) & _files(calib_photos)
-        if shared:
-            raise QualityNetError(
-                f"{len(shared)} photo(s) are both calibration and gate photos (e.g. {sorted(shared)[0]}); the INT8 "
-                "gate must judge on held-out photos: give --photos and --calib-photos disjoint folders")
     return load_photos(photos, cfg, limit=GATE_LIMIT)
 
 

@@ -75,6 +75,10 @@ def export_all(checkpoint_path: str | Path, out_dir: str | Path | None = None, *
     check_opset(opset)
     if fp16:
         check_opset_for_tensorrt(opset, tensorrt_version())
+    if int8 is not None:
+        from qualitynet.export.int8_pipeline import check_held_out
+
+        check_held_out(photos, int8.photos)
     checkpoint = load_checkpoint(checkpoint_path)
     stem = checkpoint_path.stem
     result = ExportResult(
