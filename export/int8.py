@@ -313,9 +313,10 @@ def _weight_sqnr(dq: onnx.NodeProto, q: onnx.NodeProto | None, initializers: dic
     """SQNR of one quantized weight: its float original against its dequantized value."""
     scale = initializers[dq.input[1]]
     zero = initializers[dq.input[2]].astype(np.float32) if len(dq.input) > 2 else np.zeros_like(scale)
+    weight: np.ndarray | None
+    quantized: np.ndarray | None
     if q is not None and q.input[0] in initializers:  # a float weight behind a Q/DQ pair
-        weight = initializers[q.input[0]]
-        quantized = None
+        weight, quantized = initializers[q.input[0]], None
     else:  # an int8 weight behind a DequantizeLinear, named <original>_quantized
         weight = originals.get(dq.input[0].removesuffix("_quantized"))
         quantized = initializers[dq.input[0]].astype(np.float32)
