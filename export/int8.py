@@ -51,6 +51,7 @@ from qualitynet.runtime.runner import runner_for
 
 __all__ = [
     "CALIBRATION_METHODS",
+    "calibrate",
     "DEFAULT_MIN_SROCC",
     "Int8Settings",
     "Int8Target",
@@ -71,6 +72,7 @@ CALIBRATION_METHODS = {
     "percentile": CalibrationMethod.Percentile,
 }
 DEFAULT_MIN_SROCC = 0.99
+CALIBRATOR_OPTIONS: dict[str, dict[str, Any]] = {"entropy": {"num_bins": 2048, "num_quantized_bins": 128}}
 GATE_BATCH_SIZES = (1, 8)
 SPEED_BATCH = 8
 
@@ -175,16 +177,35 @@ def preprocess_for_quantization(fp32_path: Path, out_path: Path) -> Path:
     return out_path
 
 
-def quantize(pre_path: Path, out_path: Path, target: Int8Target, reader: PhotoDataReader | None, cache: Path,
-             calibration: dict[str, Any], meta: ArtifactMeta, keep_float: Sequence[str] = ()) -> Path:
+def calibrate(pre_path: Path, reader: PhotoDataReader, method: str, cache: Path, work: Path) -> Path:
+    """Measure every activation's range on the calibration photos into ONNX Runtime's calibration cache.
+
+    Done here rather than inside ``quantize_static``, which would pass its entropy calibrator
+    128 histogram bins for 128 quantized bins: one candidate threshold, i.e. MinMax (measured:
+    identical scales). TensorRT's entropy calibrator uses 2048 bins, and so does this one.
+
+    Returns:
+        ``cache``, which every :func:`quantize` call then reads.
+    """
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+
+    calibrator = create_calibrator(pre_path, [], augmented_model_path=str(work / "augmented.onnx"),
+                                   calibrate_method=CALIBRATION_METHODS[method],
+                                   extra_options=CALIBRATOR_OPTIONS.get(method, {}))
+    calibrator.collect_data(reader)
+    save_tensors_data(calibrator.compute_data(), cache)
+    return cache
+
+
+def quantize(pre_path: Path, out_path: Path, target: Int8Target, cache: Path, calibration: dict[str, Any],
+             meta: ArtifactMeta, keep_float: Sequence[str] = ()) -> Path:
     """Quantize a pre-processed FP32 model to a Q/DQ model with its artifact record.
 
     Args:
         pre_path: the model after :func:`preprocess_for_quantization`.
         out_path: where to write.
         target: which graph (:func:`cpu_target`, :func:`tensorrt_target`).
-        reader: calibration batches; may be ``None`` once ``cache`` holds the ranges.
-        cache: ONNX Runtime's calibration cache (written by the first call, read by the rest).
+        cache: the activation ranges, from :func:`calibrate`.
         calibration: :meth:`Int8Settings.calibration_record` (its ``method`` is used).
         meta: the FP32 model's record; the copy written says ``precision: int8``.
         keep_float: node names left in float.
@@ -200,7 +221,7 @@ def quantize(pre_path: Path, out_path: Path, target: Int8Target, reader: PhotoDa
     score_nodes = [node.name for node in graph.node if outputs & set(node.output)]
     try:
         quantize_static(
-            str(pre_path), str(tmp), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+            str(pre_path), str(tmp), None, quant_format=QuantFormat.QDQ, per_channel=True,
             activation_type=target.activations, weight_type=QuantType.QInt8,
             calibrate_method=CALIBRATION_METHODS[calibration["method"]], nodes_to_exclude=[*score_nodes, *keep_float],
             calibration_cache_path=str(cache),
@@ -340,7 +361,7 @@ class _Probe:
 
 
 def quantize_and_gate(pre_path: Path, out_path: Path, target: Int8Target, settings: Int8Settings,
-                      reader: PhotoDataReader, cache: Path, meta: ArtifactMeta, reference: Reference,
+                      cache: Path, meta: ArtifactMeta, reference: Reference,
                       calib_inputs: np.ndarray, work: Path, fp32_path: Path | None = None) -> Int8Gate:
     """Quantize for ``target``, gate it, and if it fails keep the fewest sensitive nodes in float that pass.
 
@@ -354,7 +375,7 @@ def quantize_and_gate(pre_path: Path, out_path: Path, target: Int8Target, settin
     """
     mos_range = meta.score_scale.high - meta.score_scale.low
     calibration = settings.calibration_record(len(calib_inputs))
-    quantize(pre_path, out_path, target, reader, cache, calibration, meta)
+    quantize(pre_path, out_path, target, cache, calibration, meta)
     plain = gate(out_path, reference, settings, mos_range)
     log.info("%s: plain INT8 %s", out_path.name, _figures(plain, mos_range))
     result = Int8Gate(target=target.name, model=out_path.name, verification=plain, plain=plain, mos_range=mos_range)
@@ -362,8 +383,8 @@ def quantize_and_gate(pre_path: Path, out_path: Path, target: Int8Target, settin
         ranked = sensitive_nodes(out_path, pre_path, calib_inputs, meta.preprocess.input_name, work)
         result.sensitivity_db = {item.tensor: round(item.sqnr_db, 2) for item in ranked}
         ranked = ranked[:max(1, int(settings.max_float_fraction * len(ranked)))]
-        probe = _bisect(lambda k: quantize(pre_path, work / f"k{k}{target.suffix}", target, None, cache, calibration,
-                                           meta, _nodes_of(ranked[:k])),
+        probe = _bisect(lambda k: quantize(pre_path, work / f"k{k}{target.suffix}", target, cache, calibration, meta,
+                                           _nodes_of(ranked[:k])),
                         lambda path: gate(path, reference, settings, mos_range), len(ranked), result)
         if probe is not None:
             if fp32_path is not None:
@@ -376,7 +397,7 @@ def quantize_and_gate(pre_path: Path, out_path: Path, target: Int8Target, settin
                      ", ".join(result.kept_in_float[:4]), ", ..." if len(result.kept_in_float) > 4 else "",
                      _figures(probe.verification, mos_range))
         else:
-            quantize(pre_path, out_path, target, None, cache, calibration, meta)  # the plain graph, kept
+            quantize(pre_path, out_path, target, cache, calibration, meta)  # the plain graph, kept
     if fp32_path is not None:
         result.speed_img_s["fp32"] = throughput(fp32_path, reference.inputs)
         key = "int8_mixed" if result.kept_in_float else "int8"

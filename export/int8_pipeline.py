@@ -21,6 +21,7 @@ from qualitynet.errors import QualityNetError
 from qualitynet.export.calibration import GATE_SOURCES, PhotoDataReader, calibration_inputs, photo_inputs
 from qualitynet.export.int8 import (
     Int8Settings,
+    calibrate,
     cpu_target,
     gate,
     preprocess_for_quantization,
@@ -111,12 +112,12 @@ def export_int8(result: ExportResult, cfg: PreprocessCfg, photos: str | Path | S
         reference.scores  # noqa: B018 - scored once, while the FP32 session is open
         pre = preprocess_for_quantization(result.onnx, work / "pre.onnx")
         cache = work / "calibration.json"
-        reader = PhotoDataReader(cfg.input_name, calib)
+        calibrate(pre, PhotoDataReader(cfg.input_name, calib), settings.method, cache, work)
         for target, attribute in ((cpu_target(), "int8_onnx"), (tensorrt_target(), "int8_trt_onnx")):
             path = out / f"{stem}{target.suffix}"
             setattr(result, attribute, path)
             result.int8[target.name] = quantize_and_gate(
-                pre, path, target, settings, reader, cache, meta, reference, calib, work,
+                pre, path, target, settings, cache, meta, reference, calib, work,
                 fp32_path=result.onnx if target.name == "cpu" else None)
             write_report(result)
         if result.int8["tensorrt"]:

@@ -80,7 +80,8 @@ from pathlib import Path
 import onnx
 
 from qualitynet.export.calibration import PhotoDataReader, calibration_inputs
-from qualitynet.export.int8 import Int8Settings, cpu_target, preprocess_for_quantization, quantize, throughput, work_dir
+from qualitynet.export.int8 import (Int8Settings, calibrate, cpu_target, preprocess_for_quantization, quantize,
+                                   throughput, work_dir)
 from qualitynet.export.onnx import read_meta
 from qualitynet.export.verify import load_photos
 
@@ -95,10 +96,10 @@ with work_dir() as scratch:
     fp32 = throughput(out / "model.onnx", inputs, seconds=5.0)
     print(f"| FP32 | {fp32:.0f} | 1.00x |")
     record = Int8Settings().calibration_record(len(calib))
+    cache = calibrate(pre, PhotoDataReader(meta.preprocess.input_name, calib), "minmax", work / "cache.json", work)
     for label, machine in (("uint8 activations, int8 weights (x86 default)", "x86_64"),
                            ("int8 activations, int8 weights (ARM default)", "aarch64")):
-        path = quantize(pre, work / f"{machine}.onnx", cpu_target(machine), PhotoDataReader(meta.preprocess.input_name,
-                        calib), work / f"{machine}.json", record, meta)
+        path = quantize(pre, work / f"{machine}.onnx", cpu_target(machine), cache, record, meta)
         rate = throughput(path, inputs, seconds=5.0)
         print(f"| {label} | {rate:.0f} | {rate / fp32:.2f}x |")
 PY

@@ -30,6 +30,7 @@ from qualitynet.export.calibration import CALIBRATION_SOURCES, GATE_SOURCES, Pho
 from qualitynet.export.cli import main
 from qualitynet.export.int8 import (
     Int8Settings,
+    calibrate,
     cpu_target,
     gate,
     preprocess_for_quantization,
@@ -91,13 +92,13 @@ def _scales(path: Path) -> dict[str, np.ndarray]:
 
 
 def _quantized(tmp_path: Path, source: Path, calib: np.ndarray, target: Any = None, seed_tag: str = "a",
-               keep: tuple[str, ...] = ()) -> Path:
+               keep: tuple[str, ...] = (), method: str = "minmax") -> Path:
     work = tmp_path / seed_tag
     work.mkdir(exist_ok=True)
     pre = preprocess_for_quantization(source, work / "pre.onnx")
     meta = read_meta(onnx.load(str(source)))
-    return quantize(pre, work / "model.int8.onnx", target or cpu_target(), PhotoDataReader("image", calib),
-                    work / "cache.json", {"method": "minmax"}, meta, keep)
+    cache = calibrate(pre, PhotoDataReader("image", calib), method, work / "cache.json", work)
+    return quantize(pre, work / "model.int8.onnx", target or cpu_target(), cache, {"method": method}, meta, keep)
 
 
 # ---- calibration ---------------------------------------------------------------------------------
@@ -110,6 +111,14 @@ def test_calibration_is_reproducible(tmp_path: Path) -> None:
     assert first.keys() == again.keys() and len(first) > 3
     assert all(np.array_equal(first[k], again[k]) for k in first)
     assert any(not np.array_equal(first[k], other[k]) for k in first), "another seed, other crops, other ranges"
+
+
+def test_calibration_methods_give_their_own_ranges(tmp_path: Path, calib: np.ndarray) -> None:
+    model = _small_onnx(tmp_path / "net.onnx", outlier=1.0)
+    scales = {m: _scales(_quantized(tmp_path, model, calib, seed_tag=m, method=m))
+              for m in ("minmax", "entropy", "percentile")}
+    for method in ("entropy", "percentile"):  # histogram methods clip outliers: smaller scales somewhere
+        assert any((scales[method][k] < scales["minmax"][k] * 0.99).any() for k in scales["minmax"]), method
 
 
 def test_calibration_photos_and_crops() -> None:
@@ -203,9 +212,9 @@ def test_mixed_precision_rescues_a_graph_plain_int8_fails(tmp_path: Path, calib:
     pre = preprocess_for_quantization(source, tmp_path / "pre.onnx")
     reference, runner = _reference(source, held_out)
     try:
+        cache = calibrate(pre, PhotoDataReader("image", calib), "minmax", tmp_path / "cache.json", tmp_path)
         result = quantize_and_gate(pre, tmp_path / "net.int8.onnx", cpu_target(), Int8Settings(min_srocc=0.99),
-                                   PhotoDataReader("image", calib), tmp_path / "cache.json", meta, reference, calib,
-                                   tmp_path, fp32_path=source)
+                                   cache, meta, reference, calib, tmp_path, fp32_path=source)
     finally:
         runner.deactivate()
     plain = result.figures(result.plain)
