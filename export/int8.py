@@ -27,11 +27,13 @@ the figures.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import platform
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -165,7 +167,8 @@ class Int8Settings:
 def preprocess_for_quantization(fp32_path: Path, out_path: Path) -> Path:
     """``quant_pre_process`` (shape inference, ONNX Runtime's basic graph optimisations), then a
     name for every node, since nodes are kept in float by name and the optimiser adds unnamed ones."""
-    quant_pre_process(str(fp32_path), str(out_path))
+    with _ort_quiet():
+        quant_pre_process(str(fp32_path), str(out_path))
     model = onnx.load(str(out_path))
     taken = {node.name for node in model.graph.node}
     for i, node in enumerate(model.graph.node):
@@ -192,9 +195,26 @@ def calibrate(pre_path: Path, reader: PhotoDataReader, method: str, cache: Path,
     calibrator = create_calibrator(pre_path, [], augmented_model_path=str(work / "augmented.onnx"),
                                    calibrate_method=CALIBRATION_METHODS[method],
                                    extra_options=CALIBRATOR_OPTIONS.get(method, {}))
-    calibrator.collect_data(reader)
-    save_tensors_data(calibrator.compute_data(), cache)
+    with _ort_quiet():
+        calibrator.collect_data(reader)
+        save_tensors_data(calibrator.compute_data(), cache)
     return cache
+
+
+@contextlib.contextmanager
+def _ort_quiet() -> Iterator[None]:
+    """ONNX Runtime's quantizer logs through the root logger and prints its progress to stdout
+    (advice this module follows, per-bias notes): both go to this module's debug log instead."""
+    root = logging.getLogger()
+    level, captured = root.level, io.StringIO()
+    root.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(captured):
+            yield
+    finally:
+        root.setLevel(level)
+        if captured.getvalue().strip():
+            log.debug("onnxruntime.quantization: %s", captured.getvalue().strip())
 
 
 def quantize(pre_path: Path, out_path: Path, target: Int8Target, cache: Path, calibration: dict[str, Any],
@@ -220,14 +240,15 @@ def quantize(pre_path: Path, out_path: Path, target: Int8Target, cache: Path, ca
     # photos rarely span every quality the model will score (an int8 output clips).
     score_nodes = [node.name for node in graph.node if outputs & set(node.output)]
     try:
-        quantize_static(
-            str(pre_path), str(tmp), None, quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=target.activations, weight_type=QuantType.QInt8,
-            calibrate_method=CALIBRATION_METHODS[calibration["method"]], nodes_to_exclude=[*score_nodes, *keep_float],
-            calibration_cache_path=str(cache),
-            extra_options={"ActivationSymmetric": target.symmetric_activations, "WeightSymmetric": True,
-                           **target.extra_options},
-        )
+        with _ort_quiet():
+            quantize_static(
+                str(pre_path), str(tmp), None, quant_format=QuantFormat.QDQ, per_channel=True,
+                activation_type=target.activations, weight_type=QuantType.QInt8,
+                calibrate_method=CALIBRATION_METHODS[calibration["method"]],
+                nodes_to_exclude=[*score_nodes, *keep_float], calibration_cache_path=str(cache),
+                extra_options={"ActivationSymmetric": target.symmetric_activations, "WeightSymmetric": True,
+                               **target.extra_options},
+            )
         model = onnx.load(str(tmp))
     finally:
         tmp.unlink(missing_ok=True)
@@ -289,9 +310,10 @@ def sensitive_nodes(qdq_path: Path, float_path: Path, inputs: np.ndarray, input_
     )
 
     augmented = work / "sensitivity.onnx"
-    modify_model_output_intermediate_tensors(str(qdq_path), str(augmented))
-    activations = collect_activations(str(augmented), PhotoDataReader(input_name, inputs), execution_providers=[
-        "CPUExecutionProvider"])
+    with _ort_quiet():
+        modify_model_output_intermediate_tensors(str(qdq_path), str(augmented))
+        activations = collect_activations(str(augmented), PhotoDataReader(input_name, inputs),
+                                          execution_providers=["CPUExecutionProvider"])
     errors = {name: compute_signal_to_quantization_noice_ratio(match["pre_qdq"], match["post_qdq"])
               for name, match in create_activation_matching(activations).items()}
     model = onnx.load(str(qdq_path))
