@@ -9,7 +9,6 @@ Figures go to the export report after each graph, so a failure leaves them behin
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -102,14 +101,13 @@ def export_int8(result: ExportResult, cfg: PreprocessCfg, photos: str | Path | S
     calib, _ = calibration_inputs(settings.photos, cfg, settings.count, settings.seed)
     held_out, names = gate_inputs(photos, cfg, settings.photos)
     result.int8_info = {**settings.calibration_record(len(calib)), "gate_photos": len(names),
-                               "gate_source": "bundled (held out)" if photos is None else str(photos)}
+                        "gate_source": "bundled (held out)" if photos is None else str(photos)}
     log.info("INT8: calibrating on %d inputs (%s), gating on %d held-out photos", len(calib), settings.method,
              len(names))
     meta = read_meta(onnx.load(str(result.onnx)), str(result.onnx))
     with OrtRunner(result.onnx, provider="cpu") as runner, work_dir() as scratch:
         work = Path(scratch)
         reference = Reference(result.onnx.name, runner.infer, held_out)
-        reference.scores  # noqa: B018 - scored once, while the FP32 session is open
         pre = preprocess_for_quantization(result.onnx, work / "pre.onnx")
         cache = work / "calibration.json"
         calibrate(pre, PhotoDataReader(cfg.input_name, calib), settings.method, cache, work)
@@ -124,7 +122,6 @@ def export_int8(result: ExportResult, cfg: PreprocessCfg, photos: str | Path | S
             _build_engine(result, calib, out / f"{stem}.int8.plan", profile, workspace, timing_cache, opt_level,
                           reference, settings)
         write_report(result)
-        shutil.rmtree(work, ignore_errors=True)
     failed = [gate for gate in result.int8.values() if not gate]
     if failed:
         raise VerificationError("; ".join(_failure(gate) for gate in failed) +
