@@ -9,6 +9,7 @@
 #   int8-NAME-gate.md      per calibration method: SROCC and max abs error vs FP32 on the
 #                          held-out photos, sensitive nodes kept, ORT CPU speed-up at batch 8
 #   int8-NAME-acttypes.md  ORT CPU img/s of the CPU graph's candidates: uint8 vs int8 activations
+#   int8-NAME-iqa-run.txt  iqa-run end to end, FP32 and INT8, on 100 JPEGs of 1024x768
 #   int8-NAME-cpu.{md,json} iqa-bench with the INT8 rows: model-only at batch 1 and 8, and end
 #                          to end through the iqa-run pipeline on 100 JPEGs of 1024x768
 # Inputs and exports go to $WORK (default runs/int8-NAME).
@@ -104,6 +105,14 @@ with work_dir() as scratch:
         print(f"| {label} | {rate:.0f} | {rate / fp32:.2f}x |")
 PY
 cat "$RESULTS/int8-$NAME-acttypes.md"
+
+# End to end through iqa-run, FP32 then INT8, twice each (alternating), batch 8: img/s from its summary
+for ROUND in 1 2; do
+  for MODEL in model.onnx model.int8.onnx; do
+    "$BIN/iqa-run" "$WORK/minmax/$MODEL" "$WORK/jpegs" --batch-size 8 -o "$WORK/scores-$MODEL.csv" --overwrite 2>&1 \
+      | grep '^scored' | sed "s/^/iqa-run $MODEL, round $ROUND: /"
+  done
+done | tee "$RESULTS/int8-$NAME-iqa-run.txt"
 
 # iqa-bench with the INT8 rows (model-only and end to end through iqa-run's pipeline)
 "$BIN/iqa-bench" "$WORK/minmax/model.pt" --photos "$WORK/heldout" --images "$WORK/jpegs" --batch-sizes 1,8 \
