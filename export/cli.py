@@ -45,7 +45,8 @@ def _batch_profile(ctx: click.Context, param: click.Parameter, value: str) -> Ba
               help="Folder of photos to verify on (first 32) [default: photos bundled with scikit-image].")
 @click.option("--int8", is_flag=True,
               help="Also calibrate and write model.int8.onnx (CPUs) and model.int8.trt.onnx (TensorRT Q/DQ), each "
-                   "gated on held-out photos; builds model.int8.plan where TensorRT and a GPU are present.")
+                   "gated on held-out photos (--photos, up to 256); builds model.int8.plan where TensorRT and a "
+                   "GPU are present.")
 @click.option("--calib-photos", type=click.Path(exists=True, path_type=Path),
               help="INT8 calibration photos, like those you will score [default: bundled photos plus crops].")
 @click.option("--calib-count", type=click.IntRange(min=1), default=DEFAULT_CALIB_COUNT, show_default=True,
