@@ -72,9 +72,10 @@ def main(checkpoint: Path, fp16: bool, out_dir: Path | None, opset: int, profile
     figures go to model.export.json. Exits 1 if a check fails (files are kept) or if
     --fp16 cannot build the engine (the ONNX files are still written and checked).
 
-    With --int8 also calibrates on --calib-photos and writes model.int8.onnx (ONNX
-    Runtime on CPUs) and model.int8.trt.onnx (Q/DQ for TensorRT), each judged against
-    model.onnx on held-out photos (--photos; never the calibration photos). A model below
+    With --int8 (e.g. --int8 --calib-photos train/ --photos test/) also calibrates on
+    --calib-photos and writes model.int8.onnx (ONNX Runtime on CPUs) and model.int8.trt.onnx
+    (Q/DQ for TensorRT), each judged against model.onnx on held-out photos (--photos; never
+    the calibration photos). A model below
     --min-srocc keeps its most sensitive nodes in float until it passes; if none passes,
     exits 1 with the figures (files kept).
 
@@ -82,7 +83,6 @@ def main(checkpoint: Path, fp16: bool, out_dir: Path | None, opset: int, profile
     Example:
         iqa-export runs/koniq/model.pt
         iqa-export --fp16 --batch 1:32:128 --timing-cache trt.cache runs/koniq/model.pt
-        iqa-export --int8 --calib-photos koniq/train --photos koniq/test runs/koniq/model.pt
     """
     setup_logging(quiet)
     int8_settings = Int8Settings(photos=calib_photos, count=calib_count, method=calib_method, min_srocc=min_srocc,

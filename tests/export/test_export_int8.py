@@ -285,4 +285,4 @@ def test_cli_refuses_calibration_photos_as_gate_photos(varied_checkpoint: Path, 
     assert clash.exit_code == 1 and "both calibration and gate photos" in clash.output
     assert "Traceback" not in clash.output
     help_text = runner.invoke(main, ["--help"]).output
-    assert "--calib-method" in help_text and "iqa-export --int8" in help_text
+    assert "--calib-method" in help_text and "--calib-photos train/" in help_text
