@@ -62,7 +62,7 @@ for graph in ("cpu", "tensorrt"):
         print(f"| {method} | {graph} | failed before the gate | | | | | |")
         continue
     speed = gate["speed_img_s"]
-    kept = max((p["tensors_in_float"] for p in gate["probes"] if p["passed"]), default=0) if gate["kept_in_float"] else 0
+    kept = min((p["tensors_in_float"] for p in gate["probes"] if p["passed"]), default=0) if gate["kept_in_float"] else 0
     rate = (f"{speed['fp32']:.0f} -> {speed.get('int8', speed.get('int8_mixed', 0)):.0f}"
             f" ({speed.get('int8', speed.get('int8_mixed', 0)) / speed['fp32']:.2f}x)" if speed else "n/a (TensorRT graph)")
     plain = "" if not gate["kept_in_float"] else f" (plain INT8: {gate['plain']['srocc']:.4f})"
