@@ -257,5 +257,29 @@ def plan_subjects(checkpoint: Checkpoint, onnx_paths: dict[str, Path], plan: Pat
             lambda: _runner_subject(runner_for(plan)), probe), plan))
     else:
         skipped.append(Skipped("tensorrt", "fp16", "cuda", missing or ""))
+    int8_specs, int8_skipped = _int8_subjects(onnx_paths.get("fp32"), threads, probe)
+    return specs + int8_specs, skipped + int8_skipped
+
+
+def _int8_subjects(fp32: Path | None, threads: int, probe: np.ndarray) -> tuple[list[SubjectSpec], list[Skipped]]:
+    """INT8 rows, from ``iqa-export --int8``'s files next to ``fp32``: ONNX Runtime on the CPU
+    (``model.int8.onnx``) and TensorRT (``model.int8.plan``)."""
+    if fp32 is None:
+        return [], []
+    stem = fp32.name.removesuffix(".onnx")
+    cpu_model, plan = fp32.with_name(f"{stem}.int8.onnx"), fp32.with_name(f"{stem}.int8.plan")
+    specs, skipped = [], []
+    if cpu_model.is_file():
+        specs.append(SubjectSpec("onnxruntime", "int8", "cpu", _timed_open(
+            lambda: _runner_subject(runner_for(cpu_model, provider="cpu", threads=threads)), probe), cpu_model))
+    else:
+        skipped.append(Skipped("onnxruntime", "int8", "cpu", f"no {cpu_model.name} (iqa-export --int8 writes it)"))
+    missing = tensorrt_missing() or (None if plan.is_file() else
+                                      f"no {plan.name} (iqa-export --int8 builds it where TensorRT and a GPU are)")
+    if missing is None:
+        specs.append(SubjectSpec("tensorrt", "int8", "cuda", _timed_open(
+            lambda: _runner_subject(runner_for(plan)), probe), plan))
+    else:
+        skipped.append(Skipped("tensorrt", "int8", "cuda", missing))
     return specs, skipped
 

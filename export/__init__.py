@@ -1,18 +1,23 @@
-"""Export stage: PyTorch checkpoint -> ONNX -> FP16 ONNX -> TensorRT engine, each verified.
+"""Export stage: PyTorch checkpoint -> ONNX -> FP16 ONNX / INT8 ONNX -> TensorRT engines, each verified.
 
 Example:
     >>> from qualitynet.export import export_all
     >>> result = export_all("runs/koniq/model.pt", fp16=True, require_tensorrt=False)  # doctest: +SKIP
     >>> result.verifications["onnx"].worst.max_abs  # doctest: +SKIP
+    >>> int8 = export_all("runs/koniq/model.pt", int8=Int8Settings(photos="koniq/train"),
+    ...                   photos="koniq/test")  # doctest: +SKIP
+    >>> int8.int8["cpu"].figures()["srocc"]  # doctest: +SKIP
 """
 
 from qualitynet.export.fp16 import convert_fp16
+from qualitynet.export.int8 import Int8Settings
 from qualitynet.export.onnx import DEFAULT_OPSET, export_onnx
 from qualitynet.export.pipeline import export_all
 from qualitynet.export.tensorrt import build_engine
 from qualitynet.export.types import (
     Comparison,
     ExportResult,
+    Int8Gate,
     TensorRTUnavailableError,
     Tolerance,
     Verification,
@@ -25,6 +30,8 @@ __all__ = [
     "TOLERANCES",
     "Comparison",
     "ExportResult",
+    "Int8Gate",
+    "Int8Settings",
     "Reference",
     "TensorRTUnavailableError",
     "Tolerance",

@@ -10,6 +10,8 @@ import qualitynet
 from qualitynet._cli import cli_errors, setup_logging
 from qualitynet.artifact import BatchProfile
 from qualitynet.errors import QualityNetError
+from qualitynet.export.calibration import DEFAULT_CALIB_COUNT
+from qualitynet.export.int8 import CALIBRATION_METHODS, DEFAULT_MIN_SROCC, Int8Settings
 from qualitynet.export.onnx import DEFAULT_OPSET
 from qualitynet.export.pipeline import export_all
 from qualitynet.export.types import ExportResult
@@ -47,6 +49,20 @@ def _batch_profile(ctx: click.Context, param: click.Parameter, value: str) -> Ba
                    "lean runtime of the TensorRT version that built it).")
 @click.option("--photos", type=click.Path(exists=True, path_type=Path),
               help="Folder of photos to verify on (first 32) [default: photos bundled with scikit-image].")
+@click.option("--int8", is_flag=True,
+              help="Also calibrate and write model.int8.onnx (CPUs) and model.int8.trt.onnx (TensorRT Q/DQ), each "
+                   "gated on held-out photos (--photos, up to 256); builds model.int8.plan where TensorRT and a "
+                   "GPU are present.")
+@click.option("--calib-photos", type=click.Path(exists=True, path_type=Path),
+              help="INT8 calibration photos, like those you will score [default: bundled photos plus crops].")
+@click.option("--calib-count", type=click.IntRange(min=1), default=DEFAULT_CALIB_COUNT, show_default=True,
+              help="INT8 calibration inputs: the photos, then seeded crops of them.")
+@click.option("--calib-method", type=click.Choice(sorted(CALIBRATION_METHODS)), default="minmax", show_default=True,
+              help="How activation ranges are chosen from the calibration photos.")
+@click.option("--min-srocc", type=click.FloatRange(-1, 1), default=DEFAULT_MIN_SROCC, show_default=True,
+              help="INT8 gate: lowest SROCC against the FP32 model on the held-out photos (--photos).")
+@click.option("--max-abs-error", type=click.FloatRange(min=0, min_open=True),
+              help="INT8 gate: also bound the max abs error, on the MOS scale [default: reported, not bounded].")
 @click.option("--triton-repo", type=click.Path(file_okay=False, path_type=Path),
               help="Also write a Triton Inference Server model repository here (config.pbtxt + 1/model.*).")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
@@ -54,7 +70,8 @@ def _batch_profile(ctx: click.Context, param: click.Parameter, value: str) -> Ba
 @cli_errors
 def main(checkpoint: Path, fp16: bool, out_dir: Path | None, opset: int, profile: BatchProfile, workspace: int,
          timing_cache: Path | None, opt_level: int, version_compatible: bool, exclude_lean_runtime: bool,
-         photos: Path | None, triton_repo: Path | None, quiet: bool) -> None:
+         photos: Path | None, int8: bool, calib_photos: Path | None, calib_count: int, calib_method: str,
+         min_srocc: float, max_abs_error: float | None, triton_repo: Path | None, quiet: bool) -> None:
     """Export CHECKPOINT (a model.pt from iqa-train) to a verified ONNX model.
 
     Writes model.onnx (FP32, dynamic batch, preprocessing and score scale in its metadata)
@@ -63,6 +80,13 @@ def main(checkpoint: Path, fp16: bool, out_dir: Path | None, opset: int, profile
     model.plan with its model.plan.json sidecar; each is checked against model.onnx. The
     figures go to model.export.json. Exits 1 if a check fails (files are kept) or if
     --fp16 cannot build the engine (the ONNX files are still written and checked).
+
+    With --int8 (e.g. --int8 --calib-photos train/ --photos test/) also calibrates on
+    --calib-photos and writes model.int8.onnx (ONNX Runtime on CPUs) and model.int8.trt.onnx
+    (Q/DQ for TensorRT), each judged against model.onnx on held-out photos (--photos; never
+    the calibration photos). A model below
+    --min-srocc keeps its most sensitive nodes in float until it passes; if none passes,
+    exits 1 with the figures (files kept).
 
     \b
     Example:
@@ -74,9 +98,12 @@ def main(checkpoint: Path, fp16: bool, out_dir: Path | None, opset: int, profile
         raise click.UsageError("--exclude-lean-runtime applies only with --version-compatible")
     if version_compatible and not fp16:
         raise click.UsageError("--version-compatible applies to the TensorRT plan, which only --fp16 builds")
+    int8_settings = Int8Settings(photos=calib_photos, count=calib_count, method=calib_method, min_srocc=min_srocc,
+                                 max_abs_mos=max_abs_error) if int8 else None
     result = export_all(checkpoint, out_dir, fp16=fp16, opset=opset, photos=photos, profile=profile,
                         workspace=workspace, timing_cache=timing_cache, opt_level=opt_level,
-                        version_compatible=version_compatible, exclude_lean_runtime=exclude_lean_runtime)
+                        version_compatible=version_compatible, exclude_lean_runtime=exclude_lean_runtime,
+                        int8=int8_settings)
     if triton_repo is not None:
         from qualitynet.export.triton import write_triton_repo
 
@@ -99,5 +126,14 @@ def summary(result: ExportResult) -> str:
             f"{path.name}: built in {result.seconds.get(step, 0):.1f} s; vs {check.reference} on {check.photos} "
             f"photos: max abs error {worst.max_abs:.1e}, SROCC {worst.srocc:.4f}: {'ok' if check else 'FAILED'}"
         )
+    for gate in result.int8.values():
+        figures = gate.figures()
+        kept = f", {len(gate.kept_in_float)} sensitive nodes kept in float" if gate.kept_in_float else ""
+        speed = gate.speed_img_s
+        faster = (f", {speed.get('int8', speed.get('int8_mixed', 0)) / speed['fp32']:.2f}x FP32 on this CPU at batch 8"
+                  if speed.get("fp32") else "")
+        lines.append(f"{gate.model}: INT8 ({gate.target}) vs model.onnx on {figures['photos']} held-out photos: "
+                     f"max abs error {figures['max_abs_mos']:.3f} MOS, SROCC {figures['srocc']:.4f}{kept}{faster}: "
+                     f"{'ok' if gate else 'FAILED'}")
     lines.append(f"figures: {result.report}")
     return "\n".join(lines)

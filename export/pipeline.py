@@ -21,6 +21,7 @@ import onnxruntime
 from qualitynet.artifact import BatchProfile
 from qualitynet.export._io import atomic_write_bytes, ensure_writable_dir
 from qualitynet.export.fp16 import convert_fp16
+from qualitynet.export.int8 import Int8Settings
 from qualitynet.export.onnx import DEFAULT_OPSET, check_opset, export_onnx
 from qualitynet.export.tensorrt import build_engine, check_opset_for_tensorrt, tensorrt_version
 from qualitynet.export.types import ExportResult, TensorRTUnavailableError, VerificationError
@@ -38,7 +39,7 @@ def export_all(checkpoint_path: str | Path, out_dir: str | Path | None = None, *
                profile: BatchProfile = BatchProfile(), workspace: int = 4096,
                timing_cache: str | Path | None = None, opt_level: int = 3,
                require_tensorrt: bool = True, version_compatible: bool = False,
-               exclude_lean_runtime: bool = False) -> ExportResult:
+               exclude_lean_runtime: bool = False, int8: Int8Settings | None = None) -> ExportResult:
     """Export a checkpoint to ONNX (and, with ``fp16``, FP16 ONNX and a TensorRT engine), verifying each.
 
     Args:
@@ -59,12 +60,18 @@ def export_all(checkpoint_path: str | Path, out_dir: str | Path | None = None, *
             major version can run (see :func:`~qualitynet.export.tensorrt.build_engine`).
         exclude_lean_runtime: with ``version_compatible``, leave the lean runtime out of the plan;
             verifying it then needs TensorRT's lean runtime installed next to the builder.
+        int8: also calibrate and write ``model.int8.onnx`` (ONNX Runtime, CPUs) and
+            ``model.int8.trt.onnx`` (Q/DQ for TensorRT), each gated on held-out photos
+            (``photos``; default bundled photos never used for calibration), and build
+            ``model.int8.plan`` where TensorRT and a GPU are present (see
+            :func:`qualitynet.export.int8_pipeline.export_int8`).
 
     Returns:
         What was written and measured (also in ``result.report``).
 
     Raises:
-        VerificationError: an artifact disagrees with its reference; files and report kept.
+        VerificationError: an artifact disagrees with its reference, or an INT8 model fails
+            its gate even with its most sensitive nodes in float; files and report kept.
         TensorRTUnavailableError: ``fp16`` and ``require_tensorrt`` but no TensorRT or GPU.
         QualityNetError: bad checkpoint, photos, opset or output folder.
     """
@@ -73,6 +80,10 @@ def export_all(checkpoint_path: str | Path, out_dir: str | Path | None = None, *
     check_opset(opset)
     if fp16:
         check_opset_for_tensorrt(opset, tensorrt_version())
+    if int8 is not None:
+        from qualitynet.export.int8_pipeline import check_held_out
+
+        check_held_out(photos, int8.photos)
     checkpoint = load_checkpoint(checkpoint_path)
     stem = checkpoint_path.stem
     result = ExportResult(
@@ -89,6 +100,12 @@ def export_all(checkpoint_path: str | Path, out_dir: str | Path | None = None, *
     torch_reference = Reference("torch", torch_scorer(checkpoint.build_model()), inputs)
     with OrtRunner(result.onnx, provider="cpu") as runner:
         _check(result, "onnx", runner.infer, torch_reference, "fp32")
+        if int8 is not None:
+            from qualitynet.export.int8_pipeline import export_int8
+
+            with _timed(result, "int8"):
+                export_int8(result, checkpoint.preprocess, photos, int8, profile, workspace, timing_cache, opt_level,
+                            _write_report)
         if not fp16:
             return result
         onnx_reference = Reference(result.onnx.name, runner.infer, inputs)

@@ -13,7 +13,15 @@ from typing import Any
 
 from qualitynet.errors import QualityNetError
 
-__all__ = ["Comparison", "ExportResult", "Tolerance", "TensorRTUnavailableError", "Verification", "VerificationError"]
+__all__ = [
+    "Comparison",
+    "ExportResult",
+    "Int8Gate",
+    "Tolerance",
+    "TensorRTUnavailableError",
+    "Verification",
+    "VerificationError",
+]
 
 
 class VerificationError(QualityNetError):
@@ -121,6 +129,63 @@ class Verification:
 
 
 @dataclass
+class Int8Gate:
+    """The accuracy gate of one INT8 graph on held-out photos, against the FP32 model; truthy on pass.
+
+    Attributes:
+        target: ``cpu`` (ONNX Runtime) or ``tensorrt`` (the Q/DQ graph for TensorRT).
+        model: the INT8 ONNX file's name.
+        verification: the final graph's comparisons (unit scale; ``mos_range`` converts).
+        plain: the plain INT8 graph's comparisons (the same as ``verification`` when nothing is kept).
+        mos_range: width of the MOS scale, to report errors on it.
+        kept_in_float: nodes the remedy left in float, most sensitive first.
+        sensitivity_db: SQNR of each quantized tensor, dB, when the remedy ran.
+        probes: each graph the remedy tried (tensors kept, SROCC, max abs MOS, passed).
+        speed_img_s: ONNX Runtime CPU images/s at batch 8 (``fp32``, ``int8`` or
+            ``int8_plain``/``int8_mixed``), for the CPU graph.
+    """
+
+    target: str
+    model: str
+    verification: Verification
+    plain: Verification
+    mos_range: float
+    kept_in_float: list[str] = field(default_factory=list)
+    sensitivity_db: dict[str, float] = field(default_factory=dict)
+    probes: list[dict[str, Any]] = field(default_factory=list)
+    speed_img_s: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        """The final graph passed."""
+        return self.verification.passed
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def figures(self, check: Verification | None = None) -> dict[str, Any]:
+        """Worst SROCC and max/mean abs error (MOS scale) of ``check`` (default the final graph)."""
+        check = self.verification if check is None else check
+        return {"srocc": min(c.srocc for c in check.comparisons), "max_abs_mos": check.worst.max_abs * self.mos_range,
+                "mean_abs_mos": max(c.mean_abs for c in check.comparisons) * self.mos_range,
+                "min_srocc": check.comparisons[0].tolerance.min_srocc, "photos": check.photos, "passed": check.passed}
+
+    def summary_dict(self) -> dict[str, Any]:
+        """The figures the artifact record keeps (JSON-ready)."""
+        ready: dict[str, Any] = _json_ready({
+            **self.figures(), "plain": self.figures(self.plain), "kept_in_float": self.kept_in_float,
+            "speed_img_s": {k: round(v, 1) for k, v in self.speed_img_s.items()}, "probes": self.probes})
+        return ready
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything, for ``<model>.export.json``."""
+        ready: dict[str, Any] = _json_ready({
+            "target": self.target, "model": self.model, **self.summary_dict(),
+            "sensitivity_db": self.sensitivity_db, "verification": self.verification.to_dict()})
+        return ready
+
+
+@dataclass
 class ExportResult:
     """What :func:`qualitynet.export.export_all` wrote and measured.
 
@@ -137,6 +202,11 @@ class ExportResult:
         tensorrt_skipped: why no engine was built, when one was asked for and not built.
         photos: the verification photos, in score order.
         versions: software versions of the export.
+        int8_onnx: the INT8 model for ONNX Runtime on CPUs, when asked for.
+        int8_trt_onnx: the Q/DQ model TensorRT's INT8 engine is built from.
+        int8_plan: the TensorRT INT8 engine, when built.
+        int8: the INT8 gates by graph (``cpu``, ``tensorrt``, ``tensorrt_plan``).
+        int8_info: the calibration and gate photos used, and why no INT8 engine was built.
     """
 
     checkpoint: Path
@@ -151,15 +221,21 @@ class ExportResult:
     tensorrt_skipped: str | None = None
     photos: list[str] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)
+    int8_onnx: Path | None = None
+    int8_trt_onnx: Path | None = None
+    int8_plan: Path | None = None
+    int8: dict[str, Int8Gate] = field(default_factory=dict)
+    int8_info: dict[str, Any] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
-        """Every verification so far passed."""
-        return all(self.verifications.values())
+        """Every verification and INT8 gate so far passed."""
+        return all(self.verifications.values()) and all(self.int8.values())
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form: what ``<model>.export.json`` holds."""
-        files = {"checkpoint": self.checkpoint, "onnx": self.onnx, "fp16_onnx": self.fp16_onnx, "plan": self.plan}
+        files = {"checkpoint": self.checkpoint, "onnx": self.onnx, "fp16_onnx": self.fp16_onnx, "plan": self.plan,
+                 "int8_onnx": self.int8_onnx, "int8_trt_onnx": self.int8_trt_onnx, "int8_plan": self.int8_plan}
         return {
             "config_name": self.config_name,
             "opset": self.opset,
@@ -170,6 +246,8 @@ class ExportResult:
             "tensorrt_skipped": self.tensorrt_skipped,
             "photos": self.photos,
             "versions": self.versions,
+            **({"int8": {**self.int8_info, **{k: v.to_dict() for k, v in self.int8.items()}}}
+               if self.int8 or self.int8_info else {}),
         }
 
 

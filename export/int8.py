@@ -1,0 +1,497 @@
+"""FP32 ONNX -> INT8 Q/DQ ONNX, calibrated on real photos and gated on held-out ones.
+
+Two graphs come out of one calibration, because the CPU and TensorRT want different ones:
+
+- ``model.int8.onnx`` for ONNX Runtime on CPUs: on x86 unsigned 8-bit activations with
+  signed 8-bit per-channel weights (the U8S8 kernels of AVX2/AVX-512/VNNI; signed
+  activations ran 0.4-0.7x FP32 on an AVX2 CPU, issue 13), on ARM signed both.
+- ``model.int8.trt.onnx`` for TensorRT: symmetric signed activations (zero point 0) and
+  per-channel symmetric signed weights, float weights behind Q/DQ pairs, the form
+  TensorRT's explicit quantization (8.6, 10.x, 11.x) parses.
+
+Both are ``onnxruntime.quantization.quantize_static`` in QDQ format after
+``quant_pre_process``; the activation ranges are measured once
+(:class:`~qualitynet.export.calibration.PhotoDataReader`, MinMax, entropy or percentile)
+into a calibration cache that every later quantization reuses.
+
+Each graph then passes an accuracy gate on held-out photos against the FP32 model: SROCC
+(default >= 0.99) and, if asked, a bound on the max abs error on the MOS scale. A graph
+below the bound gets the standard remedy: its most sensitive nodes stay in float. The
+sensitivity of each quantized node is measured (the signal-to-quantization-noise ratio of
+its activations and weights on the calibration photos, with ONNX Runtime's
+``qdq_loss_debug``), and the number kept in float is found by doubling then bisection over
+that ranking, as Polygraphy's ``debug precision`` bisects over layers. The kept nodes and
+the speed they cost are recorded; if even that fails the files stay and the error carries
+the figures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import platform
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
+
+from qualitynet.artifact import ArtifactMeta
+from qualitynet.errors import QualityNetError
+from qualitynet.export.calibration import DEFAULT_CALIB_COUNT, PhotoDataReader
+from qualitynet.export.onnx import read_meta, save_with_meta
+from qualitynet.export.types import Int8Gate, Tolerance, Verification
+from qualitynet.export.verify import Reference, compare, run_batched
+from qualitynet.runtime.ort_runner import OrtRunner
+from qualitynet.runtime.runner import runner_for
+
+__all__ = [
+    "CALIBRATION_METHODS",
+    "calibrate",
+    "DEFAULT_MIN_SROCC",
+    "Int8Settings",
+    "Int8Target",
+    "cpu_target",
+    "gate",
+    "quantize",
+    "quantize_and_gate",
+    "Sensitivity",
+    "sensitive_nodes",
+    "tensorrt_target",
+]
+
+log = logging.getLogger(__name__)
+
+CALIBRATION_METHODS = {
+    "minmax": CalibrationMethod.MinMax,
+    "entropy": CalibrationMethod.Entropy,
+    "percentile": CalibrationMethod.Percentile,
+}
+DEFAULT_MIN_SROCC = 0.99
+CALIBRATOR_OPTIONS: dict[str, dict[str, Any]] = {"entropy": {"num_bins": 2048, "num_quantized_bins": 128}}
+GATE_BATCH_SIZES = (1, 8)
+SPEED_BATCH = 8
+
+
+@dataclass(frozen=True)
+class Int8Target:
+    """One quantized graph: whom it is for and how its tensors are quantized.
+
+    Attributes:
+        name: ``cpu`` (ONNX Runtime) or ``tensorrt``.
+        suffix: file name after the stem, e.g. ``.int8.onnx``.
+        activations: ``QuantType`` of activations.
+        symmetric_activations: zero point 0 for activations (TensorRT requires it).
+        extra_options: further ``quantize_static`` options.
+    """
+
+    name: str
+    suffix: str
+    activations: QuantType
+    symmetric_activations: bool
+    extra_options: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, str]:
+        """The quantization, for the artifact record."""
+        kind = "int8" if self.activations == QuantType.QInt8 else "uint8"
+        return {"activations": f"{kind} per-tensor, {'symmetric' if self.symmetric_activations else 'asymmetric'}",
+                "weights": "int8 per-channel, symmetric", "format": "QDQ",
+                "bias": "float" if self.extra_options.get("QuantizeBias") is False else "int32"}
+
+
+def cpu_target(machine: str | None = None) -> Int8Target:
+    """The CPU graph for this machine's instruction set (``platform.machine()`` by default).
+
+    x86: uint8 activations, int8 weights (the U8S8 kernels; symmetric int8 activations are
+    slower than FP32 on AVX2). ARM: int8 both, which its dot-product kernels prefer.
+    """
+    arm = (machine or platform.machine()).lower() in ("arm64", "aarch64", "armv8l")
+    return Int8Target("cpu", ".int8.onnx", QuantType.QInt8 if arm else QuantType.QUInt8, symmetric_activations=arm)
+
+
+def tensorrt_target() -> Int8Target:
+    """TensorRT's explicit quantization: symmetric int8 everywhere, float weights behind Q/DQ pairs,
+    float biases (TensorRT's Q/DQ nodes take int8, not ONNX Runtime's int32 biases)."""
+    return Int8Target("tensorrt", ".int8.trt.onnx", QuantType.QInt8, symmetric_activations=True,
+                      extra_options={"AddQDQPairToWeight": True, "DedicatedQDQPair": True, "QuantizeBias": False,
+                                     "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1}})
+
+
+@dataclass
+class Int8Settings:
+    """How to calibrate and gate.
+
+    Attributes:
+        photos: calibration photos (a folder or files); ``None``: the bundled ones
+            (:data:`~qualitynet.export.calibration.CALIBRATION_SOURCES`) plus crops.
+        count: calibration inputs (photos first, then seeded crops of them).
+        seed: seed of the crops.
+        method: ``minmax``, ``entropy`` or ``percentile``.
+        min_srocc: the gate's lower bound on SROCC against the FP32 model.
+        max_abs_mos: optional upper bound on the max abs error, MOS scale.
+        remedy: keep the most sensitive nodes in float when the plain graph fails.
+        max_float_fraction: the remedy keeps at most this fraction of the quantized nodes in
+            float (beyond it the graph is not worth calling INT8, and the export fails).
+    """
+
+    photos: str | Path | None = None
+    count: int = DEFAULT_CALIB_COUNT
+    seed: int = 0
+    method: str = "minmax"
+    min_srocc: float = DEFAULT_MIN_SROCC
+    max_abs_mos: float | None = None
+    remedy: bool = True
+    max_float_fraction: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.method not in CALIBRATION_METHODS:
+            raise QualityNetError(
+                f"unknown calibration method {self.method!r}; choose {', '.join(CALIBRATION_METHODS)}")
+        if not -1.0 <= self.min_srocc <= 1.0:
+            raise QualityNetError(f"minimum SROCC {self.min_srocc} is not in [-1, 1]")
+        if self.max_abs_mos is not None and self.max_abs_mos <= 0:
+            raise QualityNetError(f"max abs error bound {self.max_abs_mos} must be positive")
+
+    def calibration_record(self, inputs: int) -> dict[str, Any]:
+        """What the artifact record says about the calibration."""
+        return {"method": self.method, "inputs": inputs, "seed": self.seed,
+                "photos": "bundled" if self.photos is None else str(self.photos)}
+
+
+def preprocess_for_quantization(fp32_path: Path, out_path: Path) -> Path:
+    """``quant_pre_process`` (shape inference, ONNX Runtime's basic graph optimisations), then a
+    name for every node, since nodes are kept in float by name and the optimiser adds unnamed ones."""
+    with _ort_quiet():
+        quant_pre_process(str(fp32_path), str(out_path))
+    model = onnx.load(str(out_path))
+    taken = {node.name for node in model.graph.node}
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            node.name = next(name for name in (f"{node.op_type}_{i}_{n}" for n in range(len(taken) + 1))
+                             if name not in taken)
+            taken.add(node.name)
+    onnx.save(model, str(out_path))
+    return out_path
+
+
+def calibrate(pre_path: Path, reader: PhotoDataReader, method: str, cache: Path, work: Path) -> Path:
+    """Measure every activation's range on the calibration photos into ONNX Runtime's calibration cache.
+
+    Done here rather than inside ``quantize_static``, which would pass its entropy calibrator
+    128 histogram bins for 128 quantized bins: one candidate threshold, i.e. MinMax (measured:
+    identical scales). TensorRT's entropy calibrator uses 2048 bins, and so does this one.
+
+    Returns:
+        ``cache``, which every :func:`quantize` call then reads.
+    """
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+
+    calibrator = create_calibrator(pre_path, [], augmented_model_path=str(work / "augmented.onnx"),
+                                   calibrate_method=CALIBRATION_METHODS[method],
+                                   extra_options=CALIBRATOR_OPTIONS.get(method, {}))
+    with _ort_quiet():
+        calibrator.collect_data(reader)
+        save_tensors_data(calibrator.compute_data(), cache)
+    return cache
+
+
+@contextlib.contextmanager
+def _ort_quiet() -> Iterator[None]:
+    """ONNX Runtime's quantizer logs through the root logger and prints its progress to stdout
+    (advice this module follows, per-bias notes): both go to this module's debug log instead."""
+    root = logging.getLogger()
+    level, captured = root.level, io.StringIO()
+    root.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(captured):
+            yield
+    finally:
+        root.setLevel(level)
+        if captured.getvalue().strip():
+            log.debug("onnxruntime.quantization: %s", captured.getvalue().strip())
+
+
+def quantize(pre_path: Path, out_path: Path, target: Int8Target, cache: Path, calibration: dict[str, Any],
+             meta: ArtifactMeta, keep_float: Sequence[str] = ()) -> Path:
+    """Quantize a pre-processed FP32 model to a Q/DQ model with its artifact record.
+
+    Args:
+        pre_path: the model after :func:`preprocess_for_quantization`.
+        out_path: where to write.
+        target: which graph (:func:`cpu_target`, :func:`tensorrt_target`).
+        cache: the activation ranges, from :func:`calibrate`.
+        calibration: :meth:`Int8Settings.calibration_record` (its ``method`` is used).
+        meta: the FP32 model's record; the copy written says ``precision: int8``.
+        keep_float: node names left in float.
+
+    Returns:
+        ``out_path``.
+    """
+    tmp = out_path.with_name(out_path.name + ".quant.tmp")
+    graph = onnx.load(str(pre_path), load_external_data=False).graph
+    outputs = {output.name for output in graph.output}
+    # The node writing the score stays float: its range is the score range, and calibration
+    # photos rarely span every quality the model will score (an int8 output clips).
+    score_nodes = [node.name for node in graph.node if outputs & set(node.output)]
+    try:
+        with _ort_quiet():
+            quantize_static(
+                str(pre_path), str(tmp), None, quant_format=QuantFormat.QDQ, per_channel=True,
+                activation_type=target.activations, weight_type=QuantType.QInt8,
+                calibrate_method=CALIBRATION_METHODS[calibration["method"]],
+                nodes_to_exclude=[*score_nodes, *keep_float], calibration_cache_path=str(cache),
+                extra_options={"ActivationSymmetric": target.symmetric_activations, "WeightSymmetric": True,
+                               **target.extra_options},
+            )
+        model = onnx.load(str(tmp))
+    finally:
+        tmp.unlink(missing_ok=True)
+    record = ArtifactMeta.from_dict(meta.to_dict())
+    record.precision = "int8"
+    record.extra = {**record.extra, "int8": {"target": target.name, **target.describe(), "calibration": calibration,
+                                             "score_node_in_float": score_nodes, "kept_in_float": list(keep_float)}}
+    save_with_meta(model, record, out_path)
+    return out_path
+
+
+def gate(path: Path, reference: Reference, settings: Int8Settings, mos_range: float,
+         batch_sizes: Sequence[int] = GATE_BATCH_SIZES) -> Verification:
+    """Score the held-out photos with an INT8 model (ONNX or TensorRT plan) and judge it against the FP32 reference.
+
+    Passes when SROCC >= ``settings.min_srocc`` at every batch size and, with
+    ``settings.max_abs_mos``, no score is off by more than that on the MOS scale.
+    """
+    start = time.perf_counter()
+    atol = np.inf if settings.max_abs_mos is None else settings.max_abs_mos / mos_range
+    bounds = Tolerance(atol=atol, rtol=0.0, min_srocc=settings.min_srocc)
+    label = f"{path.name} vs {reference.name}"
+    with runner_for(path, provider="cpu" if path.suffix == ".onnx" else None) as runner:
+        comparisons = [compare(reference.scores, run_batched(runner.infer, reference.inputs, size), bounds, label,
+                               size, rank_spread=0.0) for size in batch_sizes]
+    return Verification(path.name, reference.name, len(reference.inputs), comparisons, time.perf_counter() - start)
+
+
+@dataclass
+class Sensitivity:
+    """One quantized tensor: its signal-to-quantization-noise ratio and the nodes that keep it in float.
+
+    Attributes:
+        tensor: an activation or weight name.
+        sqnr_db: its SQNR, dB (lower: more damaged by rounding).
+        nodes: for an activation its producer and its consumers (its Q/DQ pair goes only
+            when none of them is quantized); for a weight the node using it.
+    """
+
+    tensor: str
+    sqnr_db: float
+    nodes: list[str]
+
+
+def sensitive_nodes(qdq_path: Path, float_path: Path, inputs: np.ndarray, input_name: str,
+                    work: Path) -> list[Sensitivity]:
+    """Quantized tensors of a Q/DQ model, most sensitive first.
+
+    Activations are measured on ``inputs`` (the calibration photos: the gate's photos stay
+    unseen): each tensor before and after its QuantizeLinear/DequantizeLinear pair, with
+    ONNX Runtime's ``qdq_loss_debug``. Weights are compared, dequantized, with their float
+    originals in ``float_path`` (the model that was quantized).
+    """
+    from onnxruntime.quantization.qdq_loss_debug import (
+        collect_activations,
+        compute_signal_to_quantization_noice_ratio,
+        create_activation_matching,
+        modify_model_output_intermediate_tensors,
+    )
+
+    augmented = work / "sensitivity.onnx"
+    with _ort_quiet():
+        modify_model_output_intermediate_tensors(str(qdq_path), str(augmented))
+        activations = collect_activations(str(augmented), PhotoDataReader(input_name, inputs),
+                                          execution_providers=["CPUExecutionProvider"])
+    errors = {name: compute_signal_to_quantization_noice_ratio(match["pre_qdq"], match["post_qdq"])
+              for name, match in create_activation_matching(activations).items()}
+    model = onnx.load(str(qdq_path))
+    producers = {out: node for node in model.graph.node for out in node.output}
+    initializers = {init.name: onnx.numpy_helper.to_array(init) for init in model.graph.initializer}
+    originals = {init.name: onnx.numpy_helper.to_array(init)
+                 for init in onnx.load(str(float_path)).graph.initializer}
+    found: dict[str, Sensitivity] = {}
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") or not node.name:
+            continue
+        for tensor in node.input:
+            dq = producers.get(tensor)
+            if dq is None or dq.op_type != "DequantizeLinear":
+                continue
+            q = producers.get(dq.input[0])
+            source = q.input[0] if q is not None and q.op_type == "QuantizeLinear" else dq.input[0]
+            if source not in found:
+                if source in errors:
+                    producer = producers.get(source)
+                    nodes = [producer.name] if producer is not None and producer.name else []
+                    found[source] = Sensitivity(source, float(errors[source]), nodes)
+                elif source in initializers or dq.input[0] in initializers:
+                    found[source] = Sensitivity(source, _weight_sqnr(
+                        dq, q, initializers, originals, compute_signal_to_quantization_noice_ratio), [])
+                else:
+                    continue
+            if node.name not in found[source].nodes:
+                found[source].nodes.append(node.name)
+    return sorted(found.values(), key=lambda item: item.sqnr_db)
+
+
+def _nodes_of(ranked: Sequence[Sensitivity]) -> list[str]:
+    """The nodes that keep ``ranked`` tensors in float, each once, in rank order."""
+    return list(dict.fromkeys(node for item in ranked for node in item.nodes))
+
+
+def _weight_sqnr(dq: onnx.NodeProto, q: onnx.NodeProto | None, initializers: dict[str, np.ndarray],
+                 originals: dict[str, np.ndarray], sqnr: Callable[[Any, Any], float]) -> float:
+    """SQNR of one quantized weight: its float original against its dequantized value."""
+    scale = initializers[dq.input[1]]
+    zero = initializers[dq.input[2]].astype(np.float32) if len(dq.input) > 2 else np.zeros_like(scale)
+    weight: np.ndarray | None
+    quantized: np.ndarray | None
+    if q is not None and q.input[0] in initializers:  # a float weight behind a Q/DQ pair
+        weight, quantized = initializers[q.input[0]], None
+    else:  # an int8 weight behind a DequantizeLinear, named <original>_quantized
+        weight = originals.get(dq.input[0].removesuffix("_quantized"))
+        quantized = initializers[dq.input[0]].astype(np.float32)
+    if weight is None:
+        return float("inf")
+    shape = [1] * weight.ndim
+    if scale.ndim:
+        axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+        shape[min(axis, weight.ndim - 1)] = -1  # a per-channel bias (rank 1) has its channels on axis 0
+    s, z = scale.reshape(shape), zero.reshape(shape if zero.ndim else ())
+    if quantized is None:
+        quantized = np.clip(np.round(weight / s) + z, -128, 127)
+    return float(sqnr([weight], [(quantized - z) * s]))
+
+
+@dataclass
+class _Probe:
+    kept: int
+    path: Path
+    verification: Verification
+
+
+def quantize_and_gate(pre_path: Path, out_path: Path, target: Int8Target, settings: Int8Settings,
+                      cache: Path, meta: ArtifactMeta, reference: Reference,
+                      calib_inputs: np.ndarray, work: Path, fp32_path: Path | None = None) -> Int8Gate:
+    """Quantize for ``target``, gate it, and if it fails keep the fewest sensitive nodes in float that pass.
+
+    The final model is at ``out_path`` whatever the outcome (the passing mixed graph, else
+    the plain INT8 one); its record holds the gate's figures. With ``fp32_path`` the
+    speeds of FP32, plain INT8 and (when nodes are kept) the mixed graph are measured on
+    ONNX Runtime's CPU provider, at batch :data:`SPEED_BATCH`: what the kept nodes cost.
+
+    Returns:
+        The gate's figures, ``passed`` or not.
+    """
+    mos_range = meta.score_scale.high - meta.score_scale.low
+    calibration = settings.calibration_record(len(calib_inputs))
+    quantize(pre_path, out_path, target, cache, calibration, meta)
+    plain = gate(out_path, reference, settings, mos_range)
+    log.info("%s: plain INT8 %s", out_path.name, _figures(plain, mos_range))
+    result = Int8Gate(target=target.name, model=out_path.name, verification=plain, plain=plain, mos_range=mos_range)
+    if not plain and settings.remedy:
+        ranked = sensitive_nodes(out_path, pre_path, calib_inputs, meta.preprocess.input_name, work)
+        result.sensitivity_db = {item.tensor: round(item.sqnr_db, 2) for item in ranked}
+        ranked = ranked[:max(1, int(settings.max_float_fraction * len(ranked)))]
+        probe = _bisect(lambda k: quantize(pre_path, work / f"k{k}{target.suffix}", target, cache, calibration, meta,
+                                           _nodes_of(ranked[:k])),
+                        lambda path: gate(path, reference, settings, mos_range), len(ranked), result)
+        if probe is not None:
+            if fp32_path is not None:
+                result.speed_img_s["int8_plain"] = throughput(out_path, reference.inputs)
+            probe.path.replace(out_path)
+            result.verification = probe.verification
+            result.kept_in_float = _nodes_of(ranked[:probe.kept])
+            log.info("%s: the %d most sensitive of %d quantized tensors kept in float, by %d nodes (%s%s): %s",
+                     out_path.name, probe.kept, len(result.sensitivity_db), len(result.kept_in_float),
+                     ", ".join(result.kept_in_float[:4]), ", ..." if len(result.kept_in_float) > 4 else "",
+                     _figures(probe.verification, mos_range))
+        else:
+            quantize(pre_path, out_path, target, cache, calibration, meta)  # the plain graph, kept
+    if fp32_path is not None:
+        result.speed_img_s["fp32"] = throughput(fp32_path, reference.inputs)
+        key = "int8_mixed" if result.kept_in_float else "int8"
+        result.speed_img_s[key] = throughput(out_path, reference.inputs)
+    _record_gate(out_path, result)
+    return result
+
+
+def _bisect(build: Callable[[int], Path], judge: Callable[[Path], Verification], candidates: int,
+            result: Int8Gate) -> _Probe | None:
+    """The smallest ``k <= candidates`` whose graph, with the ``k`` most sensitive tensors in float, passes:
+    doubling, then bisection (the search Polygraphy's ``debug precision`` runs over layers)."""
+    tried: dict[int, _Probe] = {}
+
+    def attempt(k: int) -> _Probe:
+        path = build(k)
+        tried[k] = _Probe(k, path, judge(path))
+        result.probes.append({"tensors_in_float": k, "srocc": _srocc(tried[k].verification),
+                              "max_abs_mos": tried[k].verification.worst.max_abs * result.mos_range,
+                              "passed": tried[k].verification.passed})
+        log.info("keeping the %d most sensitive tensors in float: %s", k,
+                 "passes" if tried[k].verification else "still fails")
+        return tried[k]
+
+    if not candidates:
+        return None
+    low, high = 0, 1  # plain INT8 (nothing kept) is known to fail
+    while high < candidates and not attempt(high).verification:
+        low, high = high, min(2 * high, candidates)
+    if high not in tried and not attempt(high).verification:
+        return None  # even every ranked node in float fails
+    while high - low > 1:
+        middle = (low + high) // 2
+        if attempt(middle).verification:
+            high = middle
+        else:
+            low = middle
+    return tried[high]
+
+
+def _record_gate(path: Path, result: Int8Gate) -> None:
+    """Write the gate's figures into the model's artifact record."""
+    model = onnx.load(str(path))
+    meta = read_meta(model, str(path))
+    meta.extra = {**meta.extra, "int8": {**meta.extra["int8"], "kept_in_float": result.kept_in_float,
+                                         "gate": result.summary_dict()}}
+    save_with_meta(model, meta, path)
+
+
+def _srocc(check: Verification) -> float:
+    return min(c.srocc for c in check.comparisons)
+
+
+def _figures(check: Verification, mos_range: float) -> str:
+    return (f"SROCC {_srocc(check):.4f}, max abs {check.worst.max_abs * mos_range:.3f} MOS on {check.photos} "
+            f"held-out photos: {'ok' if check else 'below the bound'}")
+
+
+def throughput(path: Path, inputs: np.ndarray, batch_size: int = SPEED_BATCH, seconds: float = 2.0,
+               threads: int | None = None) -> float:
+    """Images per second of a model on ONNX Runtime's CPU provider (warm-up excluded; at least ``seconds``)."""
+    batch = np.ascontiguousarray(inputs[np.arange(batch_size) % len(inputs)])
+    with OrtRunner(path, provider="cpu", threads=threads) as runner:
+        for _ in range(3):
+            runner.infer(batch)
+        runs, start = 0, time.perf_counter()
+        while runs < 5 or time.perf_counter() - start < seconds:
+            runner.infer(batch)
+            runs += 1
+        return runs * batch_size / (time.perf_counter() - start)
+
+
+def work_dir() -> tempfile.TemporaryDirectory[str]:
+    """A scratch folder for the pre-processed model, the calibration cache and the probes."""
+    return tempfile.TemporaryDirectory(prefix="qualitynet-int8-")
