@@ -5,7 +5,7 @@
 #   paper-cpu.{md,json,png}    iqa-bench, paper config (random weights), 100 of the same JPEGs
 #   runtime-cpu.json           iqa-run vs the naive loop, decode-only rates, fast-decode effect
 # Everything is made in $WORK (default runs/bench-cpu): the venv if missing (scripts/setup-venv.sh),
-# the small model (trained by iqa-demo, as scripts/demo.sh does), the JPEGs, the paper checkpoint.
+# the small model (trained by `iqa-demo --config small`), the JPEGs, the paper checkpoint.
 # Artifacts are reused only while they record the checkpoint's SHA-256 (iqa-bench checks).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -19,7 +19,7 @@ START=$SECONDS
 mkdir -p "$WORK/small" "$WORK/paper" "$RESULTS"
 if [ ! -f "$WORK/demo/run/model.pt" ]; then
     echo "[cpu_tables] training the small model with iqa-demo (a few minutes)" >&2
-    "$BIN/iqa-demo" --out "$WORK/demo" -q > "$WORK/demo.log"
+    "$BIN/iqa-demo" --config small --out "$WORK/demo" -q > "$WORK/demo.log"
 fi
 cmp -s "$WORK/demo/run/model.pt" "$WORK/small/model.pt" || cp "$WORK/demo/run/model.pt" "$WORK/small/model.pt"
 "$BIN/python" - "$WORK" "$PHOTOS" <<'PY'
