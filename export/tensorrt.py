@@ -189,17 +189,8 @@ def build_engine(onnx_path: str | Path, fp16_onnx_path: str | Path | None, plan_
     seconds = time.perf_counter() - start
     if serialized is None:
         raise QualityNetError(f"{source}: TensorRT {trt.__version__} failed to build an engine (see its log above)")
-    atomic_write_bytes(plan_path, memoryview(serialized))
-    if timing_cache is not None:
-        atomic_write_bytes(Path(timing_cache), memoryview(config.get_timing_cache().serialize()))
-
     meta.precision = "fp16" if fast_fp16 else "fp32"
-    meta.batch_profile = profile
-    meta.versions = {**meta.versions, "tensorrt": trt.__version__, **cuda_versions()}
-    meta.gpu_name = gpu_name
-    meta.compute_capability = capability
-    meta.extra = {
-        **meta.extra,
+    save_engine(serialized, plan_path, config, timing_cache, meta, profile, (gpu_name, capability), {
         "source_onnx": source.name,
         "typing": "strong" if strongly_typed else "weak",
         "fp32_layers": fp32_layers,
@@ -208,11 +199,37 @@ def build_engine(onnx_path: str | Path, fp16_onnx_path: str | Path | None, plan_
         "builder_optimization_level": opt_level,
         "workspace_mib": workspace,
         "build_seconds": round(seconds, 1),
-        "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-    meta.write_sidecar(plan_path)
+    })
     log.info("built %s (%s, %.0f s)", plan_path, meta.precision, seconds)
     return meta
+
+
+def save_engine(serialized: trt.IHostMemory, plan_path: Path, config: trt.IBuilderConfig,
+                timing_cache: str | Path | None, meta: ArtifactMeta, profile: BatchProfile, gpu: tuple[str, str],
+                extra: dict[str, object]) -> None:
+    """Write a built plan, the timing cache (when one is used) and the plan's sidecar.
+
+    Args:
+        serialized: the engine ``build_serialized_network`` returned.
+        plan_path: where the plan goes; the sidecar goes to ``<plan_path>.json``.
+        config: the builder config, whose timing cache is saved.
+        timing_cache: the timing cache file, or ``None``.
+        meta: the source model's record, completed here (profile, versions, GPU, ``extra``, build time).
+        profile: the batch optimization profile the engine was built for.
+        gpu: ``(name, compute capability)`` of the GPU that built it.
+        extra: build facts for ``meta.extra``.
+    """
+    import tensorrt as trt
+
+    atomic_write_bytes(plan_path, memoryview(serialized))
+    if timing_cache is not None:
+        atomic_write_bytes(Path(timing_cache), memoryview(config.get_timing_cache().serialize()))
+    meta.batch_profile = profile
+    meta.versions = {**meta.versions, "tensorrt": trt.__version__, **cuda_versions()}
+    meta.gpu_name, meta.compute_capability = gpu
+    meta.extra = {**meta.extra, **extra,
+                  "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    meta.write_sidecar(plan_path)
 
 
 def _check_tensorrt() -> None:

@@ -18,7 +18,6 @@ Like :mod:`qualitynet.export.tensorrt`, whose helpers it shares, it is type-chec
 
 from __future__ import annotations
 
-import datetime
 import logging
 import time
 from pathlib import Path
@@ -39,8 +38,8 @@ from qualitynet.export.tensorrt import (
     _network_flags,
     _optimization_profile,
     _parse_version,
-    cuda_versions,
     gpu_info,
+    save_engine,
 )
 
 if TYPE_CHECKING:
@@ -120,24 +119,14 @@ def build_int8_engine(onnx_path: str | Path, qdq_onnx_path: str | Path, plan_pat
     seconds = time.perf_counter() - start
     if serialized is None:
         raise QualityNetError(f"{source}: TensorRT {trt.__version__} failed to build an INT8 engine (see its log)")
-    atomic_write_bytes(plan_path, memoryview(serialized))
-    if timing_cache is not None:
-        atomic_write_bytes(Path(timing_cache), memoryview(config.get_timing_cache().serialize()))
-
-    meta.batch_profile = profile
-    meta.versions = {**meta.versions, "tensorrt": trt.__version__, **cuda_versions()}
-    meta.gpu_name, meta.compute_capability = gpu_name, capability
-    meta.extra = {
-        **meta.extra,
+    save_engine(serialized, plan_path, config, timing_cache, meta, profile, (gpu_name, capability), {
         "source_onnx": source.name,
         "typing": "strong" if strongly_typed else "weak",
         "quantization": quantization,
         "builder_optimization_level": opt_level,
         "workspace_mib": workspace,
         "build_seconds": round(seconds, 1),
-        "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-    meta.write_sidecar(plan_path)
+    })
     log.info("built %s (INT8, %s, %.0f s)", plan_path, quantization, seconds)
     return meta
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+import qualitynet.export.tensorrt as trt_export
 import qualitynet.export.tensorrt_int8 as trt_int8
 from qualitynet.artifact import ArtifactMeta, BatchProfile
 from qualitynet.export import export_all
@@ -163,7 +164,7 @@ def _build(monkeypatch: pytest.MonkeyPatch, models: tuple[Path, Path], tmp_path:
     standin = _Standin(version, refuse_qdq)
     monkeypatch.setitem(sys.modules, "tensorrt", standin.module)
     monkeypatch.setattr(trt_int8, "gpu_info", lambda device=0: ("Test GPU", capability))
-    monkeypatch.setattr(trt_int8, "cuda_runtime_version", lambda: "12.4")
+    monkeypatch.setattr(trt_export, "cuda_versions", lambda: {"cuda_driver": "12.4", "tensorrt_cuda": "12"})
     import qualitynet.runtime.gpu as gpu
 
     monkeypatch.setattr(gpu, "HostDeviceBuffer", _DeviceBuffer)
