@@ -8,6 +8,7 @@ EXTRAS=dev source scripts/setup-venv.sh
 # serves) and the lean runtime bindings (real, importable without a GPU).
 .venv/bin/pip install --quiet --disable-pip-version-check --no-deps tensorrt-stubs==10.13.0.35.1
 .venv/bin/pip install --quiet --disable-pip-version-check tensorrt-lean-cu13==11.4.0.106
-.venv/bin/python -m pytest "$@"
-# The Triton serving tests need a venv of the system's Python: see scripts/test-serve.sh.
+# The Triton serving tests need a venv of the system's Python (scripts/test-serve.sh); they run
+# first so that the whole suite's summary is the last line.
 [ "$#" -gt 0 ] || bash scripts/test-serve.sh
+.venv/bin/python -m pytest "$@"
