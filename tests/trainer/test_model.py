@@ -92,7 +92,7 @@ def test_channel_attention_gate_multiplies_per_channel() -> None:
 
 
 def test_unknown_config_is_a_clear_error() -> None:
-    with pytest.raises(QualityNetError, match="choose one of qualitynet, small, tiny"):
+    with pytest.raises(QualityNetError, match="choose one of qualitynet, small, lite, lite02, tiny"):
         get_config("resnet9000")
 
 
