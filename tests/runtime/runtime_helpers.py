@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import io
+import os
+import signal
 import struct
+import subprocess
+import time
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,7 +19,21 @@ from PIL import Image
 from qualitynet.runtime.preprocess import image_to_tensor, load_rgb
 from qualitynet.trainer.checkpoint import load_checkpoint
 
-__all__ = ["bomb_png", "photo_paths", "torch_unit_scores"]
+__all__ = ["bomb_png", "kill_after_rows", "photo_paths", "torch_unit_scores"]
+
+
+def kill_after_rows(command: list[str], out: Path, rows: int = 6, timeout: float = 60) -> None:
+    """Start ``command`` (an ``iqa-run`` writing ``out``) and SIGKILL it once ``out`` holds ``rows``
+    lines; fails unless it really was killed part-way."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + timeout
+    while process.poll() is None and time.monotonic() < deadline:
+        if out.exists() and out.read_bytes().count(b"\n") >= rows:
+            os.kill(process.pid, signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL, "the first run must be killed part-way"
 
 
 def photo_paths(folder: Path) -> list[Path]:

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
 
 from qualitynet.runtime.cli import main
+
+from runtime_helpers import kill_after_rows
 
 
 def _run(*args: object, stdin: str | None = None) -> Result:
@@ -124,15 +123,7 @@ def test_killed_run_resumes_with_every_file_exactly_once(onnx_models: tuple[Path
     out = tmp_path / "scores.csv"
     command = [str(Path(sys.executable).parent / "iqa-run"), str(onnx_models[0]), str(folder), "-o", str(out),
                "--batch-size", "2", "--workers", "1", "--threads", "1"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    while process.poll() is None and time.monotonic() < deadline:
-        if out.exists() and out.read_bytes().count(b"\n") >= 6:
-            os.kill(process.pid, signal.SIGKILL)
-            break
-        time.sleep(0.01)
-    process.wait(timeout=30)
-    assert process.returncode == -signal.SIGKILL, "the first run must be killed part-way"
+    kill_after_rows(command, out)
     first = _csv_paths(out)
     assert 5 <= len(first) < len(expected)
 

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import csv
-import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from qualitynet.runtime.cli import main
+
+from runtime_helpers import kill_after_rows
 
 ray = pytest.importorskip("ray", reason="Ray is an extra: pip install 'qualitynet[ray]'")
 
@@ -120,15 +118,7 @@ def test_killed_ray_run_resumes_with_every_file_exactly_once(onnx_models: tuple[
     out = tmp_path / "scores.csv"
     command = [str(Path(sys.executable).parent / "iqa-run"), str(onnx_models[0]), str(folder), "-o", str(out),
                "--ray", ray_address, "--ray-actors", "1", "--batch-size", "2", "-q"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while process.poll() is None and time.monotonic() < deadline:
-        if out.exists() and out.read_bytes().count(b"\n") >= 6:
-            os.kill(process.pid, signal.SIGKILL)
-            break
-        time.sleep(0.01)
-    process.wait(timeout=30)
-    assert process.returncode == -signal.SIGKILL, "the first run must be killed part-way"
+    kill_after_rows(command, out, timeout=120)
     first = list(_rows(out))
     assert 5 <= len(first) < len(expected)
 
