@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import signal
 import struct
 import subprocess
@@ -19,7 +20,7 @@ from PIL import Image
 from qualitynet.runtime.preprocess import image_to_tensor, load_rgb
 from qualitynet.trainer.checkpoint import load_checkpoint
 
-__all__ = ["bomb_png", "kill_after_rows", "photo_paths", "torch_unit_scores"]
+__all__ = ["bomb_png", "kill_after_rows", "photo_paths", "repeated_folder", "torch_unit_scores"]
 
 
 def kill_after_rows(command: list[str], out: Path, rows: int = 6, timeout: float = 60) -> None:
@@ -34,6 +35,15 @@ def kill_after_rows(command: list[str], out: Path, rows: int = 6, timeout: float
         time.sleep(0.01)
     process.wait(timeout=30)
     assert process.returncode == -signal.SIGKILL, "the first run must be killed part-way"
+
+
+def repeated_folder(source: Path, folder: Path, times: int) -> list[str]:
+    """Fill a new ``folder`` with ``times`` copies of every file of ``source`` (``NN_name``); return them sorted."""
+    folder.mkdir()
+    for i in range(times):
+        for photo in sorted(source.iterdir()):
+            shutil.copy(photo, folder / f"{i:02d}_{photo.name}")
+    return sorted(str(p) for p in folder.iterdir())
 
 
 def photo_paths(folder: Path) -> list[Path]:

@@ -14,7 +14,7 @@ from click.testing import CliRunner, Result
 
 from qualitynet.runtime.cli import main
 
-from runtime_helpers import kill_after_rows
+from runtime_helpers import kill_after_rows, repeated_folder
 
 
 def _run(*args: object, stdin: str | None = None) -> Result:
@@ -115,11 +115,7 @@ def test_killed_run_resumes_with_every_file_exactly_once(onnx_models: tuple[Path
                                                          tmp_path: Path) -> None:
     """A real ``iqa-run`` process is SIGKILLed part-way, then rerun with --resume."""
     folder = tmp_path / "many"
-    folder.mkdir()
-    for i in range(30):
-        for photo in sorted(photo_dir.iterdir()):
-            shutil.copy(photo, folder / f"{i:02d}_{photo.name}")
-    expected = sorted(str(p) for p in folder.iterdir())
+    expected = repeated_folder(photo_dir, folder, 30)
     out = tmp_path / "scores.csv"
     command = [str(Path(sys.executable).parent / "iqa-run"), str(onnx_models[0]), str(folder), "-o", str(out),
                "--batch-size", "2", "--workers", "1", "--threads", "1"]

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from qualitynet.runtime.cli import main
 
-from runtime_helpers import kill_after_rows
+from runtime_helpers import kill_after_rows, repeated_folder
 
 ray = pytest.importorskip("ray", reason="Ray is an extra: pip install 'qualitynet[ray]'")
 
@@ -110,11 +110,7 @@ def test_killed_ray_run_resumes_with_every_file_exactly_once(onnx_models: tuple[
                                                              ray_address: str, tmp_path: Path) -> None:
     """A real ``iqa-run --ray`` driver is SIGKILLed part-way, then rerun with --resume on the same cluster."""
     folder = tmp_path / "many"
-    folder.mkdir()
-    for i in range(20):
-        for photo in sorted(mixed_folder.iterdir()):
-            shutil.copy(photo, folder / f"{i:02d}_{photo.name}")
-    expected = sorted(str(p) for p in folder.iterdir())
+    expected = repeated_folder(mixed_folder, folder, 20)
     out = tmp_path / "scores.csv"
     command = [str(Path(sys.executable).parent / "iqa-run"), str(onnx_models[0]), str(folder), "-o", str(out),
                "--ray", ray_address, "--ray-actors", "1", "--batch-size", "2", "-q"]
