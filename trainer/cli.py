@@ -13,6 +13,7 @@ import qualitynet
 from qualitynet._cli import cli_errors, setup_logging
 from qualitynet.errors import QualityNetError
 from qualitynet.trainer.datasets import DATASETS, DatasetIndex, load_dataset
+from qualitynet.trainer.metrics import format_value, json_metrics
 from qualitynet.trainer.model import MODEL_CONFIGS
 
 METRIC_ORDER = ("plcc", "plcc_logistic4", "srocc", "krocc", "rmse", "mae", "explained_variance",
@@ -57,7 +58,7 @@ def format_metrics(metrics: dict[str, float]) -> str:
     for key in METRIC_ORDER:
         if key in metrics:
             value = metrics[key]
-            lines.append(f"{METRIC_LABELS[key]:>34}: {int(value) if key == 'n' else f'{value:.4f}'}")
+            lines.append(f"{METRIC_LABELS[key]:>34}: {int(value) if key == 'n' else format_value(value)}")
     return "\n".join(lines)
 
 
@@ -138,6 +139,8 @@ def train_command(dataset: str, data_root: Path | None, csv_path: Path | None, p
                f"{result.epochs_run}, {result.seconds:.0f} s. Test split:", err=True)
     click.echo(format_mapped_metrics(result.test_metrics, result.raw_test_metrics))
     click.echo(f"model: {result.out_dir / 'model.pt'}", err=True)
+    if result.collapsed:
+        raise QualityNetError(result.collapsed)
 
 
 @click.command(context_settings=CONTEXT)
@@ -174,13 +177,18 @@ def eval_command(checkpoint: Path, dataset: str, data_root: Path | None, csv_pat
     index = _load_index(dataset, data_root, csv_path, path_column, score_column, score_range)
     result = evaluate_checkpoint(checkpoint, index, split, split_file, batch_size, device, workers, quiet)
     click.echo(format_mapped_metrics(result.metrics, result.raw_metrics, result.mapping))
+    if result.undefined_because:
+        click.echo(f"warning: SROCC and PLCC are undefined: {result.undefined_because}", err=True)
     if json_path:
-        record = {"checkpoint": str(checkpoint), "dataset": index.name, "split": split, "mos_mapping": result.mapping,
-                  **result.metrics, "before_mos_mapping": result.raw_metrics}
-        json_path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        record: dict[str, object] = {"checkpoint": str(checkpoint), "dataset": index.name, "split": split,
+                                     "mos_mapping": result.mapping, **json_metrics(result.metrics),
+                                     "before_mos_mapping": json_metrics(result.raw_metrics)}
+        if result.undefined_because:
+            record["undefined_because"] = result.undefined_because
+        json_path.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     if plot_path:
         plot_scatter(result.predictions, result.targets, plot_path,
-                     f"{index.name} ({split}), SROCC {result.metrics['srocc']:.3f}")
+                     f"{index.name} ({split}), SROCC {format_value(result.metrics['srocc'], 3)}")
 
 
 @click.command(context_settings=CONTEXT)

@@ -15,7 +15,7 @@ import numpy as np
 from qualitynet.trainer.checkpoint import load_checkpoint
 from qualitynet.trainer.data import IqaDataset, default_workers, predict
 from qualitynet.trainer.datasets import DatasetIndex, Split, check_images
-from qualitynet.trainer.metrics import compute_metrics
+from qualitynet.trainer.metrics import compute_metrics, degenerate_reason
 from qualitynet.trainer.mos_mapping import apply_mos_mapping
 from qualitynet.trainer.train import resolve_device
 
@@ -38,6 +38,8 @@ class Evaluation:
     keys: list[str]
     raw_metrics: dict[str, float]
     mapping: str = "identity"
+    undefined_because: str | None = None
+    """Why the correlations are undefined (constant predictions or scores), or None."""
 
 
 def evaluate_checkpoint(checkpoint_path: str | Path, index: DatasetIndex, split: str = "all",
@@ -72,4 +74,5 @@ def evaluate_checkpoint(checkpoint_path: str | Path, index: DatasetIndex, split:
     raw, target = predict(model, dataset, batch_size, device, workers, quiet=quiet, desc="scoring")
     pred = apply_mos_mapping(checkpoint.mos_mapping, checkpoint.score_scale, raw)
     return Evaluation(compute_metrics(pred, target), pred, target, keys, compute_metrics(raw, target),
-                      checkpoint.mos_mapping.kind)
+                      checkpoint.mos_mapping.kind,
+                      degenerate_reason(pred, target, checkpoint.score_scale.high - checkpoint.score_scale.low))

@@ -8,14 +8,24 @@ training run stores (:mod:`qualitynet.trainer.mos_mapping`) uses the same functi
 
 from __future__ import annotations
 
+import math
 import warnings
+from collections.abc import Mapping
 
 import numpy as np
 from scipy import optimize, stats
 
-__all__ = ["QUANTILES", "compute_metrics", "fit_logistic4", "logistic4", "quantile_loss"]
+__all__ = ["COLLAPSE_SPREAD", "QUANTILES", "UNDEFINED", "compute_metrics", "degenerate_reason", "fit_logistic4",
+           "format_value", "json_metrics", "logistic4", "quantile_loss"]
 
 QUANTILES = (0.1, 0.5, 0.9)
+
+COLLAPSE_SPREAD = 1e-4
+"""Predictions whose standard deviation is below this share of the score range rank nothing:
+what differences they have are float rounding, and their correlations are noise."""
+
+UNDEFINED = "undefined"
+"""How a metric that has no value (a correlation of constant scores) is written in text."""
 
 
 def quantile_loss(target: np.ndarray, pred: np.ndarray, q: float) -> float:
@@ -79,6 +89,39 @@ def fit_logistic4(pred: np.ndarray, target: np.ndarray, value_range: tuple[float
     return float(b2 + (high - b2) * s_span), float(b2), float(b3), float(b4)
 
 
+def degenerate_reason(pred: np.ndarray, target: np.ndarray, score_range: float) -> str | None:
+    """Why ``pred`` cannot be ranked against ``target``, or None when it can.
+
+    Args:
+        pred: predictions.
+        target: scores, same scale.
+        score_range: the width of the score scale (for a 1-5 MOS, 4).
+
+    Returns:
+        A phrase naming the problem (predictions not finite, scores all equal, predictions
+        constant to within :data:`COLLAPSE_SPREAD` of the range), or None.
+    """
+    pred, target = np.asarray(pred, np.float64).ravel(), np.asarray(target, np.float64).ravel()
+    if not np.all(np.isfinite(pred)):
+        return "the predictions are not all finite (NaN or infinity)"
+    if target.size and np.ptp(target) == 0:
+        return f"the scores are all equal ({target[0]:g}), so there is nothing to rank"
+    spread = float(np.std(pred))
+    if spread < COLLAPSE_SPREAD * score_range:
+        return f"the predictions are constant (standard deviation {spread:.1e} on a score range of {score_range:g})"
+    return None
+
+
+def format_value(value: float, digits: int = 4) -> str:
+    """``value`` with ``digits`` decimals, or :data:`UNDEFINED` when it is not a finite number."""
+    return f"{value:.{digits}f}" if math.isfinite(value) else UNDEFINED
+
+
+def json_metrics(metrics: Mapping[str, float]) -> dict[str, float | None]:
+    """``metrics`` for strict JSON: an undefined value (NaN, infinity) becomes null."""
+    return {key: value if math.isfinite(value) else None for key, value in metrics.items()}
+
+
 def compute_metrics(pred: np.ndarray, target: np.ndarray, logistic_fit: bool = True) -> dict[str, float]:
     """All IQA metrics of predictions against MOS (same scale).
 
@@ -86,7 +129,8 @@ def compute_metrics(pred: np.ndarray, target: np.ndarray, logistic_fit: bool = T
         ``plcc``, ``srocc``, ``krocc``, ``rmse``, ``mae``, ``explained_variance``,
         ``quantile_loss_q10/q50/q90``, ``n`` and, when ``logistic_fit`` is set and the fit
         converges (at least 5 points), ``plcc_logistic4``. Correlations of constant inputs
-        are NaN.
+        are NaN (undefined): write them with :func:`json_metrics` / :func:`format_value`,
+        and see :func:`degenerate_reason` for why.
     """
     pred = np.asarray(pred, np.float64).ravel()
     target = np.asarray(target, np.float64).ravel()

@@ -85,7 +85,8 @@ def fit_mos_mapping(pred: np.ndarray, target: np.ndarray, scale: ScoreScale, fit
         increasing map can help) or there are fewer than five points.
     """
     pred, target = np.asarray(pred, np.float64).ravel(), np.asarray(target, np.float64).ravel()
-    if pred.size < 5 or np.ptp(pred) == 0 or np.ptp(target) == 0 or stats.pearsonr(pred, target).statistic <= 0:
+    degenerate = pred.size < 5 or not np.all(np.isfinite(pred)) or np.ptp(pred) == 0 or np.ptp(target) == 0
+    if degenerate or stats.pearsonr(pred, target).statistic <= 0:
         log.warning("MOS mapping not fitted: the %s predictions do not rise with MOS; scores stay raw", fitted_on)
         return MosMapping(fitted_on=fitted_on)
     slope, intercept = np.polyfit(pred, target, 1)

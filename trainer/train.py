@@ -11,6 +11,13 @@ Outputs in ``out_dir``: ``model.pt`` (best validation loss), ``last.pt`` (resuma
 ``test_scatter.png``. After training, ``model.pt`` gains a MOS mapping fitted on the
 validation split (:mod:`qualitynet.trainer.mos_mapping`); test metrics are reported after
 it and, labelled ``before_mos_mapping``, before it.
+
+A run can collapse: the network's validation predictions become constant, and SROCC and
+PLCC are undefined. Such an epoch is reported in one line and never replaces a best
+checkpoint that ranks; undefined metrics are written as ``undefined`` (history.csv) and
+``null`` (metrics.json), never as NaN. A run whose every epoch collapsed still writes its
+files (``model.pt`` from the epoch of lowest validation loss) and says so in
+``TrainResult.collapsed``.
 """
 
 from __future__ import annotations
@@ -33,15 +40,20 @@ from qualitynet.trainer.data import IqaDataset, ScoredDataset, default_workers, 
 from qualitynet.trainer.datasets import DatasetIndex, Split, check_images, make_split
 from qualitynet.trainer.distributed import World
 from qualitynet.trainer.loss import MaePlccLoss
-from qualitynet.trainer.metrics import compute_metrics
+from qualitynet.trainer.metrics import compute_metrics, degenerate_reason, format_value, json_metrics
 from qualitynet.trainer.model import create_model
 from qualitynet.trainer.mos_mapping import apply_mos_mapping, fit_mos_mapping
 from qualitynet.trainer.plots import plot_history, plot_scatter
 from qualitynet.trainer.rng import restore_rng_state, rng_state
 
-__all__ = ["TrainSettings", "TrainResult", "evaluate", "resolve_device", "train", "train_one_epoch"]
+__all__ = ["COLLAPSE_CAUSES", "BestEpoch", "TrainSettings", "TrainResult", "evaluate", "resolve_device", "train",
+           "train_one_epoch"]
 
 log = logging.getLogger(__name__)
+
+COLLAPSE_CAUSES = ("likely causes: a learning rate too high for this model (try --lr 10x lower), scores that do not "
+                   "vary with the images (check the score column), or backbone features that do not vary "
+                   "(--freeze-backbones without --pretrained)")
 
 
 @dataclass
@@ -82,6 +94,26 @@ class TrainResult:
     test_metrics: dict[str, float]
     seconds: float
     raw_test_metrics: dict[str, float] = field(default_factory=dict)
+    collapsed: str | None = None
+    """Set when every epoch's validation predictions were degenerate: why, in one line."""
+
+
+@dataclass
+class BestEpoch:
+    """Which epoch's weights are kept: a ranking epoch beats a collapsed one, then lower validation
+    loss wins (a loss that is not a number counts as infinite)."""
+
+    epoch: int = 0
+    loss: float = math.inf
+    collapsed: bool = False
+
+    def offer(self, epoch: int, loss: float, collapsed: bool) -> bool:
+        """Make ``epoch`` the best if it beats the current best; returns whether it did."""
+        loss = loss if math.isfinite(loss) else math.inf
+        better = self.epoch == 0 or (collapsed, loss) < (self.collapsed, self.loss)
+        if better:
+            self.epoch, self.loss, self.collapsed = epoch, loss, collapsed
+        return better
 
 
 def resolve_device(device: str) -> str:
@@ -113,12 +145,14 @@ def train_one_epoch(model: torch.nn.Module, loader: torch.utils.data.DataLoader,
 
 
 def evaluate(model: torch.nn.Module, dataset: ScoredDataset, criterion: MaePlccLoss, device: str, batch_size: int,
-             workers: int) -> dict[str, float]:
-    """Metrics on a whole split; ``loss`` is the training objective over the split (unit scale)."""
+             workers: int) -> tuple[dict[str, float], str | None]:
+    """Metrics on a whole split and, when its predictions cannot be ranked, why
+    (:func:`~qualitynet.trainer.metrics.degenerate_reason`); ``loss`` is the training objective over
+    the split (unit scale)."""
     pred, target = predict(model, dataset, batch_size, device, workers)
     scale = dataset.scale
     loss = criterion(torch.from_numpy(scale.to_unit(pred)), torch.from_numpy(scale.to_unit(target))).item()
-    return {"loss": loss, **compute_metrics(pred, target)}
+    return {"loss": loss, **compute_metrics(pred, target)}, degenerate_reason(pred, target, scale.high - scale.low)
 
 
 def _write_history(history: list[dict[str, float]], out_dir: Path) -> None:
@@ -127,7 +161,8 @@ def _write_history(history: list[dict[str, float]], out_dir: Path) -> None:
     with open(out_dir / "history.csv", "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(history[0]))
         writer.writeheader()
-        writer.writerows(history)
+        writer.writerows({key: value if key in ("epoch", "lr") else format_value(value, 6)
+                          for key, value in row.items()} for row in history)
     plot_history(history, out_dir / "training_curves.png")
 
 
@@ -209,75 +244,90 @@ def train(index: DatasetIndex, out_dir: str | Path, settings: TrainSettings,
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=settings.lr_factor, patience=settings.lr_patience, min_lr=settings.min_lr)
     history: list[dict[str, float]] = []
-    start_epoch, best_loss, best_epoch = 1, math.inf, 0
+    start_epoch, best = 1, BestEpoch()
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        history, best_loss, best_epoch = state["history"], state["best_loss"], state["best_epoch"]
+        history = state["history"]
+        best = BestEpoch(state["best_epoch"], state["best_loss"], state.get("best_collapsed", False))
         start_epoch = state["epoch"] + 1
         if "rng" in state:
             restore_rng_state(state["rng"], loader.generator)
         else:
             log.warning("%s predates saved random-number states; the continued run will not match an "
                         "uninterrupted one", resume)
-        log.info("resuming at epoch %d (best so far: epoch %d)", start_epoch, best_epoch)
+        log.info("resuming at epoch %d (best so far: epoch %d)", start_epoch, best.epoch)
     train_net, train_criterion = world.wrap(net), world.criterion(criterion)
 
     def checkpoint(train_state: dict[str, object] | None, metrics: dict[str, float]) -> Checkpoint:
         return Checkpoint(model.config, {k: v.detach().cpu() for k, v in model.state_dict().items()}, preprocess,
                           index.score_scale, index.name, metrics, software_versions(), train_state)
 
-    interrupted, epoch = False, start_epoch - 1
+    interrupted, epoch, warned = False, start_epoch - 1, False
     try:
         for epoch in range(start_epoch, settings.epochs + 1):
             world.start_epoch(loader, epoch)
             train_loss = train_one_epoch(train_net, loader, train_criterion, optimizer, device, epoch,
                                          settings.max_steps, settings.quiet)
-            val = world.from_main(lambda: evaluate(net, parts["val"], criterion, device, settings.batch_size,
-                                                   workers))
-            scheduler.step(val["loss"])
+            val, degenerate = world.from_main(lambda: evaluate(net, parts["val"], criterion, device,
+                                                               settings.batch_size, workers))
+            # A loss that is not a number counts as no improvement, for the schedule as for early stopping.
+            scheduler.step(val["loss"] if math.isfinite(val["loss"]) else math.inf)
             history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val["loss"],
                             "val_plcc": val["plcc"], "val_srocc": val["srocc"], "lr": optimizer.param_groups[0]["lr"]})
-            improved = val["loss"] < best_loss
-            if improved:
-                best_loss, best_epoch = val["loss"], epoch
+            if degenerate and not warned and world.is_main:
+                log.warning("epoch %d: training collapsed on the validation split: %s; SROCC and PLCC are undefined "
+                            "and this epoch cannot become the best model (%s)", epoch, degenerate, COLLAPSE_CAUSES)
+            warned = warned or degenerate is not None
+            improved = best.offer(epoch, val["loss"], degenerate is not None)
             if improved and world.is_main:
                 save_checkpoint(out / "model.pt", checkpoint(None, {f"val_{k}": v for k, v in val.items()}))
             if world.is_main:
                 save_checkpoint(out / "last.pt", checkpoint(
                     {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "epoch": epoch,
-                     "history": history, "best_loss": best_loss, "best_epoch": best_epoch,
-                     "rng": rng_state(loader.generator),
+                     "history": history, "best_loss": best.loss, "best_epoch": best.epoch,
+                     "best_collapsed": best.collapsed, "rng": rng_state(loader.generator),
                      "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()}},
                     {}))
-            log.info("epoch %d: train loss %.4f, val loss %.4f, val SROCC %.3f%s", epoch, train_loss, val["loss"],
-                     val["srocc"], " (best)" if improved else "")
-            if epoch - best_epoch >= settings.early_stop_patience:
+            log.info("epoch %d: train loss %.4f, val loss %.4f, val SROCC %s%s", epoch, train_loss, val["loss"],
+                     format_value(val["srocc"], 3), " (best)" if improved else "")
+            if epoch - best.epoch >= settings.early_stop_patience:
                 log.info("early stop: no validation improvement for %d epochs", settings.early_stop_patience)
                 break
     except KeyboardInterrupt:
         interrupted = True
-        log.warning("interrupted at epoch %d; keeping the best checkpoint (epoch %d)", epoch, best_epoch)
+        log.warning("interrupted at epoch %d; keeping the best checkpoint (epoch %d)", epoch, best.epoch)
     if not world.is_main:  # rank 0 alone writes the history and scores the test split
-        return TrainResult(out, best_epoch, len(history), interrupted, {}, time.perf_counter() - started)
+        return TrainResult(out, best.epoch, len(history), interrupted, {}, time.perf_counter() - started)
     _write_history(history, out)
-    if best_epoch == 0:
+    if best.epoch == 0:
         raise QualityNetError("training stopped before the first epoch finished; no model.pt was written")
 
-    best = load_checkpoint(out / "model.pt")
-    model.load_state_dict(best.state_dict)
-    best.mos_mapping = fit_mos_mapping(*predict(net, parts["val"], settings.batch_size, device, workers),
+    collapsed = None
+    if best.collapsed:
+        collapsed = (f"training collapsed: the validation predictions were degenerate in every epoch ({len(history)}); "
+                     f"model.pt (epoch {best.epoch}, lowest validation loss) is kept but does not rank images; "
+                     f"{COLLAPSE_CAUSES}")
+        log.warning("%s", collapsed)
+    kept = load_checkpoint(out / "model.pt")
+    model.load_state_dict(kept.state_dict)
+    kept.mos_mapping = fit_mos_mapping(*predict(net, parts["val"], settings.batch_size, device, workers),
                                        index.score_scale, "val")
     raw, target = predict(net, parts["test"], settings.batch_size, device, workers)
-    pred = apply_mos_mapping(best.mos_mapping, index.score_scale, raw)
+    pred = apply_mos_mapping(kept.mos_mapping, index.score_scale, raw)
     test_metrics, raw_metrics = compute_metrics(pred, target), compute_metrics(raw, target)
-    best.metrics = {**best.metrics, **{f"test_{k}": v for k, v in test_metrics.items()},
+    kept.metrics = {**kept.metrics, **{f"test_{k}": v for k, v in test_metrics.items()},
                     **{f"test_raw_{k}": v for k, v in raw_metrics.items()}}
-    save_checkpoint(out / "model.pt", best)
-    (out / "metrics.json").write_text(json.dumps(
-        {"split": "test", "best_epoch": best_epoch, "mos_mapping": asdict(best.mos_mapping), **test_metrics,
-         "before_mos_mapping": raw_metrics}, indent=2) + "\n", encoding="utf-8")
-    plot_scatter(pred, target, out / "test_scatter.png", f"test split, SROCC {test_metrics['srocc']:.3f}")
-    return TrainResult(out, best_epoch, len(history), interrupted, test_metrics, time.perf_counter() - started,
-                       raw_metrics)
+    save_checkpoint(out / "model.pt", kept)
+    record: dict[str, object] = {"split": "test", "best_epoch": best.epoch, "mos_mapping": asdict(kept.mos_mapping),
+                                 **json_metrics(test_metrics), "before_mos_mapping": json_metrics(raw_metrics)}
+    undefined = degenerate_reason(pred, target, index.score_scale.high - index.score_scale.low)
+    if undefined:
+        record["undefined_because"] = undefined
+    if collapsed:
+        record["collapsed"] = collapsed
+    (out / "metrics.json").write_text(json.dumps(record, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+    plot_scatter(pred, target, out / "test_scatter.png", f"test split, SROCC {format_value(test_metrics['srocc'], 3)}")
+    return TrainResult(out, best.epoch, len(history), interrupted, test_metrics, time.perf_counter() - started,
+                       raw_metrics, collapsed)
 

@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from qualitynet.trainer.metrics import compute_metrics, fit_logistic4, logistic4, quantile_loss
+from qualitynet.trainer.metrics import (
+    compute_metrics,
+    degenerate_reason,
+    fit_logistic4,
+    format_value,
+    json_metrics,
+    logistic4,
+    quantile_loss,
+)
 
 
 def test_metrics_match_scipy_and_hand_values() -> None:
@@ -47,6 +55,18 @@ def test_constant_predictions_give_nan_correlations_not_errors() -> None:
     m = compute_metrics(np.full(4, 2.0), np.array([1.0, 2.0, 3.0, 4.0]))
     assert math.isnan(m["plcc"]) and math.isnan(m["srocc"]) and "plcc_logistic4" not in m
     assert m["mae"] == pytest.approx(1.0)
+
+
+def test_degenerate_predictions_are_named_and_undefined_values_written_as_such() -> None:
+    target = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert degenerate_reason(target + 0.1, target, 4.0) is None
+    # Differences of float rounding (1e-7 MOS) do not rank: a spread below 1e-4 of the range is constant.
+    assert "predictions are constant" in degenerate_reason(3.0 + 1e-7 * np.arange(5), target, 4.0)
+    assert "not all finite" in degenerate_reason(np.array([1.0, np.nan, 2.0, 3.0, 4.0]), target, 4.0)
+    assert "scores are all equal (3)" in degenerate_reason(target, np.full(5, 3.0), 4.0)
+    metrics = compute_metrics(np.full(5, 2.0), target)
+    assert json_metrics(metrics)["srocc"] is None and json_metrics(metrics)["mae"] == pytest.approx(1.4)
+    assert format_value(metrics["srocc"]) == "undefined" and format_value(0.12345) == "0.1235"
 
 
 def test_length_mismatch_is_an_error() -> None:

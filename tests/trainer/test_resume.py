@@ -9,11 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 from qualitynet.errors import QualityNetError
 from qualitynet.trainer.checkpoint import load_checkpoint, save_checkpoint
-from qualitynet.trainer.cli import train_command
 from qualitynet.trainer.datasets import DatasetIndex, Split, load_dataset
 from qualitynet.trainer.rng import restore_rng_state, rng_state
 from qualitynet.trainer.train import TrainSettings, train
@@ -104,15 +102,3 @@ def test_resume_needs_the_runs_best_model(index: DatasetIndex, stopped: Path, tm
         (tmp_path / name).write_bytes((stopped / name).read_bytes())
     with pytest.raises(QualityNetError, match="model.pt: missing; resuming needs the run's best model"):
         train(index, tmp_path / "next", replace(TINY, epochs=2), resume=tmp_path / "last.pt")
-
-
-def test_cli_resumes_without_config_and_refuses_another(demo_dataset: Path, stopped: Path, tmp_path: Path) -> None:
-    common = ["--dataset", "csv", "--csv", str(demo_dataset), "--batch-size", "8", "--workers", "0",
-              "--max-steps", "1", "--device", "cpu", "--resume", str(stopped / "last.pt"), "--quiet"]
-    result = CliRunner().invoke(train_command, [*common, "--epochs", "2", "--out", str(tmp_path / "b")])
-    assert result.exit_code == 0, result.output
-    assert load_checkpoint(tmp_path / "b" / "last.pt").model_config.name == "tiny"
-    result = CliRunner().invoke(train_command, [*common, "--config", "small", "--out", str(tmp_path / "c")])
-    assert result.exit_code == 1
-    assert "--config small" in result.output and "'tiny' run" in result.output
-    assert "Traceback" not in result.output

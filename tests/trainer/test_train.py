@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import math
+import re
 from pathlib import Path
 
 import pytest
@@ -17,37 +20,47 @@ from qualitynet.trainer.datasets import Split, load_dataset
 from qualitynet.trainer.demo_data import demo_photo
 from qualitynet.trainer.model import create_model
 from qualitynet.trainer.mos_mapping import fit_mos_mapping
-from qualitynet.trainer.train import TrainSettings, train
+from qualitynet.trainer.train import BestEpoch, TrainSettings, train
+
+# A short run that learns on any CPU: the pretrained lite backbones, frozen, give features that
+# differ between photos by far more than float rounding, so the head's predictions vary after
+# every epoch (validation std ~0.1-1 MOS) and no figure below depends on the last bits of the
+# arithmetic. A from-scratch model this small collapses to constant predictions instead.
+SHORT_RUN = ["--config", "lite", "--pretrained", "--freeze-backbones", "--epochs", "3", "--batch-size", "8",
+             "--lr", "1e-3", "--workers", "0", "--quiet"]
 
 
 @pytest.fixture(scope="module")
-def tiny_run(demo_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def short_run(demo_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("run")
-    result = CliRunner().invoke(train_command, [
-        "--dataset", "csv", "--csv", str(demo_dataset), "--config", "tiny", "--epochs", "2", "--batch-size", "8",
-        "--lr", "1e-3", "--workers", "0", "--out", str(out), "--quiet"])
+    result = CliRunner().invoke(train_command, ["--dataset", "csv", "--csv", str(demo_dataset), *SHORT_RUN,
+                                                "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert "SROCC" in result.output and "PLCC" in result.output
     return out
 
 
-def test_run_writes_every_file(tiny_run: Path) -> None:
+def test_run_writes_every_file(short_run: Path) -> None:
     for name in ("model.pt", "last.pt", "split.json", "history.csv", "training_curves.png", "metrics.json",
                  "test_scatter.png"):
-        assert (tiny_run / name).stat().st_size > 0, name
-    metrics = json.loads((tiny_run / "metrics.json").read_text())
-    assert metrics["split"] == "test" and -1 <= metrics["srocc"] <= 1
-    checkpoint = load_checkpoint(tiny_run / "model.pt")
+        assert (short_run / name).stat().st_size > 0, name
+    metrics = json.loads((short_run / "metrics.json").read_text())
+    assert metrics["split"] == "test" and "collapsed" not in metrics and "undefined_because" not in metrics
+    for name in ("srocc", "plcc", "krocc", "rmse"):
+        assert math.isfinite(metrics[name]) and math.isfinite(metrics["before_mos_mapping"][name]), name
+    assert -1 <= metrics["srocc"] <= 1 and 0 <= metrics["rmse"] <= 4
+    checkpoint = load_checkpoint(short_run / "model.pt")
     assert checkpoint.train_state is None and "test_srocc" in checkpoint.metrics
     assert checkpoint.score_scale.low == 1.0 and checkpoint.score_scale.high == 5.0
-    assert len((tiny_run / "history.csv").read_text().splitlines()) == 3
+    history = list(csv.DictReader((short_run / "history.csv").open()))
+    assert len(history) == 3 and all(math.isfinite(float(row["val_srocc"])) for row in history)
     assert metrics["mos_mapping"]["fitted_on"] == "val" and "srocc" in metrics["before_mos_mapping"]
 
 
-def test_mos_mapping_is_fitted_on_the_validation_split(tiny_run: Path, demo_dataset: Path) -> None:
-    checkpoint = load_checkpoint(tiny_run / "model.pt")
+def test_mos_mapping_is_fitted_on_the_validation_split(short_run: Path, demo_dataset: Path) -> None:
+    checkpoint = load_checkpoint(short_run / "model.pt")
     index = load_dataset("csv", csv_path=demo_dataset)
-    split = Split.load(tiny_run / "split.json")
+    split = Split.load(short_run / "split.json")
     model = checkpoint.build_model(mapped=False)
     fits = {name: fit_mos_mapping(*predict(model, IqaDataset(index, index.subset(getattr(split, name)),
                                                              checkpoint.preprocess, checkpoint.score_scale)),
@@ -57,20 +70,33 @@ def test_mos_mapping_is_fitted_on_the_validation_split(tiny_run: Path, demo_data
     assert checkpoint.mos_mapping.params == pytest.approx(fits["val"].params, rel=1e-3, abs=1e-4)
 
 
-def test_resume_continues_from_last_epoch(tiny_run: Path, demo_dataset: Path, tmp_path: Path) -> None:
+def test_resume_continues_from_last_epoch(short_run: Path, demo_dataset: Path, tmp_path: Path) -> None:
     index = load_dataset("csv", csv_path=demo_dataset)
-    settings = TrainSettings(config="tiny", epochs=3, batch_size=8, lr=1e-3, workers=0, quiet=True, max_steps=2)
-    result = train(index, tmp_path, settings, resume=tiny_run / "last.pt")
-    assert result.epochs_run == 3  # two restored epochs and one new one
-    assert Split.load(tmp_path / "split.json") == Split.load(tiny_run / "split.json")
+    settings = TrainSettings(epochs=4, batch_size=8, lr=1e-3, workers=0, quiet=True, max_steps=2, pretrained=True,
+                             freeze_backbones=True)
+    result = train(index, tmp_path, settings, resume=short_run / "last.pt")
+    assert result.epochs_run == 4  # three restored epochs and one new one
+    assert Split.load(tmp_path / "split.json") == Split.load(short_run / "split.json")
     with pytest.raises(QualityNetError, match="holds no training state"):
-        train(index, tmp_path, settings, resume=tiny_run / "model.pt")
+        train(index, tmp_path, settings, resume=short_run / "model.pt")
 
 
-def test_eval_on_saved_test_split(tiny_run: Path, demo_dataset: Path) -> None:
-    json_path, plot_path = tiny_run / "eval.json", tiny_run / "eval.png"
+def test_cli_resumes_without_config_and_refuses_another(demo_dataset: Path, short_run: Path, tmp_path: Path) -> None:
+    common = ["--dataset", "csv", "--csv", str(demo_dataset), "--batch-size", "8", "--workers", "0", "--pretrained",
+              "--freeze-backbones", "--max-steps", "1", "--resume", str(short_run / "last.pt"), "--quiet"]
+    result = CliRunner().invoke(train_command, [*common, "--epochs", "4", "--out", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(tmp_path / "b" / "last.pt").model_config.name == "lite"
+    result = CliRunner().invoke(train_command, [*common, "--config", "small", "--out", str(tmp_path / "c")])
+    assert result.exit_code == 1
+    assert "--config small" in result.output and "'lite' run" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_eval_on_saved_test_split(short_run: Path, demo_dataset: Path) -> None:
+    json_path, plot_path = short_run / "eval.json", short_run / "eval.png"
     result = CliRunner().invoke(eval_command, [
-        str(tiny_run / "model.pt"), "--dataset", "csv", "--csv", str(demo_dataset), "--split", "test",
+        str(short_run / "model.pt"), "--dataset", "csv", "--csv", str(demo_dataset), "--split", "test",
         "--json", str(json_path), "--plot", str(plot_path), "--workers", "0", "--quiet"])
     assert result.exit_code == 0, result.output
     for label in ("PLCC", "SROCC", "KROCC", "RMSE", "MAE", "explained variance", "quantile loss q=0.9",
@@ -78,9 +104,75 @@ def test_eval_on_saved_test_split(tiny_run: Path, demo_dataset: Path) -> None:
         assert label in result.output
     record = json.loads(json_path.read_text())
     assert record["before_mos_mapping"]["n"] == record["n"]
-    trained = json.loads((tiny_run / "metrics.json").read_text())
+    trained = json.loads((short_run / "metrics.json").read_text())
     assert record["n"] == trained["n"] and record["srocc"] == pytest.approx(trained["srocc"], abs=1e-6)
     assert plot_path.stat().st_size > 0
+
+
+def test_best_epoch_prefers_a_ranking_epoch_to_a_collapsed_one() -> None:
+    best = BestEpoch()
+    assert best.offer(1, 9.0, collapsed=True)  # the first epoch is the best so far, collapsed or not
+    assert best.offer(2, 12.0, collapsed=False)  # any ranking epoch beats a collapsed one
+    assert not best.offer(3, 2.0, collapsed=True)  # a collapsed epoch never replaces a ranking one
+    assert not best.offer(4, float("nan"), collapsed=False)  # a NaN loss counts as infinite
+    assert best.offer(5, 11.0, collapsed=False) and (best.epoch, best.loss, best.collapsed) == (5, 11.0, False)
+
+
+def _constant_scores(csv_path: Path, name: str) -> Path:
+    """The same photos with every score 3 (a CSV beside the original, so the split's keys still name
+    them): SROCC and PLCC are undefined on any split."""
+    rows = list(csv.DictReader(csv_path.open()))
+    out = csv_path.with_name(f"constant-{name}.csv")
+    with open(out, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows({**row, "score": "3"} for row in rows)
+    return out
+
+
+def test_collapse_keeps_the_ranking_checkpoint_and_writes_no_nan(short_run: Path, demo_dataset: Path,
+                                                                 tmp_path: Path) -> None:
+    # The short run's epochs rank; resumed on scores that cannot be ranked, every new epoch is degenerate.
+    constant = _constant_scores(demo_dataset, tmp_path.name)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(train_command, [
+        "--dataset", "csv", "--csv", str(constant), "--score-range", "1:5", "--resume", str(short_run / "last.pt"),
+        "--epochs", "5", "--max-steps", "2", "--workers", "0", "--freeze-backbones", "--pretrained", "--quiet",
+        "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "training collapsed on the validation split: the scores are all equal" in result.output
+    assert "learning rate too high" in result.output and "Traceback" not in result.output
+    kept = load_checkpoint(out / "model.pt")
+    assert kept.metrics["val_loss"] == load_checkpoint(short_run / "model.pt").metrics["val_loss"]
+    text = (out / "metrics.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    metrics = json.loads(text)
+    assert metrics["srocc"] is None and metrics["plcc"] is None and math.isfinite(metrics["rmse"])
+    assert "scores are all equal" in metrics["undefined_because"] and "collapsed" not in metrics
+    history = list(csv.DictReader((out / "history.csv").open()))
+    assert [row["val_srocc"] for row in history[3:]] == ["undefined", "undefined"]
+    assert "nan" not in (out / "history.csv").read_text().lower()
+    assert "undefined" in result.output  # the printed metrics say so too
+
+
+def test_a_run_that_collapses_in_every_epoch_fails_clearly(demo_dataset: Path, tmp_path: Path) -> None:
+    constant = _constant_scores(demo_dataset, tmp_path.name)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(train_command, [
+        "--dataset", "csv", "--csv", str(constant), "--score-range", "1:5", *SHORT_RUN, "--epochs", "2",
+        "--max-steps", "2", "--out", str(out)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "training collapsed: the validation predictions were degenerate in every epoch (2)" in result.output
+    assert re.search(r"model\.pt \(epoch [12], lowest validation loss\) is kept but does not rank", result.output)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["collapsed"].startswith("training collapsed") and metrics["srocc"] is None
+    eval_json = tmp_path / "eval.json"
+    evaluated = CliRunner().invoke(eval_command, [str(out / "model.pt"), "--dataset", "csv", "--csv", str(constant),
+                                                  "--score-range", "1:5", "--json", str(eval_json), "--workers", "0",
+                                                  "--quiet"])
+    assert evaluated.exit_code == 0, evaluated.output
+    assert "SROCC and PLCC are undefined: the scores are all equal" in evaluated.output
+    assert "NaN" not in eval_json.read_text() and json.loads(eval_json.read_text())["srocc"] is None
 
 
 def test_missing_images_fail_before_training(tmp_path: Path) -> None:
