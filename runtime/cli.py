@@ -57,7 +57,8 @@ def _open_writer(output: Path | None, fmt: str, resume: bool, overwrite: bool, m
               help="Also score the paths listed in this file, one per line ('-' for stdin).")
 @click.option("--provider", type=click.Choice(["auto", *PROVIDERS]), default="auto", show_default=True,
               help="ONNX Runtime execution provider (auto: tensorrt, then cuda, then cpu).")
-@click.option("--threads", type=click.IntRange(1), help="ONNX Runtime intra-op threads (default: all cores).")
+@click.option("--threads", type=click.IntRange(1),
+              help="ONNX Runtime intra-op threads (default: the CPUs this process may use).")
 @click.option("--allow-plan-host-code", is_flag=True,
               help="Let the full TensorRT run the lean runtime embedded in a --version-compatible plan: code from "
                    "the plan file, so only for plans you trust (TensorRT's lean runtime needs no such permission).")

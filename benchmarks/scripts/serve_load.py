@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import tritonclient.http as httpclient
 
+from qualitynet.cpus import usable_cpus
 from qualitynet.export import export_onnx
 from qualitynet.runtime.discovery import iter_folder
 from qualitynet.runtime.serve import ScoreServer, ServeSettings
@@ -99,7 +100,8 @@ def main() -> None:
         export_onnx(checkpoint, model)
     settings = ServeSettings(http_port=_free_port(), grpc_port=_free_port(), metrics_port=_free_port(),
                              max_batch_size=args.max_batch_size)
-    report: dict[str, object] = {"cores": os.cpu_count(), "max_batch_size": args.max_batch_size,
+    report: dict[str, object] = {"cores": os.cpu_count(), "usable_cpus": usable_cpus(),
+                                 "max_batch_size": args.max_batch_size,
                                  "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
     started = time.perf_counter()
     with ScoreServer(model, settings) as server:
