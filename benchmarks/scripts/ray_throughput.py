@@ -23,12 +23,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from runtime_throughput import REPO, iqa_run, photos  # noqa: E402
+from runtime_throughput import iqa_run  # noqa: E402
+from script_fixtures import REPO, photos, small_onnx  # noqa: E402
 
 from qualitynet.cpus import usable_cpus  # noqa: E402
-from qualitynet.export import export_onnx  # noqa: E402
 from qualitynet.runtime.ray_scoring import RayScorer  # noqa: E402
-from qualitynet.trainer.checkpoint import save_untrained_checkpoint  # noqa: E402
 
 
 def main() -> None:
@@ -40,13 +39,7 @@ def main() -> None:
     out = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
     paths = photos(out / "photos_1024x768", args.count, (1024, 768))
-    checkpoint = out / "small" / "model.pt"
-    if not checkpoint.exists():
-        checkpoint.parent.mkdir(exist_ok=True)
-        save_untrained_checkpoint(checkpoint, "small")
-    onnx_path = checkpoint.parent / "model.onnx"
-    if not onnx_path.exists():
-        export_onnx(checkpoint, onnx_path)
+    onnx_path = small_onnx(out)
     folder = Path(paths[0]).parent
     report: dict[str, object] = {"cores": os.cpu_count(), "usable_cpus": usable_cpus(), "images": len(paths),
                                  "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}

@@ -36,23 +36,13 @@ import onnxruntime
 import PIL
 import torch
 from scipy.stats import spearmanr
+from script_fixtures import REPO, photos
 
 from qualitynet.bench.naive import naive_loop
 from qualitynet.bench.run import ensure_artifacts, warm_page_cache
 from qualitynet.cpus import usable_cpus
 from qualitynet.runtime import Scorer, pipeline
-from qualitynet.runtime.discovery import iter_folder
 from qualitynet.trainer.checkpoint import load_checkpoint, save_untrained_checkpoint
-from qualitynet.trainer.demo_data import make_photo_folder
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def photos(folder: Path, count: int, size: tuple[int, int]) -> list[str]:
-    """The benchmark's JPEGs (made once, then reused)."""
-    if len(list(folder.glob("*.jpg"))) < count:
-        make_photo_folder(folder, count=count, size=size)
-    return sorted(iter_folder(folder))[:count]
 
 
 def iqa_run(model: Path, folder: Path, out: Path, threads: int, extra: list[str]) -> dict[str, object]:
