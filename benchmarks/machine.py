@@ -8,6 +8,8 @@ import subprocess
 from importlib import metadata
 from typing import Any
 
+from qualitynet.cpus import usable_cpus
+
 __all__ = ["machine_info"]
 
 _PACKAGES = ("qualitynet", "torch", "torchvision", "onnx", "onnxruntime", "onnxruntime-gpu", "numpy", "pillow",
@@ -55,6 +57,7 @@ def machine_info(threads: int) -> dict[str, Any]:
     info: dict[str, Any] = {
         "cpu_model": _cpu_model(),
         "cpu_cores": os.cpu_count(),
+        "usable_cpus": usable_cpus(),  # affinity and cgroup quota: what thread pools are sized from
         "platform": platform.platform(),
         "python": platform.python_version(),
         "threads": {"torch_intra_op": torch.get_num_threads(), "onnxruntime_intra_op": threads},

@@ -11,7 +11,6 @@ or the naive loop (end to end), so they travel between machines; absolute figure
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +26,7 @@ from qualitynet.bench.machine import machine_info
 from qualitynet.bench.measure import LatencyStats, time_iterations
 from qualitynet.bench.naive import naive_loop
 from qualitynet.bench.subjects import Skipped, SubjectSpec, plan_subjects, runner_threads
+from qualitynet.cpus import usable_cpus
 from qualitynet.errors import QualityNetError
 from qualitynet.export import export_all, load_photos
 from qualitynet.export.freshness import stale_reason
@@ -310,7 +310,7 @@ def run_bench(checkpoint_path: str | Path, settings: BenchSettings, onnx: Path |
     """
     checkpoint_path = Path(checkpoint_path)
     checkpoint = load_checkpoint(checkpoint_path)
-    threads = settings.threads or len(os.sched_getaffinity(0))
+    threads = settings.threads or usable_cpus()
     torch.set_num_threads(threads)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if settings.device == "auto" else settings.device
     if device.startswith("cuda") and not torch.cuda.is_available():

@@ -14,7 +14,7 @@ from qualitynet.export.calibration import DEFAULT_CALIB_COUNT
 from qualitynet.export.int8 import CALIBRATION_METHODS, DEFAULT_MIN_SROCC, Int8Settings
 from qualitynet.export.onnx import DEFAULT_OPSET
 from qualitynet.export.pipeline import export_all
-from qualitynet.export.types import ExportResult
+from qualitynet.export.types import ExportResult, TensorRTUnavailableError
 
 __all__ = ["main"]
 
@@ -79,7 +79,8 @@ def main(checkpoint: Path, fp16: bool, out_dir: Path | None, opset: int, profile
     --fp16 also writes model.fp16.onnx and, where TensorRT and a GPU are present, builds
     model.plan with its model.plan.json sidecar; each is checked against model.onnx. The
     figures go to model.export.json. Exits 1 if a check fails (files are kept) or if
-    --fp16 cannot build the engine (the ONNX files are still written and checked).
+    --fp16 cannot build the engine (the ONNX files are still written and checked, and
+    --triton-repo still gets the ONNX model).
 
     With --int8 (e.g. --int8 --calib-photos train/ --photos test/) also calibrates on
     --calib-photos and writes model.int8.onnx (ONNX Runtime on CPUs) and model.int8.trt.onnx
@@ -100,17 +101,28 @@ def main(checkpoint: Path, fp16: bool, out_dir: Path | None, opset: int, profile
         raise click.UsageError("--version-compatible applies to the TensorRT plan, which only --fp16 builds")
     int8_settings = Int8Settings(photos=calib_photos, count=calib_count, method=calib_method, min_srocc=min_srocc,
                                  max_abs_mos=max_abs_error) if int8 else None
-    result = export_all(checkpoint, out_dir, fp16=fp16, opset=opset, photos=photos, profile=profile,
-                        workspace=workspace, timing_cache=timing_cache, opt_level=opt_level,
-                        version_compatible=version_compatible, exclude_lean_runtime=exclude_lean_runtime,
-                        int8=int8_settings)
+    try:
+        result = export_all(checkpoint, out_dir, fp16=fp16, opset=opset, photos=photos, profile=profile,
+                            workspace=workspace, timing_cache=timing_cache, opt_level=opt_level,
+                            version_compatible=version_compatible, exclude_lean_runtime=exclude_lean_runtime,
+                            int8=int8_settings)
+    except TensorRTUnavailableError as exc:
+        if triton_repo is not None and exc.result is not None:  # the ONNX model is written and verified
+            _write_triton_repo(triton_repo, exc.result, profile)
+            click.echo(f"Triton: no qualitynet_trt model, since no TensorRT engine was built "
+                       f"({exc.result.tensorrt_skipped})", err=True)
+        raise
     if triton_repo is not None:
-        from qualitynet.export.triton import write_triton_repo
-
-        for config in write_triton_repo(triton_repo, result.onnx, result.plan, profile=profile):
-            click.echo(f"Triton model: {config.parent}", err=True)
+        _write_triton_repo(triton_repo, result, profile)
     if not quiet:
         click.echo(summary(result), err=True)
+
+
+def _write_triton_repo(repo: Path, result: ExportResult, profile: BatchProfile) -> None:
+    from qualitynet.export.triton import write_triton_repo
+
+    for config in write_triton_repo(repo, result.onnx, result.plan, profile=profile):
+        click.echo(f"Triton model: {config.parent}", err=True)
 
 
 def summary(result: ExportResult) -> str:

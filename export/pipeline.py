@@ -138,7 +138,7 @@ def _build_and_check(result: ExportResult, reference: Reference, plan: Path, pro
             "ONNX Runtime"
         )
         if require_tensorrt:
-            raise TensorRTUnavailableError(message) from None
+            raise TensorRTUnavailableError(message, result) from None
         log.warning("%s", message)
         return
     result.plan = plan

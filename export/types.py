@@ -29,7 +29,15 @@ class VerificationError(QualityNetError):
 
 
 class TensorRTUnavailableError(QualityNetError):
-    """TensorRT's builder (or a GPU for it) is missing; the ONNX files are written and verified."""
+    """TensorRT's builder (or a GPU for it) is missing; the ONNX files are written and verified.
+
+    Raised by :func:`~qualitynet.export.export_all`, it carries the export's ``result`` (what was
+    written), so a caller can still use the ONNX files (e.g. write the Triton repository).
+    """
+
+    def __init__(self, message: str, result: ExportResult | None = None) -> None:
+        super().__init__(message)
+        self.result = result
 
 
 @dataclass(frozen=True)

@@ -29,11 +29,11 @@ logger = logging.getLogger(__name__)
 
 
 def _open_writer(output: Path | None, fmt: str, resume: bool, overwrite: bool, model: ModelIdentity,
-                 allow_other_model: bool) -> tuple[RecordWriter, set[str]]:
+                 allow_other_model: bool, retry_errors: bool) -> tuple[RecordWriter, set[str]]:
     if output is None:
         return RecordWriter.to_binary(sys.stdout.buffer, fmt), set()
     return open_output(output, fmt, resume=resume, overwrite=overwrite, model=model,
-                       allow_other_model=allow_other_model)
+                       allow_other_model=allow_other_model, retry_errors=retry_errors)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -47,7 +47,11 @@ def _open_writer(output: Path | None, fmt: str, resume: bool, overwrite: bool, m
 @click.option("--workers", type=click.IntRange(0),
               help="Decode processes (default: every core but one; 0 decodes in the main process).")
 @click.option("--recursive/--no-recursive", default=True, show_default=True, help="Walk sub-folders.")
-@click.option("--resume", is_flag=True, help="Skip files already in --output and append the rest.")
+@click.option("--resume", is_flag=True,
+              help="Skip files already in --output (error rows included) and append the rest.")
+@click.option("--retry-errors", is_flag=True,
+              help="With --resume, remove the rows that carry an error and score those files again (e.g. after "
+                   "a missing mount is back).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --output instead of refusing.")
 @click.option("--allow-other-model", is_flag=True,
               help="With --resume, append even when the earlier rows came from another model.")
@@ -57,13 +61,14 @@ def _open_writer(output: Path | None, fmt: str, resume: bool, overwrite: bool, m
               help="Also score the paths listed in this file, one per line ('-' for stdin).")
 @click.option("--provider", type=click.Choice(["auto", *PROVIDERS]), default="auto", show_default=True,
               help="ONNX Runtime execution provider (auto: tensorrt, then cuda, then cpu).")
-@click.option("--threads", type=click.IntRange(1), help="ONNX Runtime intra-op threads (default: all cores).")
+@click.option("--threads", type=click.IntRange(1),
+              help="ONNX Runtime intra-op threads (default: the CPUs this process may use).")
 @click.option("--allow-plan-host-code", is_flag=True,
               help="Let the full TensorRT run the lean runtime embedded in a --version-compatible plan: code from "
                    "the plan file, so only for plans you trust (TensorRT's lean runtime needs no such permission).")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="", default=None, metavar="[ADDRESS]",
-              help="Score on a Ray cluster (pip install 'qualitynet[ray]'): ADDRESS, or RAY_ADDRESS / the local "
-                   "`ray start` cluster / a new local one when left out.")
+              help="Score on a Ray cluster (pip install 'qualitynet[ray]'): ADDRESS (host:port, ray://host:10001, "
+                   "auto: the last `ray start` here); left out: RAY_ADDRESS when set, else a new local instance.")
 @click.option("--ray-actors", type=click.IntRange(1), help="With --ray: scoring actors (default: one per CPU or GPU).")
 @click.option("--ray-gpus", type=click.FloatRange(0), default=0, show_default=True,
               help="With --ray: GPUs per actor (1, or 0.5 to share one).")
@@ -72,7 +77,8 @@ def _open_writer(output: Path | None, fmt: str, resume: bool, overwrite: bool, m
 @click.version_option(package_name="qualitynet")
 @cli_errors
 def main(model: Path, inputs: tuple[str, ...], output: Path | None, fmt: str | None, batch_size: int,
-         workers: int | None, recursive: bool, resume: bool, overwrite: bool, allow_other_model: bool,
+         workers: int | None, recursive: bool, resume: bool, retry_errors: bool, overwrite: bool,
+         allow_other_model: bool,
          fast_decode: bool, files_from: TextIO | None, provider: str, threads: int | None,
          allow_plan_host_code: bool, ray_address: str | None, ray_actors: int | None, ray_gpus: float,
          quiet: bool, verbose: bool) -> None:
@@ -81,7 +87,8 @@ def main(model: Path, inputs: tuple[str, ...], output: Path | None, fmt: str | N
     INPUTS are folders (walked for JPEG, PNG, WebP, BMP and TIFF files, and suffix-less
     image files) or single files. Files that cannot be read get a row with the error and
     do not stop the run. Rows are flushed after every batch, so an interrupted run keeps
-    its rows; --resume continues it. The output is locked while a run writes it, and
+    its rows; --resume continues it (files whose rows carry an error are not tried again
+    unless --retry-errors). The output is locked while a run writes it, and
     OUTPUT.iqa-run.json records the model and working directory of each run, so --resume
     refuses another model and works from any directory. Exit status: 0 when every
     readable image was scored, 1 when the model cannot be loaded, the output cannot be
@@ -99,12 +106,14 @@ def main(model: Path, inputs: tuple[str, ...], output: Path | None, fmt: str | N
         raise click.UsageError("give at least one folder or file, or --files-from")
     if resume and output is None:
         raise click.UsageError("--resume needs --output (the file to continue)")
+    if retry_errors and not resume:
+        raise click.UsageError("--retry-errors applies only with --resume")
     fmt = format_for(output, fmt)
     with _open_scorer(model, ray_address, ray_actors, ray_gpus, provider=None if provider == "auto" else provider,
                       threads=threads, batch_size=batch_size, workers=workers, fast_decode=fast_decode,
                       allow_host_code=allow_plan_host_code) as scorer:
         writer, done = _open_writer(output, fmt, resume, overwrite, ModelIdentity.of(scorer.meta, model),
-                                    allow_other_model)
+                                    allow_other_model, retry_errors)
         sources = itertools.chain(inputs, read_file_list(files_from) if files_from is not None else ())
         todo = (p for p in iter_inputs(sources, recursive) if path_key(p) not in done)
         stats = RunStats()  # the rate counts from here: model loading excluded

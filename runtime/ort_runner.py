@@ -7,12 +7,14 @@ The artifact record is read from the ONNX file's ``metadata_props`` through the 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from qualitynet.artifact import ONNX_METADATA_KEY, ArtifactMeta
+from qualitynet.cpus import usable_cpus
 from qualitynet.errors import QualityNetError
 from qualitynet.runtime.runner import BaseRunner, check_graph_input
 
@@ -70,8 +72,10 @@ class OrtRunner(BaseRunner):
     Args:
         model_path: an ONNX file written by iqa-export (FP32 or FP16).
         provider: ``tensorrt``, ``cuda`` or ``cpu``; ``None`` takes the first available in that order.
-        threads: intra-op threads (match ``torch.set_num_threads`` when comparing); ``None``
-            lets ONNX Runtime use every physical core.
+        threads: intra-op threads (match ``torch.set_num_threads`` when comparing); ``None``: the
+            CPUs this process may use (:func:`~qualitynet.cpus.usable_cpus`) when its affinity or
+            cgroup quota leaves fewer than the machine has, else ONNX Runtime's default (one per
+            physical core).
     """
 
     name = "onnxruntime"
@@ -88,8 +92,10 @@ class OrtRunner(BaseRunner):
         ort = _import_onnxruntime()
         providers = choose_providers(ort.get_available_providers(), self.provider)
         options = ort.SessionOptions()
-        if self.threads:
-            options.intra_op_num_threads = self.threads
+        usable = usable_cpus()
+        threads = self.threads or (usable if usable < (os.cpu_count() or usable) else None)
+        if threads:
+            options.intra_op_num_threads = threads
         try:
             session = ort.InferenceSession(str(self.model_path), options, providers=providers)
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises assorted pybind11 errors

@@ -6,7 +6,9 @@ refused, naming the process that holds it), then prepares it:
 - new: refused when the file already has content (unless ``overwrite``);
 - ``resume``: every record is parsed first, read-only; a file that is not a scores file
   in the chosen format is refused untouched. Only then is a torn last record (a kill in
-  mid-write, found by parsing, so a quoted multi-line field counts) cut off.
+  mid-write, found by parsing, so a quoted multi-line field counts) cut off. Rows that carry
+  an error are kept, and their files not scored again, unless ``retry_errors``: then the
+  file is rewritten without them (a copy renamed over it) and those files are scored anew.
 
 Next to the output a small record, ``<output>.iqa-run.json``, lists the runs that wrote it:
 the model (checkpoint hash and precision), the working directory and the first record of
@@ -18,6 +20,7 @@ every file.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import datetime
 import json
 import logging
@@ -25,7 +28,7 @@ import math
 import os
 import stat
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -78,11 +81,18 @@ class _Run:
 
 @dataclass(frozen=True)
 class Scan:
-    """What an existing output holds: its records' paths, and where the last complete record ends."""
+    """What an existing output holds: its records' paths, and where the last complete record ends.
+
+    ``ends[i]`` is the byte offset after record ``i`` (the header, if any, ends at ``start``), and
+    ``failed[i]`` whether its error field is set.
+    """
 
     paths: list[str]
     end: int
     size: int
+    ends: list[int] = field(default_factory=list)
+    failed: list[bool] = field(default_factory=list)
+    start: int = 0
 
 
 def runs_path(output: Path) -> Path:
@@ -123,7 +133,9 @@ def _scan_csv(handle: BinaryIO, size: int, name: object) -> Scan:
             yield raw.decode("utf-8", ENCODING_ERRORS)
 
     reader = csv.reader(text(), strict=True)
-    end = 0
+    end = start = 0
+    ends: list[int] = []
+    failed: list[bool] = []
     while True:
         try:
             fields = next(reader)
@@ -138,21 +150,26 @@ def _scan_csv(handle: BinaryIO, size: int, name: object) -> Scan:
         if end == 0:
             if tuple(fields) != OUTPUT_FIELDS:
                 raise _not_ours(name, f"its first line is {fields!r}, not {','.join(OUTPUT_FIELDS)}", "csv")
+            start = state["offset"]
         elif len(fields) != 3 or not _score_ok(fields[1]):
             raise _not_ours(name, f"line {state['line']} is not a path,score,error row", "csv")
         else:
             paths.append(fields[0])
+            ends.append(state["offset"])
+            failed.append(fields[2] != "")
         end = state["offset"]
     if end == 0 and size:
         handle.seek(0)
         head = handle.read(len(_HEADER))
         if not _HEADER.encode().startswith(head):
             raise _not_ours(name, f"its first line is not {_HEADER.strip()}", "csv")
-    return Scan(paths, end, size)
+    return Scan(paths, end, size, ends, failed, start)
 
 
 def _scan_jsonl(handle: BinaryIO, size: int, name: object) -> Scan:
     paths: list[str] = []
+    ends: list[int] = []
+    failed: list[bool] = []
     end = 0
     for number, (raw, offset) in enumerate(_lines(handle), 1):
         if not raw.endswith(b"\n"):
@@ -167,8 +184,10 @@ def _scan_jsonl(handle: BinaryIO, size: int, name: object) -> Scan:
             if not valid:
                 raise _not_ours(name, f"line {number} is not a JSON row with path, score and error", "jsonl")
             paths.append(row["path"])
+            ends.append(offset)
+            failed.append(row["error"] != "")
         end = offset
-    return Scan(paths, end, size)
+    return Scan(paths, end, size, ends, failed)
 
 
 def scan_output(handle: BinaryIO, fmt: str, name: object = "output") -> Scan:
@@ -288,9 +307,41 @@ def _lock(fd: int, output: Path) -> None:
         ) from None
 
 
+def _without_failed(fd: int, output: Path, scan: Scan) -> int:
+    """Replace the locked output by a copy without its error rows; returns the copy's descriptor, locked.
+
+    The copy is written and locked beside the output, then renamed over it: a kill leaves the old
+    file or the new one, and a run that opens the path after the rename finds the lock.
+    """
+    temporary = output.with_name(f".{output.name}.{os.getpid()}.retry.tmp")
+    new = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o666)
+    try:
+        _lock(new, temporary)
+        os.fchmod(new, stat.S_IMODE(os.fstat(fd).st_mode))
+        with os.fdopen(os.dup(fd), "rb") as source, os.fdopen(os.dup(new), "wb") as target:
+            source.seek(0)
+            target.write(source.read(scan.start))
+            begin = scan.start
+            for end, failed in zip(scan.ends, scan.failed, strict=True):
+                if not failed:
+                    source.seek(begin)
+                    target.write(source.read(end - begin))
+                begin = end
+            target.flush()
+            os.fsync(target.fileno())
+        os.replace(temporary, output)
+    except BaseException:
+        os.close(new)
+        temporary.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    return new
+
+
 def _prepare(fd: int, output: Path, fmt: str, resume: bool, overwrite: bool, model: ModelIdentity,
-             allow_other_model: bool) -> tuple[set[str], int, list[_Run]]:
-    """Check and trim the locked file; return the resume keys, the records kept and the earlier runs."""
+             allow_other_model: bool, retry_errors: bool) -> tuple[int, set[str], int, list[_Run]]:
+    """Check and trim the locked file (``fd``, replaced when error rows are dropped); return its
+    descriptor, the resume keys, the records kept and the earlier runs."""
     size = os.fstat(fd).st_size
     if size and not resume and not overwrite:
         raise QualityNetError(
@@ -298,7 +349,7 @@ def _prepare(fd: int, output: Path, fmt: str, resume: bool, overwrite: bool, mod
         )
     if not resume or size == 0:
         os.ftruncate(fd, 0)
-        return set(), 0, []
+        return fd, set(), 0, []
     with os.fdopen(os.dup(fd), "rb") as handle:
         scan = scan_output(handle, fmt, output)
     runs = _read_runs(output)
@@ -308,11 +359,19 @@ def _prepare(fd: int, output: Path, fmt: str, resume: bool, overwrite: bool, mod
     if scan.end < scan.size:
         logger.warning("%s: dropped a half-written last record (%d bytes)", output, scan.size - scan.end)
         os.ftruncate(fd, scan.end)
-    return _keys(scan.paths, runs), len(scan.paths), runs
+    paths = scan.paths
+    if retry_errors and any(scan.failed):
+        fd = _without_failed(fd, output, scan)
+        kept = [i for i, failed in enumerate(scan.failed) if not failed]
+        logger.info("%s: removed %d rows with an error (--retry-errors); those files are scored again", output,
+                    len(paths) - len(kept))
+        runs = [dataclasses.replace(run, first_record=sum(1 for i in kept if i < run.first_record)) for run in runs]
+        paths = [paths[i] for i in kept]
+    return fd, _keys(paths, runs), len(paths), runs
 
 
 def open_output(output: Path, fmt: str, *, resume: bool, overwrite: bool, model: ModelIdentity,
-                allow_other_model: bool = False) -> tuple[RecordWriter, set[str]]:
+                allow_other_model: bool = False, retry_errors: bool = False) -> tuple[RecordWriter, set[str]]:
     """Open, lock and prepare the output of a run.
 
     Args:
@@ -322,6 +381,8 @@ def open_output(output: Path, fmt: str, *, resume: bool, overwrite: bool, model:
         overwrite: replace whatever is there.
         model: the model of this run (recorded; compared with earlier runs' when resuming).
         allow_other_model: resume even when earlier rows came from another model.
+        retry_errors: with ``resume``, remove the rows that carry an error first, so their files
+            are scored again (a transient cause: a missing mount, a node without the files).
 
     Returns:
         A writer appending to the file (closing it releases the lock), and the
@@ -348,7 +409,8 @@ def open_output(output: Path, fmt: str, *, resume: bool, overwrite: bool, model:
         done: set[str] = set()
         if not special:
             _lock(fd, output)
-            done, kept, runs = _prepare(fd, output, fmt, resume, overwrite, model, allow_other_model)
+            fd, done, kept, runs = _prepare(fd, output, fmt, resume, overwrite, model, allow_other_model,
+                                            retry_errors)
             started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
             _write_runs(output, fmt, [*runs, _Run(model, os.getcwd(), kept, os.getpid(), started)])
             os.lseek(fd, 0, os.SEEK_END)

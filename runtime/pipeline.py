@@ -37,6 +37,7 @@ import numpy as np
 from PIL import Image
 
 from qualitynet.artifact import PreprocessCfg
+from qualitynet.cpus import usable_cpus
 from qualitynet.errors import QualityNetError
 from qualitynet.runtime.preprocess import image_to_tensor, load_rgb
 
@@ -58,8 +59,8 @@ _worker: tuple[PreprocessCfg, bool, SharedMemory, np.ndarray] | None = None
 
 
 def default_workers() -> int:
-    """Decode processes by default: every core but one for inference, at least 1, at most 16."""
-    return max(1, min(16, (os.cpu_count() or 2) - 1))
+    """Decode processes by default: every usable CPU but one for inference, at least 1, at most 16."""
+    return max(1, min(16, usable_cpus() - 1))
 
 
 def _precheck(path: str) -> str:

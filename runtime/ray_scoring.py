@@ -10,9 +10,14 @@ its error, never a failed task.
 Two ways in:
 
 - :func:`score_dataset`: a ``ray.data.Dataset`` with a ``path`` column in, one with
-  ``path, score, error`` out (write it with any Ray writer: ``write_parquet``, ...);
+  ``path, score, error, unseen`` out (write it with any Ray writer: ``write_parquet``, ...);
 - :class:`RayScorer`: the :class:`Scorer` interface (``score_batches``) backed by a cluster;
   ``iqa-run --ray [ADDRESS]`` uses it, so its output, resume and summary are ``iqa-run``'s.
+
+Workers open the files themselves, so :class:`RayScorer` hands them absolute paths (a worker's
+working directory is its node's, not the driver's) and gives each row back the path as the
+caller wrote it. A file the driver sees but a worker's node does not (no shared filesystem
+there) gets no row, and the run ends with an error naming it: ``--resume`` then scores it.
 
 Ray is imported only here, and only when used (``pip install 'qualitynet[ray]'``).
 """
@@ -22,6 +27,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
@@ -32,6 +38,7 @@ import numpy as np
 from qualitynet.artifact import ArtifactMeta
 from qualitynet.errors import QualityNetError
 from qualitynet.runtime.pipeline import FAST_DECODE_DEFAULT, decode_bytes
+from qualitynet.runtime.ray_connect import connect
 from qualitynet.runtime.runner import runner_for
 from qualitynet.runtime.scorer import Scorer
 from qualitynet.runtime.types import ScoreRecord
@@ -64,12 +71,15 @@ class ScoreActor:
             cfg, fast = self.scorer.meta.preprocess, self.scorer.fast_decode
             records = self.scorer.score_decoded([decode_bytes(bytes(data), cfg, fast, name=str(path))
                                                  for path, data in zip(batch["path"], batch["bytes"], strict=True)])
+            unseen = [False] * len(records)
         else:
             records = list(self.scorer.score_paths(str(p) for p in batch["path"]))
+            unseen = [bool(r.error) and not os.path.lexists(r.path) for r in records]
         return {
             "path": np.array([r.path for r in records], dtype=object),
             "score": np.array([math.nan if r.score is None else r.score for r in records], dtype=np.float64),
             "error": np.array([r.error for r in records], dtype=object),
+            "unseen": np.array(unseen, dtype=bool),
         }
 
 
@@ -92,8 +102,9 @@ def score_dataset(dataset: Any, model_path: str | Path, *, actors: int | None = 
             :class:`Scorer`; ``threads`` defaults to ``cpus_per_actor``.
 
     Returns:
-        A lazy ``ray.data.Dataset`` of ``path`` (str), ``score`` (float64, NaN on error) and
-        ``error`` (str, empty when scored).
+        A lazy ``ray.data.Dataset`` of ``path`` (str), ``score`` (float64, NaN on error),
+        ``error`` (str, empty when scored) and ``unseen`` (bool: the worker's node has no file at
+        that path, so the row says nothing about the file if the caller's node has one).
     """
     ray = _import_ray()
     if actors is None:
@@ -120,8 +131,8 @@ class RayScorer:
 
     Args:
         model_path: the exported model (see :func:`score_dataset`).
-        address: a cluster (``ray://head:10001``, ``head:6379``, ``auto``); ``None`` joins the
-            one in ``RAY_ADDRESS`` or on this machine (``ray start``), else starts a local one.
+        address: a cluster (``ray://head:10001``, ``head:6379``, ``auto`` for the last ``ray start``
+            here); ``None`` joins the one in ``RAY_ADDRESS`` when set, else starts a local instance.
         actors, gpus_per_actor: see :func:`score_dataset`.
         provider, threads, batch_size, workers, fast_decode, allow_host_code: as for :class:`Scorer`,
             in each actor.
@@ -139,12 +150,7 @@ class RayScorer:
         self._options: dict[str, Any] = {"actors": actors, "gpus_per_actor": gpus_per_actor, "provider": provider,
                                          "threads": threads, "batch_size": batch_size, "workers": workers,
                                          "fast_decode": fast_decode, "allow_host_code": allow_host_code}
-        self._owned = not self._ray.is_initialized()
-        if self._owned:
-            try:
-                self._ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
-            except (ConnectionError, ValueError, RuntimeError) as exc:
-                raise QualityNetError(f"cannot reach the Ray cluster at {address or 'RAY_ADDRESS'}: {exc}") from None
+        self._owned = connect(self._ray, address, logging_level=logging.WARNING, log_to_driver=False)
         context = self._ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the caller shows one bar over the rows
 
@@ -160,14 +166,35 @@ class RayScorer:
     def score_batches(self, paths: Iterable[str | Path]) -> Iterator[list[ScoreRecord]]:
         """Score files on the cluster; yields lists of records as they finish (not in input order).
 
-        The paths are collected here first (the cluster needs the whole list to plan the work).
+        The paths are collected here first (the cluster needs the whole list to plan the work) and
+        made absolute; each record carries the path as given.
+
+        Raises:
+            QualityNetError: after every other row, when files that exist here were missing on a
+                worker's node (they get no row, so a ``--resume`` scores them).
         """
-        items = [{"path": str(p)} for p in paths]
-        if not items:
+        given = {os.path.abspath(p): str(p) for p in paths}  # workers run in their own directories
+        if not given:
             return
-        blocks = max(1, min(len(items) // self.batch_size, 1000))
-        dataset = self._ray.data.from_items(items, override_num_blocks=blocks)
-        yield from records_of(score_dataset(dataset, self.model_path, **self._options), self.batch_size)
+        blocks = max(1, min(len(given) // self.batch_size, 1000))
+        dataset = self._ray.data.from_items([{"path": p} for p in given], override_num_blocks=blocks)
+        scored = score_dataset(dataset, self.model_path, **self._options)
+        unseen: list[str] = []
+        for batch in scored.iter_batches(batch_size=self.batch_size, batch_format="numpy"):
+            records = []
+            for path, score, error, missing in zip(batch["path"], batch["score"], batch["error"], batch["unseen"],
+                                                   strict=True):
+                if missing and os.path.lexists(path):
+                    unseen.append(given[path])
+                else:
+                    records.append(ScoreRecord(given[path], None if error else float(score), str(error)))
+            yield records
+        if unseen:
+            raise QualityNetError(
+                f"{len(unseen)} file(s) exist here but not on the Ray workers' nodes (first: {unseen[0]}); they got "
+                "no row. Put the photos on a filesystem every node mounts at the same path, then rerun with "
+                "--resume to score them"
+            )
 
     def close(self) -> None:
         """Shut down the Ray session if this object started it."""

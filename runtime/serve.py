@@ -2,7 +2,10 @@
 
 ``iqa-serve MODEL`` binds one model to Triton: the endpoint takes encoded images (JPEG, PNG,
 ... as BYTES, one per sample, any number per request) and returns per sample ``score`` (FP64,
-the model's MOS scale; NaN when it cannot be scored) and ``error`` (BYTES, empty when scored).
+the model's MOS scale; :data:`ERROR_SCORE` when it cannot be scored, since NaN is not JSON) and
+``error`` (BYTES, empty when scored). An image whose header declares more than ``max_pixels``
+pixels is refused before it is decoded (decoding is sequential, so this bounds a request's
+memory to one such image).
 Decoding, preprocessing and inference are the runtime's own (:func:`decode_bytes`,
 :meth:`Scorer.score_decoded`), so a served score equals ``iqa-run``'s on the same file; a
 client needs only a Triton HTTP or gRPC client. Triton's dynamic batcher merges concurrent
@@ -16,11 +19,13 @@ interpreter of this process must be that same Python (:func:`check_python`).
 from __future__ import annotations
 
 import ctypes
+import io
 import logging
 import platform
 import re
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,14 +33,23 @@ from types import TracebackType
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
+from qualitynet.artifact import PreprocessCfg
 from qualitynet.errors import QualityNetError
-from qualitynet.runtime.pipeline import FAST_DECODE_DEFAULT, decode_bytes
+from qualitynet.runtime.pipeline import FAST_DECODE_DEFAULT, Decoded, decode_bytes
 from qualitynet.runtime.scorer import Scorer
 
-__all__ = ["ScoreServer", "ServeSettings", "check_python", "libpython_version", "python_mismatch"]
+__all__ = ["DEFAULT_MAX_PIXELS", "ERROR_SCORE", "ScoreServer", "ServeSettings", "check_python", "libpython_version",
+           "pixel_limit_error", "python_mismatch"]
 
 logger = logging.getLogger(__name__)
+
+# The score of an image that cannot be scored: the lowest float64, a value no model gives and that
+# every JSON parser reads (Triton's HTTP/JSON replies would carry NaN as the bare word NaN).
+ERROR_SCORE = float(np.finfo(np.float64).min)
+# Decoded pixels allowed per image: 50 M covers full-frame camera sensors (8256x5504 is 45 M).
+DEFAULT_MAX_PIXELS = 50_000_000
 
 # PyTriton 0.7 ships one stub per Python minor version.
 _STUB = Path("tritonserver") / "python_backend_stubs" / f"{sys.version_info[0]}.{sys.version_info[1]}" / \
@@ -101,9 +115,39 @@ class ServeSettings:
     provider: str | None = None
     threads: int | None = None
     fast_decode: bool = FAST_DECODE_DEFAULT
+    max_pixels: int = DEFAULT_MAX_PIXELS  # 0: only Pillow's decompression-bomb limit
+    access_token: str | None = None  # of Triton's admin endpoints; None: a random one (ScoreServer.access_token)
+    open_admin_endpoints: bool = False  # statistics, shared memory, trace, logging, repository without a token
 
 
-def _infer_function(scorer: Scorer, fast: bool) -> Callable[..., dict[str, np.ndarray]]:
+def pixel_limit_error(data: bytes, max_pixels: int) -> str:
+    """Why an encoded image is refused for its size ("" when it is not), from its header alone.
+
+    Args:
+        data: the encoded image.
+        max_pixels: the most pixels allowed (width x height); 0 allows any.
+    """
+    if not max_pixels:
+        return ""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+    except Exception:  # noqa: BLE001 - not an image Pillow opens: the decoder says why
+        return ""
+    if width * height <= max_pixels:
+        return ""
+    return (f"image too large: {width}x{height} is {width * height:,} pixels, over this server's limit of "
+            f"{max_pixels:,} (iqa-serve --max-pixels)")
+
+
+def _decode(data: bytes, cfg: PreprocessCfg, fast: bool, max_pixels: int, name: str) -> Decoded:
+    refused = pixel_limit_error(data, max_pixels)
+    return (name, None, refused) if refused else decode_bytes(data, cfg, fast, name=name)
+
+
+def _infer_function(scorer: Scorer, fast: bool, max_pixels: int) -> Callable[..., dict[str, np.ndarray]]:
     """The inference callable of one model instance: stacked request samples in, scores and errors out."""
     from pytriton.decorators import batch
 
@@ -111,10 +155,10 @@ def _infer_function(scorer: Scorer, fast: bool) -> Callable[..., dict[str, np.nd
 
     @batch  # type: ignore[untyped-decorator]
     def infer(image: np.ndarray) -> dict[str, np.ndarray]:
-        items = [decode_bytes(bytes(sample[0]), cfg, fast, name=f"image {i}") for i, sample in enumerate(image)]
+        items = [_decode(bytes(sample[0]), cfg, fast, max_pixels, f"image {i}") for i, sample in enumerate(image)]
         records = scorer.score_decoded(items)
         return {
-            "score": np.array([[np.nan if r.score is None else r.score] for r in records], dtype=np.float64),
+            "score": np.array([[ERROR_SCORE if r.score is None else r.score] for r in records], dtype=np.float64),
             "error": np.array([[r.error.encode()] for r in records], dtype=np.object_),
         }
 
@@ -140,6 +184,7 @@ class ScoreServer:
                                 batch_size=settings.max_batch_size, fast_decode=settings.fast_decode)
                          for _ in range(max(1, settings.instances))]
         self._triton: Any = None
+        self.access_token: str | None = None  # set by start() unless the admin endpoints are open
 
     @property
     def url(self) -> str:
@@ -149,16 +194,19 @@ class ScoreServer:
     def start(self) -> None:
         """Start Triton, bind the model and return once it is ready."""
         from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
-        from pytriton.triton import Triton, TritonConfig
+        from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
 
         s = self.settings
         config = TritonConfig(http_address=s.host, http_port=s.http_port, grpc_address=s.host, grpc_port=s.grpc_port,
                               metrics_port=s.metrics_port)
-        triton = Triton(config=config)
+        # PyTriton guards these endpoints with a token (a random one unless given); [] leaves them open.
+        security = (TritonSecurityConfig(restricted_endpoints=[]) if s.open_admin_endpoints
+                    else TritonSecurityConfig(access_token=s.access_token))
+        triton = Triton(config=config, security_config=security)
         try:
             triton.bind(
                 model_name=s.name,
-                infer_func=[_infer_function(scorer, s.fast_decode) for scorer in self._scorers],
+                infer_func=[_infer_function(scorer, s.fast_decode, s.max_pixels) for scorer in self._scorers],
                 inputs=[Tensor(name="image", dtype=np.bytes_, shape=(1,))],
                 outputs=[Tensor(name="score", dtype=np.float64, shape=(1,)),
                          Tensor(name="error", dtype=np.bytes_, shape=(1,))],
@@ -171,6 +219,7 @@ class ScoreServer:
             triton.stop()
             raise QualityNetError(f"Triton did not start: {exc}") from exc
         self._triton = triton
+        self.access_token = security.access_token
 
     def serve_forever(self) -> None:
         """Block until Ctrl-C or SIGTERM (then stop)."""

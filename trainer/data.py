@@ -6,7 +6,6 @@ uses, so training and serving see identical tensors.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -15,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from qualitynet._cli import progress
 from qualitynet.artifact import PreprocessCfg, ScoreScale
+from qualitynet.cpus import usable_cpus
 from qualitynet.runtime.preprocess import image_to_tensor, load_rgb
 from qualitynet.trainer.datasets import DatasetIndex
 
@@ -22,8 +22,8 @@ __all__ = ["IqaDataset", "ScoredDataset", "default_workers", "make_loader", "pre
 
 
 def default_workers() -> int:
-    """Decode workers for training: leave one core to the model."""
-    return max(0, min(4, (os.cpu_count() or 1) - 1))
+    """Decode workers for training: leave one usable CPU to the model."""
+    return max(0, min(4, usable_cpus() - 1))
 
 
 class ScoredDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):

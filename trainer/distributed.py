@@ -32,12 +32,13 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
+from qualitynet.cpus import usable_cpus
 from qualitynet.errors import QualityNetError
 from qualitynet.trainer.data import IqaDataset, make_loader
 from qualitynet.trainer.loss import MaePlccLoss
 
 __all__ = ["GlobalBatchLoss", "World", "check_global_batch", "init_world", "launch", "launched_by_torchrun",
-           "run_training", "train_worker"]
+           "rank_threads", "run_training", "train_worker"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -137,6 +138,15 @@ def check_global_batch(batch_size: int, processes: int) -> None:
                               f"{processes} processes into at least 2 images each (BatchNorm needs 2)")
 
 
+def rank_threads(local_processes: int) -> int:
+    """Intra-op threads of one CPU rank: the CPUs this process may use, shared by the node's ranks.
+
+    The usable CPUs (affinity and cgroup quota, :func:`~qualitynet.cpus.usable_cpus`), not the
+    machine's: under ``taskset`` or a container quota, threads sized from the machine only contend.
+    """
+    return max(1, usable_cpus() // max(1, local_processes))
+
+
 def launched_by_torchrun() -> bool:
     """True in a process that ``torchrun`` (or :func:`launch`) started as one of several."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -155,8 +165,8 @@ def init_world(device: str) -> World:
             raise QualityNetError(f"local rank {world.local_rank} has no GPU: this node has "
                                   f"{torch.cuda.device_count()}; start at most that many processes per node")
         torch.cuda.set_device(world.local_rank)
-    else:  # the node's cores shared by its processes, as torchrun's OMP_NUM_THREADS=1 intends
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    else:
+        torch.set_num_threads(rank_threads(int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     dist.init_process_group("nccl" if on_gpu else "gloo")
     return world
 

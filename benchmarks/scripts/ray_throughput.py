@@ -23,31 +23,25 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from runtime_throughput import REPO, iqa_run, photos  # noqa: E402
+from runtime_throughput import iqa_run  # noqa: E402
+from script_fixtures import REPO, photos, small_onnx  # noqa: E402
 
-from qualitynet.export import export_onnx  # noqa: E402
+from qualitynet.cpus import usable_cpus  # noqa: E402
 from qualitynet.runtime.ray_scoring import RayScorer  # noqa: E402
-from qualitynet.trainer.checkpoint import save_untrained_checkpoint  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out-dir", type=Path, default=REPO / "runs" / "bench-runtime")
     parser.add_argument("--count", type=int, default=200)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="ONNX Runtime threads of iqa-run")
+    parser.add_argument("--threads", type=int, default=usable_cpus(), help="ONNX Runtime threads of iqa-run")
     args = parser.parse_args()
     out = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
     paths = photos(out / "photos_1024x768", args.count, (1024, 768))
-    checkpoint = out / "small" / "model.pt"
-    if not checkpoint.exists():
-        checkpoint.parent.mkdir(exist_ok=True)
-        save_untrained_checkpoint(checkpoint, "small")
-    onnx_path = checkpoint.parent / "model.onnx"
-    if not onnx_path.exists():
-        export_onnx(checkpoint, onnx_path)
+    onnx_path = small_onnx(out)
     folder = Path(paths[0]).parent
-    report: dict[str, object] = {"cores": os.cpu_count(), "images": len(paths),
+    report: dict[str, object] = {"cores": os.cpu_count(), "usable_cpus": usable_cpus(), "images": len(paths),
                                  "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
     report["iqa_run"] = iqa_run(onnx_path, folder, out / "scores.csv", args.threads, [])
     report["ray"] = iqa_run(onnx_path, folder, out / "scores.csv", 1, ["--ray"])

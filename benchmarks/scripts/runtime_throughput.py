@@ -36,22 +36,13 @@ import onnxruntime
 import PIL
 import torch
 from scipy.stats import spearmanr
+from script_fixtures import REPO, photos
 
 from qualitynet.bench.naive import naive_loop
 from qualitynet.bench.run import ensure_artifacts, warm_page_cache
+from qualitynet.cpus import usable_cpus
 from qualitynet.runtime import Scorer, pipeline
-from qualitynet.runtime.discovery import iter_folder
 from qualitynet.trainer.checkpoint import load_checkpoint, save_untrained_checkpoint
-from qualitynet.trainer.demo_data import make_photo_folder
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def photos(folder: Path, count: int, size: tuple[int, int]) -> list[str]:
-    """The benchmark's JPEGs (made once, then reused)."""
-    if len(list(folder.glob("*.jpg"))) < count:
-        make_photo_folder(folder, count=count, size=size)
-    return sorted(iter_folder(folder))[:count]
 
 
 def iqa_run(model: Path, folder: Path, out: Path, threads: int, extra: list[str]) -> dict[str, object]:
@@ -95,8 +86,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out-dir", type=Path, default=REPO / "runs" / "bench-runtime")
     parser.add_argument("--count", type=int, default=200)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
-                        help="ONNX Runtime intra-op threads (default: torch's, so both sides match)")
+    parser.add_argument("--threads", type=int, default=usable_cpus(),
+                        help="intra-op threads of torch and ONNX Runtime (default: the CPUs this process may use)")
     parser.add_argument("--checkpoint", type=Path, help="a trained model.pt (default: random-weight 'small')")
     args = parser.parse_args()
     out = args.out_dir
@@ -113,6 +104,7 @@ def main() -> None:
 
     report: dict[str, object] = {
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                    "usable_cpus": usable_cpus(),
                     "python": platform.python_version()},
         "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "pillow": PIL.__version__},
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],

@@ -17,7 +17,7 @@ import argparse
 import itertools
 import json
 import os
-import socket
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,19 +26,19 @@ from pathlib import Path
 import numpy as np
 import tritonclient.http as httpclient
 
-from qualitynet.export import export_onnx
-from qualitynet.runtime.discovery import iter_folder
-from qualitynet.runtime.serve import ScoreServer, ServeSettings
-from qualitynet.trainer.checkpoint import save_untrained_checkpoint
-from qualitynet.trainer.demo_data import make_photo_folder
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-REPO = Path(__file__).resolve().parents[2]
+from script_fixtures import REPO, free_port, photos, small_onnx  # noqa: E402
+
+from qualitynet.cpus import usable_cpus  # noqa: E402
+from qualitynet.runtime.serve import ScoreServer, ServeSettings  # noqa: E402
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def prepare(out: Path) -> tuple[Path, list[bytes]]:
+    """The ``small`` model exported to ONNX and 50 photo-like 1024x768 JPEGs, made under ``out`` once."""
+    out.mkdir(parents=True, exist_ok=True)
+    images = [Path(p).read_bytes() for p in photos(out / "photos_1024x768", 50, (1024, 768))]
+    return small_onnx(out), images
 
 
 def _level(url: str, images: list[bytes], clients: int, requests: int, seconds: float) -> dict[str, float]:
@@ -85,21 +85,11 @@ def main() -> None:
     parser.add_argument("--max-batch-size", type=int, default=32)
     args = parser.parse_args()
     out = args.out_dir
-    out.mkdir(parents=True, exist_ok=True)
-    folder = out / "photos_1024x768"
-    if len(list(folder.glob("*.jpg"))) < 50:
-        make_photo_folder(folder, count=50, size=(1024, 768))
-    images = [Path(p).read_bytes() for p in sorted(iter_folder(folder))[:50]]
-    checkpoint = out / "small" / "model.pt"
-    if not checkpoint.exists():
-        checkpoint.parent.mkdir(exist_ok=True)
-        save_untrained_checkpoint(checkpoint, "small")
-    model = checkpoint.parent / "model.onnx"
-    if not model.exists():
-        export_onnx(checkpoint, model)
-    settings = ServeSettings(http_port=_free_port(), grpc_port=_free_port(), metrics_port=_free_port(),
+    model, images = prepare(out)
+    settings = ServeSettings(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
                              max_batch_size=args.max_batch_size)
-    report: dict[str, object] = {"cores": os.cpu_count(), "max_batch_size": args.max_batch_size,
+    report: dict[str, object] = {"cores": os.cpu_count(), "usable_cpus": usable_cpus(),
+                                 "max_batch_size": args.max_batch_size,
                                  "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
     started = time.perf_counter()
     with ScoreServer(model, settings) as server:

@@ -44,6 +44,25 @@ def test_cli_writes_a_repository_that_parses(varied_checkpoint: Path, photo_dir:
     assert meta == read_meta(onnx.load(str(tmp_path / "out/model.onnx")))
 
 
+def test_fp16_without_tensorrt_still_writes_the_onnx_repository(varied_checkpoint: Path, photo_dir: Path,
+                                                                 tmp_path: Path) -> None:
+    """The engine cannot be built here, yet model.onnx is written and verified: the repository gets it,
+    the missing TensorRT model is explained, and the exit status still says the engine failed."""
+    from qualitynet.export.tensorrt import tensorrt_version
+
+    if tensorrt_version() is not None:
+        pytest.skip("TensorRT is installed here: the engine would be built")
+    repo = tmp_path / "repo"
+    result = CliRunner().invoke(main, ["--fp16", "--out-dir", str(tmp_path / "out"), "--photos", str(photo_dir),
+                                       "--triton-repo", str(repo), str(varied_checkpoint)])
+    assert result.exit_code == 1, result.output
+    assert sorted(str(p.relative_to(repo)) for p in repo.rglob("*") if p.is_file()) == [
+        "qualitynet/1/model.onnx", "qualitynet/config.pbtxt"]
+    check_config(repo / "qualitynet" / "config.pbtxt")
+    assert "no qualitynet_trt model, since no TensorRT engine was built" in result.output
+    assert "no TensorRT engine built" in result.output.splitlines()[-1]
+
+
 def test_plan_model_uses_its_build_profile_and_gpu(tiny_export: ExportResult, tmp_path: Path) -> None:
     # The config is written from the plan's sidecar; the plan's bytes are only copied, so a file
     # standing in for an engine (none can be built without a GPU) checks everything written here.

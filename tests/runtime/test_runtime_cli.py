@@ -41,6 +41,7 @@ def test_help_ends_with_an_example_block() -> None:
 @pytest.mark.parametrize(("args", "message"), [
     ([], "at least one folder"),
     (["photos", "--resume"], "--resume needs --output"),
+    (["photos", "-o", "x.csv", "--retry-errors"], "--retry-errors applies only with --resume"),
     (["/no/such/folder"], "does not exist"),
 ])
 def test_usage_errors_exit_2(onnx_models: tuple[Path, Path], photo_dir: Path, args: list[str],
@@ -128,3 +129,26 @@ def test_killed_run_resumes_with_every_file_exactly_once(onnx_models: tuple[Path
     paths = _csv_paths(out)
     assert sorted(paths) == expected, "every file exactly once"
     assert paths[: len(first)] == first, "earlier rows kept, new ones appended"
+
+
+def test_resume_keeps_error_rows_unless_retry_errors(onnx_models: tuple[Path, Path], photo_dir: Path,
+                                                     tmp_path: Path) -> None:
+    """A file missing at the first run (a mount not there yet) is retried only when asked."""
+    photo = next(photo_dir.glob("*.jpg"))
+    late = tmp_path / "late.jpg"
+    listed = tmp_path / "list.txt"
+    listed.write_text(f"{photo}\n{late}\n")
+    out = tmp_path / "scores.csv"
+    args = [onnx_models[0], "--files-from", listed, "-o", out, "--workers", "0"]
+    assert _run(*args).exit_code == 0
+    shutil.copy(photo, late)
+    assert _run(*args, "--resume").exit_code == 0
+    with open(out, newline="", encoding="utf-8") as handle:
+        rows = {row["path"]: row for row in csv.DictReader(handle)}
+    assert len(rows) == 2 and rows[str(late)]["error"] == "file not found"
+    result = _run(*args, "--resume", "--retry-errors")
+    assert result.exit_code == 0, result.output
+    with open(out, newline="", encoding="utf-8") as handle:
+        rows = {row["path"]: row for row in csv.DictReader(handle)}
+    assert sorted(rows) == sorted([str(photo), str(late)]), "each file once"
+    assert rows[str(late)]["error"] == "" and rows[str(late)]["score"] == rows[str(photo)]["score"]

@@ -143,3 +143,17 @@ def test_runtime_imports_no_torch_trainer_or_export(onnx_models: tuple[Path, Pat
     env = {**os.environ, "PYTHONPATH": ""}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs a process allowed on 2 or more CPUs to restrict")
+def test_session_threads_follow_a_restricted_affinity(onnx_models: tuple[Path, Path]) -> None:
+    """As under ``taskset -c N``: the default session gets the one CPU allowed, not the machine's count."""
+    code = textwrap.dedent(f"""
+        from qualitynet.runtime.ort_runner import OrtRunner
+        with OrtRunner({str(onnx_models[0])!r}, provider="cpu") as runner:
+            print(runner.intra_op_threads)
+    """)
+    cpu = min(os.sched_getaffinity(0))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            preexec_fn=lambda: os.sched_setaffinity(0, {cpu}))
+    assert result.stdout.split()[-1] == "1"

@@ -162,6 +162,44 @@ def test_resume_keys_rows_by_the_directory_they_were_written_from(tmp_path: Path
     assert done == {path_key(f"a/photos/{name}") for name in ("x.jpg", "y.jpg")}
 
 
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_retry_errors_removes_error_rows_so_their_files_are_scored_again(tmp_path: Path, fmt: str,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Error rows stay (and are skipped) on a plain resume; with retry_errors they go, the rest stays byte for
+    byte, the runs record still keys each kept row by its run's directory, and the lock holds on the new file."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    out = tmp_path / f"scores.{fmt}"
+    monkeypatch.chdir(tmp_path / "a")
+    writer, _ = _open(out, fmt)
+    writer.write_batch([ScoreRecord("x.jpg", None, "file not found"), ScoreRecord("y.jpg", 1.5)])
+    writer.close()
+    monkeypatch.chdir(tmp_path / "b")
+    writer, _ = _open(out, fmt, resume=True)
+    writer.write_batch([ScoreRecord(name, None, "file not found") for name in HOSTILE[:3]]
+                       + [ScoreRecord(ODD, 2.0), ScoreRecord("z.jpg", None, "cannot read image (x, y)")])
+    writer.close()
+    plain, done = _open(out, fmt, resume=True)
+    plain.close()
+    assert len(done) == 7, "a plain resume skips error rows too"
+    with open(out, "rb") as handle:
+        kept_bytes = [line for line in handle.read().split(b"\n") if b"1.5" in line or b"2.0" in line]
+
+    writer, done = _open(out, fmt, resume=True, retry_errors=True)
+    assert done == {path_key(str(tmp_path / "a" / "y.jpg")), path_key(ODD)}
+    assert _paths(out, fmt) == ["y.jpg", ODD]
+    assert all(line in out.read_bytes() for line in kept_bytes)
+    with pytest.raises(QualityNetError, match="being written by process"):
+        _open(out, fmt, resume=True)
+    writer.write_batch([ScoreRecord("z.jpg", 3.0)])
+    writer.close()
+    assert _paths(out, fmt) == ["y.jpg", ODD, "z.jpg"]
+    assert not list(tmp_path.glob(".*.tmp")), "no copy left behind"
+    monkeypatch.chdir(tmp_path)
+    _, done = _open(out, fmt, resume=True)
+    assert done == {path_key(p) for p in ("a/y.jpg", f"b/{ODD}", "b/z.jpg")}
+
+
 def test_stdout_writer_detaches_without_closing() -> None:
     binary = io.BytesIO()
     writer = RecordWriter.to_binary(binary, "csv")

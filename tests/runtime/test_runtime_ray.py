@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,12 +21,23 @@ ray = pytest.importorskip("ray", reason="Ray is an extra: pip install 'qualityne
 
 @pytest.fixture(scope="module")
 def ray_address() -> Iterator[str]:
-    """A local Ray instance for this module; other processes join it at the address yielded."""
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    try:
-        yield ray.get_runtime_context().gcs_address
-    finally:
-        ray.shutdown()
+    """A local Ray instance for this module; other processes join it at the address yielded.
+
+    Hermetic: Ray's files go to a folder of its own, where a stale ``ray_current_cluster`` (a
+    record of a cluster that is gone, as an earlier ``ray start`` leaves) must not be joined.
+    """
+    temp = tempfile.mkdtemp(prefix="iqa-ray-", dir="/tmp")  # short: Ray's socket paths must fit 108 bytes
+    (Path(temp) / "ray").mkdir()
+    (Path(temp) / "ray" / "ray_current_cluster").write_text("127.0.0.1:9\n")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("RAY_ADDRESS", raising=False)
+        patch.setenv("RAY_TMPDIR", temp)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+        try:
+            yield ray.get_runtime_context().gcs_address
+        finally:
+            ray.shutdown()
+            shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
