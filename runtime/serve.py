@@ -100,10 +100,10 @@ class ServeSettings:
     instances: int = 1
     provider: str | None = None
     threads: int | None = None
-    fast_decode: bool = FAST_DECODE_DEFAULT
+    fast_decode: bool | None = FAST_DECODE_DEFAULT
 
 
-def _infer_function(scorer: Scorer, fast: bool) -> Callable[..., dict[str, np.ndarray]]:
+def _infer_function(scorer: Scorer, fast: bool | None) -> Callable[..., dict[str, np.ndarray]]:
     """The inference callable of one model instance: stacked request samples in, scores and errors out."""
     from pytriton.decorators import batch
 

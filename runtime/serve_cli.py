@@ -10,7 +10,7 @@ import click
 
 from qualitynet._cli import cli_errors, setup_logging
 from qualitynet.runtime.ort_runner import PROVIDERS
-from qualitynet.runtime.pipeline import FAST_DECODE_DEFAULT
+from qualitynet.runtime.pipeline import FAST_DECODE_DEFAULT, FAST_DECODE_HELP
 
 __all__ = ["main"]
 
@@ -31,13 +31,12 @@ __all__ = ["main"]
 @click.option("--provider", type=click.Choice(["auto", *PROVIDERS]), default="auto", show_default=True,
               help="ONNX Runtime execution provider.")
 @click.option("--threads", type=click.IntRange(1), help="ONNX Runtime intra-op threads per instance.")
-@click.option("--fast-decode/--exact-decode", default=FAST_DECODE_DEFAULT, show_default=True,
-              help="Decode JPEGs at reduced scale (draft mode) before the resize.")
+@click.option("--fast-decode/--exact-decode", default=FAST_DECODE_DEFAULT, help=FAST_DECODE_HELP)
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
 @click.version_option(package_name="qualitynet")
 @cli_errors
 def main(model: Path, name: str, host: str, http_port: int, grpc_port: int, metrics_port: int, max_batch_size: int,
-         queue_delay_us: int, instances: int, provider: str, threads: int | None, fast_decode: bool,
+         queue_delay_us: int, instances: int, provider: str, threads: int | None, fast_decode: bool | None,
          quiet: bool) -> None:
     """Serve MODEL (.onnx or .plan) behind Triton Inference Server until Ctrl-C.
 
