@@ -102,8 +102,9 @@ def main(model: Path, inputs: tuple[str, ...], output: Path | None, fmt: str | N
     with _open_scorer(model, ray_address, ray_actors, ray_gpus, provider=None if provider == "auto" else provider,
                       threads=threads, batch_size=batch_size, workers=workers, fast_decode=fast_decode,
                       allow_host_code=allow_plan_host_code) as scorer:
-        logger.info("%s", with_decode_override(scorer.meta.preprocess, fast_decode).describe())
-        writer, done = _open_writer(output, fmt, resume, overwrite, ModelIdentity.of(scorer.meta, model),
+        preprocess = with_decode_override(scorer.meta.preprocess, fast_decode)
+        logger.info("%s", preprocess.describe())
+        writer, done = _open_writer(output, fmt, resume, overwrite, ModelIdentity.of(scorer.meta, model, preprocess),
                                     allow_other_model)
         sources = itertools.chain(inputs, read_file_list(files_from) if files_from is not None else ())
         todo = (p for p in iter_inputs(sources, recursive) if path_key(p) not in done)

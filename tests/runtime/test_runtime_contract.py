@@ -194,6 +194,17 @@ def test_a_crops_run_killed_and_resumed_scores_each_image_once_and_whole(models:
         assert abs(float(row["score"]) - reference[Path(row["path"]).name.split("_", 1)[1]]) <= 4 * UNIT_ATOL
 
 
+def test_resuming_with_another_decode_is_refused(models: dict[str, tuple[Path, Path]], jpegs: Path,
+                                                 tmp_path: Path) -> None:
+    model, out = models["dct"][1], tmp_path / "scores.csv"
+    assert CliRunner().invoke(main, [str(model), str(jpegs), "-o", str(out)]).exit_code == 0
+    runs = json.loads(out.with_name(out.name + ".iqa-run.json").read_text())
+    assert "JPEGs DCT-scaled to sides >= 96 px" in runs["runs"][0]["model"]["preprocessing"]
+    mixed = CliRunner().invoke(main, [str(model), str(jpegs), "-o", str(out), "--resume", "--exact-decode"])
+    assert mixed.exit_code == 1 and "holds scores of another model" in mixed.output and "full decode" in mixed.output
+    assert CliRunner().invoke(main, [str(model), str(jpegs), "-o", str(out), "--resume"]).exit_code == 0
+
+
 def test_ray_scores_a_crops_and_dct_record_like_iqa_run(models: dict[str, tuple[Path, Path]], jpegs: Path) -> None:
     ray = pytest.importorskip("ray", reason="Ray is an extra: pip install 'qualitynet[ray]'")
     model = models["crops-dct"][1]
