@@ -163,6 +163,8 @@ def train_command(dataset: str, data_root: Path | None, csv_path: Path | None, p
                              workers=workers, max_steps=max_steps, quiet=quiet, view=view,
                              crops=tuple(name.strip() for name in crop_names.split(",") if name.strip()),
                              short_side=_crop_scale(crop_scale), decode=decode, decode_side=decode_side)
+    if resume is None:  # refuse bad view or decode options before anything is written
+        settings.preprocess(MODEL_CONFIGS[settings.config or "qualitynet"])
     result = run_training(nproc, index, out_dir, settings, resume)
     if result is None:  # another rank of a torchrun job: rank 0 reports
         return
