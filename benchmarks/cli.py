@@ -45,6 +45,8 @@ def _batch_sizes(text: str | None) -> tuple[int, ...] | None:
 @click.option("--e2e-batch-size", type=click.IntRange(1), default=8, show_default=True)
 @click.option("--e2e-workers", type=click.IntRange(0), help="Decode processes (default: cores - 1).")
 @click.option("--e2e-limit", type=click.IntRange(1), help="Use at most N images of --images.")
+@click.option("--e2e-rounds", type=click.IntRange(1), default=3, show_default=True,
+              help="Alternating rounds of the naive loop and each pipeline; the speed-up is their median ratio.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write every figure as JSON.")
 @click.option("--markdown", is_flag=True, help="Print the table as Markdown.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), help="Throughput vs batch size PNG.")
@@ -54,7 +56,7 @@ def _batch_sizes(text: str | None) -> tuple[int, ...] | None:
 def main(checkpoint: Path, onnx: Path | None, engine: Path | None, out_dir: Path | None, batch_sizes: str | None,
          warmup: int, iters: int, min_seconds: float, max_seconds: float | None, threads: int, torch_variants: str,
          device: str, photos: Path | None,
-         images: Path | None, e2e_batch_size: int, e2e_workers: int | None, e2e_limit: int | None,
+         images: Path | None, e2e_batch_size: int, e2e_workers: int | None, e2e_limit: int | None, e2e_rounds: int,
          json_path: Path | None, markdown: bool, plot_path: Path | None, quiet: bool) -> None:
     """Measure throughput, latency and accuracy of every backend against PyTorch eager.
 
@@ -86,7 +88,7 @@ def main(checkpoint: Path, onnx: Path | None, engine: Path | None, out_dir: Path
     settings = BenchSettings(batch_sizes=sizes, warmup=warmup, iters=iters, min_seconds=min_seconds,
                              max_seconds=max_seconds, torch_variants=variants, threads=threads, device=device,
                              images=images, e2e_batch_size=e2e_batch_size, e2e_workers=e2e_workers,
-                             e2e_limit=e2e_limit, photos=photos, quiet=quiet)
+                             e2e_limit=e2e_limit, e2e_rounds=e2e_rounds, photos=photos, quiet=quiet)
     report = run_bench(checkpoint, settings, onnx=onnx, engine=engine, out_dir=out_dir)
     click.echo(format_table(report, markdown))
     if json_path:

@@ -22,7 +22,7 @@ import click
 import numpy as np
 
 from qualitynet._cli import cli_errors, setup_logging
-from qualitynet.bench.report import format_table, write_json
+from qualitynet.bench.report import format_speedup, format_table, write_json
 from qualitynet.bench.run import BenchReport, BenchSettings, run_bench
 from qualitynet.export import ExportResult, export_all
 from qualitynet.runtime.scorer import Scorer
@@ -135,7 +135,7 @@ def _speedup(report: BenchReport, mode: str, precision: str, batch: int | None =
     for point in report.points:
         if (point.mode, point.backend, point.precision) == (mode, "onnxruntime", precision) and \
                 (batch is None or point.batch_size == batch):
-            return f"{point.speedup:.2f}x"
+            return format_speedup(point)
     return "n/a"
 
 

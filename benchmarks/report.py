@@ -6,9 +6,9 @@ import json
 import math
 from pathlib import Path
 
-from qualitynet.bench.run import BenchReport, Point
+from qualitynet.bench.run import WIDE_SPREAD, BenchReport, Point
 
-__all__ = ["format_table", "plot_throughput", "write_json"]
+__all__ = ["format_speedup", "format_table", "plot_throughput", "write_json"]
 
 _COLUMNS = ("mode", "backend", "precision", "device", "batch", "img/s", "ms/img", "p50 ms/batch", "p90 ms/batch",
             "p99 ms/batch", "device p50 ms/batch", "speed-up", "max abs err", "SROCC", "threads", "load s")
@@ -24,11 +24,19 @@ def _fmt(value: float | None, digits: int) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
+def format_speedup(point: Point) -> str:
+    """``2.01x``; end to end with rounds ``2.01x [1.95-2.10]``, and ``WIDE`` when their range is too wide to trust."""
+    text = _fmt(point.speedup, 2) + "x"
+    if point.speedup_rounds:
+        text += f" [{min(point.speedup_rounds):.2f}-{max(point.speedup_rounds):.2f}]"
+    return text + (" WIDE" if point.wide_spread else "")
+
+
 def _row(point: Point) -> list[str]:
     return [point.mode, point.backend, point.precision, point.device, str(point.batch_size),
             _fmt(point.throughput_img_s, 1), _fmt(point.ms_per_image, 2), _fmt(point.latency_p50_ms, 2),
             _fmt(point.latency_p90_ms, 2), _fmt(point.latency_p99_ms, 2), _fmt(point.device_p50_ms, 2),
-            _fmt(point.speedup, 2) + "x", f"{point.max_abs_error:.1e}", _fmt(point.srocc, 4),
+            format_speedup(point), f"{point.max_abs_error:.1e}", _fmt(point.srocc, 4),
             "-" if point.threads is None else str(point.threads), _fmt(point.load_seconds, 1)]
 
 
@@ -55,7 +63,9 @@ def format_table(report: BenchReport, markdown: bool = False) -> str:
                  f"{report.accuracy_reference}.")
     lines.append(CLOCKS)
     if "e2e_order" in report.settings:
-        lines.append(f"end-to-end order: {report.settings['e2e_order']}.")
+        lines.append(f"end-to-end order: {report.settings['e2e_order']}; speed-up = median of the "
+                     f"{report.settings['e2e_rounds']} rounds' ratios [their range]; WIDE: a range over "
+                     f"{WIDE_SPREAD:.0%} of the median, the machine was too busy to trust the ratio.")
     lines.append(f"machine: {machine['cpu_model']}, {machine['cpu_cores']} cores, {gpu}; threads "
                  f"{machine['threads']}; {versions}")
     lines += [f"skipped: {s.backend} {s.precision} on {s.device}: {s.reason}" for s in report.skipped]

@@ -6,6 +6,9 @@ End-to-end: decode + preprocess + inference of a folder through the runtime's pi
 against the naive loop (Pillow, preprocess, PyTorch eager, one image at a time). Speed-ups
 are computed inside the run, against PyTorch eager FP32 at the same batch size (model-only)
 or the naive loop (end to end), so they travel between machines; absolute figures do not.
+End to end, the contenders run in alternating rounds (naive, each pipeline, naive, ...): the
+speed-up is the median of the rounds' ratios, reported with their range, and a range wider
+than :data:`WIDE_SPREAD` of the median is flagged (a busy machine: do not trust the figure).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from qualitynet._cli import progress
 from qualitynet.artifact import file_sha256
 from qualitynet.bench.machine import machine_info
 from qualitynet.bench.measure import LatencyStats, time_iterations
-from qualitynet.bench.naive import naive_loop
+from qualitynet.bench.naive import NaiveResult, naive_loop
 from qualitynet.bench.subjects import Skipped, SubjectSpec, plan_subjects, runner_threads
 from qualitynet.cpus import usable_cpus
 from qualitynet.errors import QualityNetError
@@ -34,10 +37,13 @@ from qualitynet.runtime.discovery import iter_folder
 from qualitynet.runtime.scorer import Scorer
 from qualitynet.trainer.checkpoint import load_checkpoint
 
-__all__ = ["BenchReport", "BenchSettings", "Point", "ensure_artifacts", "measure_model_only", "run_bench",
-           "warm_page_cache"]
+__all__ = ["WIDE_SPREAD", "BenchReport", "BenchSettings", "Point", "ensure_artifacts", "measure_model_only",
+           "run_bench", "warm_page_cache"]
 
 log = logging.getLogger(__name__)
+
+# An end-to-end speed-up whose rounds span more than this fraction of their median is flagged.
+WIDE_SPREAD = 0.2
 
 
 @dataclass
@@ -55,6 +61,7 @@ class BenchSettings:
     e2e_batch_size: int = 8
     e2e_workers: int | None = None
     e2e_limit: int | None = None
+    e2e_rounds: int = 3
     photos: Path | None = None
     quiet: bool = False
     torch_variants: tuple[str, ...] = ()
@@ -70,6 +77,9 @@ class Point:
     are None when too few batches were timed (see :mod:`qualitynet.bench.measure`).
     ``ms_per_image`` is 1000 / throughput. ``device_*_ms`` time the device work alone, where
     the backend can measure it. ``threads`` is the intra-op CPU thread count the backend used.
+    End to end, ``speedup`` is the median of ``speedup_rounds`` (one ratio per alternating
+    round), ``speedup_spread`` their range over the median, ``wide_spread`` whether that
+    exceeds :data:`WIDE_SPREAD`; the timings are the median round's.
     """
 
     mode: str
@@ -94,6 +104,9 @@ class Point:
     device_p50_ms: float | None = None
     device_mean_ms: float | None = None
     threads: int | None = None
+    speedup_rounds: list[float] = field(default_factory=list)
+    speedup_spread: float = float("nan")
+    wide_spread: bool = False
 
 
 @dataclass
@@ -230,8 +243,8 @@ def _error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:300]}"
 
 
-E2E_ORDER = ("page cache warmed first (every file read once), then the naive loop, then each pipeline "
-             "in turn, all reading cached files")
+E2E_ORDER = ("page cache warmed first (every file read once), then alternating rounds: in each, the naive loop, "
+             "then each pipeline in turn, all reading cached files")
 
 
 def warm_page_cache(files: list[str]) -> int:
@@ -248,41 +261,70 @@ def warm_page_cache(files: list[str]) -> int:
     return total
 
 
+def _pipeline_run(spec: SubjectSpec, files: list[str], settings: BenchSettings,
+                  threads: int) -> tuple[LatencyStats, dict[str, float], float, int | None]:
+    """One pass of the runtime's pipeline over ``files``: timing, scores, load seconds and threads."""
+    assert spec.model_path is not None
+    started = time.perf_counter()
+    provider = None if spec.backend == "tensorrt" else spec.device
+    with Scorer(spec.model_path, provider=provider, threads=threads,
+                batch_size=settings.e2e_batch_size, workers=settings.e2e_workers) as scorer:
+        scorer.warm_up()  # like the naive loop's model load and warm-up: reported as load time
+        load_seconds = time.perf_counter() - started
+        latencies, scores = [], {}
+        tick = time.perf_counter()
+        for records in scorer.score_batches(files):
+            now = time.perf_counter()
+            latencies.append((now - tick) * 1000.0)
+            tick = now
+            scores.update({r.path: r.score for r in records if r.score is not None})
+        rss = _rss_mib()
+        used_threads = runner_threads(scorer.runner)
+    timing = LatencyStats.from_latencies(latencies, settings.e2e_batch_size, rss, None)
+    timing.throughput_img_s = len(scores) * 1000.0 / sum(latencies)
+    return timing, scores, load_seconds, used_threads
+
+
+def _median_round(ratios: list[float]) -> int:
+    """The round whose ratio is the median (the lower middle one for an even count)."""
+    return sorted(range(len(ratios)), key=lambda i: ratios[i])[(len(ratios) - 1) // 2]
+
+
 def _end_to_end(specs: list[SubjectSpec], checkpoint_path: Path, files: list[str], settings: BenchSettings,
                 device: str, threads: int) -> list[Point]:
     log.info("end-to-end: warming the page cache (%.1f MiB)", warm_page_cache(files) / 2**20)
-    log.info("end-to-end: naive loop over %d files", len(files))
-    naive = naive_loop(checkpoint_path, files, device, quiet=settings.quiet)
-    baseline = _point("end-to-end", "naive-loop torch-eager", "fp32", device, naive.timing, naive.load_seconds,
+    pipelines = [spec for spec in specs if spec.model_path is not None]
+    naive_runs: list[NaiveResult] = []
+    runs: list[list[tuple[LatencyStats, dict[str, float], float, int | None]]] = [[] for _ in pipelines]
+    rounds = max(1, settings.e2e_rounds)
+    for number in range(1, rounds + 1):
+        log.info("end-to-end round %d of %d: naive loop over %d files", number, rounds, len(files))
+        naive_runs.append(naive_loop(checkpoint_path, files, device, quiet=settings.quiet))
+        for spec, spec_runs in zip(pipelines, runs, strict=True):
+            log.info("end-to-end round %d of %d: iqa-run pipeline with %s (%s, %s)", number, rounds,
+                     spec.model_path.name if spec.model_path else "", spec.backend, spec.device)
+            spec_runs.append(_pipeline_run(spec, files, settings, threads))
+    naive_rates = [run.timing.throughput_img_s for run in naive_runs]
+    naive = naive_runs[_median_round(naive_rates)]
+    baseline = _point("end-to-end", "naive-loop torch-eager", "fp32", device, naive.timing, naive_runs[0].load_seconds,
                       None if device.startswith("cuda") else torch.get_num_threads())
     baseline.speedup, baseline.max_abs_error, baseline.srocc, baseline.images = 1.0, 0.0, 1.0, len(files)
     points = [baseline]
-    for spec in specs:
-        if spec.model_path is None:
-            continue
-        log.info("end-to-end: iqa-run pipeline with %s (%s, %s)", spec.model_path.name, spec.backend, spec.device)
-        started = time.perf_counter()
-        provider = None if spec.backend == "tensorrt" else spec.device
-        with Scorer(spec.model_path, provider=provider, threads=threads,
-                    batch_size=settings.e2e_batch_size, workers=settings.e2e_workers) as scorer:
-            scorer.warm_up()  # like the naive loop's model load and warm-up: reported as load time
-            load_seconds = time.perf_counter() - started
-            latencies, scores = [], {}
-            tick = time.perf_counter()
-            for records in scorer.score_batches(files):
-                now = time.perf_counter()
-                latencies.append((now - tick) * 1000.0)
-                tick = now
-                scores.update({r.path: r.score for r in records if r.score is not None})
-            rss = _rss_mib()
-            used_threads = runner_threads(scorer.runner)
-        timing = LatencyStats.from_latencies(latencies, settings.e2e_batch_size, rss, None)
-        timing.throughput_img_s = len(scores) * 1000.0 / sum(latencies)
-        point = _point("end-to-end", spec.backend, spec.precision, spec.device, timing, load_seconds, used_threads)
+    for spec, spec_runs in zip(pipelines, runs, strict=True):
+        ratios = [run[0].throughput_img_s / rate for run, rate in zip(spec_runs, naive_rates, strict=True)]
+        timing, scores, _, used_threads = spec_runs[_median_round(ratios)]
+        point = _point("end-to-end", spec.backend, spec.precision, spec.device, timing, spec_runs[0][2], used_threads)
         common = [f for f in files if f in scores and f in naive.scores]
         point.max_abs_error, point.srocc = _agreement(np.array([naive.scores[f] for f in common]),
                                                       np.array([scores[f] for f in common]))
-        point.speedup = point.throughput_img_s / baseline.throughput_img_s
+        point.speedup = float(np.median(ratios))
+        point.speedup_rounds = [round(r, 3) for r in ratios]
+        point.speedup_spread = (max(ratios) - min(ratios)) / point.speedup
+        point.wide_spread = point.speedup_spread > WIDE_SPREAD
+        if point.wide_spread:
+            log.warning("end-to-end %s %s: the rounds' speed-ups %s span %.0f %% of their median; the machine is "
+                        "too busy for this ratio to be trusted", spec.backend, spec.precision,
+                        ", ".join(f"{r:.2f}x" for r in ratios), 100 * point.speedup_spread)
         point.images = len(scores)
         points.append(point)
     return points

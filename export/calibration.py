@@ -2,8 +2,9 @@
 
 ONNX Runtime's static quantizer reads calibration batches from a ``CalibrationDataReader``;
 :class:`PhotoDataReader` is that reader over an array made by :func:`calibration_inputs`,
-which preprocesses with :func:`qualitynet.runtime.preprocess.image_to_tensor`, the one
-implementation ``iqa-run`` uses, so the ranges are measured on exactly what the model sees.
+which decodes and preprocesses with :mod:`qualitynet.runtime.preprocess` (``load_rgb`` and
+``image_to_inputs``: the record's decode and view), the one implementation ``iqa-run`` uses,
+so the ranges are measured on exactly what the model sees.
 
 By default the bundled photos are split in two fixed halves: :data:`CALIBRATION_SOURCES`
 calibrate, :data:`GATE_SOURCES` are held out for the accuracy gate, so the gate never
@@ -29,7 +30,7 @@ from PIL import Image
 from qualitynet.artifact import PreprocessCfg
 from qualitynet.errors import QualityNetError
 from qualitynet.runtime.discovery import iter_folder
-from qualitynet.runtime.preprocess import image_to_tensor, load_rgb
+from qualitynet.runtime.preprocess import image_to_inputs, load_rgb
 from qualitynet.trainer.demo_data import DEMO_SOURCES, DISTORTIONS, demo_photo
 
 __all__ = [
@@ -49,8 +50,8 @@ GATE_SOURCES = DEMO_SOURCES[1::2]
 _CROP_SIDES = (0.4, 0.85)  # a crop's side, as a fraction of the photo's side
 
 
-def _open_photos(photos: str | Path | Sequence[str | Path] | None,
-                 bundled: Sequence[str]) -> tuple[list[Image.Image], list[str]]:
+def _open_photos(photos: str | Path | Sequence[str | Path] | None, bundled: Sequence[str],
+                 cfg: PreprocessCfg) -> tuple[list[Image.Image], list[str]]:
     if photos is None:
         return [demo_photo(name) for name in bundled], list(bundled)
     if isinstance(photos, (str, Path)):
@@ -61,7 +62,7 @@ def _open_photos(photos: str | Path | Sequence[str | Path] | None,
         paths = [str(path) for path in photos]
     if not paths:
         raise QualityNetError(f"{photos}: no photos found")
-    return [load_rgb(path) for path in paths], paths
+    return [load_rgb(path, cfg) for path in paths], paths
 
 
 def _crop(image: Image.Image, rng: np.random.Generator, distort: bool) -> tuple[Image.Image, str]:
@@ -101,16 +102,19 @@ def photo_inputs(photos: str | Path | Sequence[str | Path] | None, cfg: Preproce
     """
     if count < 1:
         raise QualityNetError(f"calibration count {count} must be at least 1")
-    images, names = _open_photos(photos, bundled)
+    images, names = _open_photos(photos, bundled, cfg)
     rng = np.random.default_rng(seed)
-    tensors = [image_to_tensor(image, cfg) for image in images[:count]]
-    labels = [Path(name).name for name in names[:count]]
-    while len(tensors) < count:
+    needed = -(-count // cfg.inputs_per_image)  # photos (or crops of them) that give count inputs
+    tensors = [image_to_inputs(image, cfg) for image in images[:needed]]
+    labels = [Path(name).name for name in names[:needed]]
+    while len(tensors) < needed:
         index = (len(tensors) - len(images)) % len(images)
         crop, label = _crop(images[index], rng, distort=photos is None and len(tensors) % 2 == 1)
-        tensors.append(image_to_tensor(crop, cfg))
+        tensors.append(image_to_inputs(crop, cfg))
         labels.append(f"{Path(names[index]).name}{label}")
-    return np.stack(tensors), labels
+    if cfg.view == "crops":  # each photo gives its view's crops, named photo#crop
+        labels = [f"{label}#{crop}" for label in labels for crop in cfg.crops]
+    return np.concatenate(tensors)[:count], labels[:count]
 
 
 def calibration_inputs(photos: str | Path | Sequence[str | Path] | None, cfg: PreprocessCfg,

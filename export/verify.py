@@ -36,7 +36,7 @@ from qualitynet.artifact import PreprocessCfg
 from qualitynet.errors import QualityNetError
 from qualitynet.export.types import Comparison, Tolerance, Verification
 from qualitynet.runtime.discovery import iter_folder
-from qualitynet.runtime.preprocess import image_to_tensor, load_rgb
+from qualitynet.runtime.preprocess import image_to_inputs, load_rgb
 
 if TYPE_CHECKING:
     import torch
@@ -74,7 +74,8 @@ RANK_SPREAD = 10.0  # SROCC is judged only when the reference scores span > 10 x
 
 def load_photos(photos: str | Path | Sequence[str | Path] | None, cfg: PreprocessCfg,
                 limit: int = MAX_PHOTOS) -> tuple[np.ndarray, list[str]]:
-    """Preprocess verification photos into one ``(N, 3, H, W)`` float32 array.
+    """Preprocess verification photos into one ``(N, 3, H, W)`` float32 array, decoded and viewed
+    as ``cfg`` says (a crops view gives each photo's crops, named ``photo#crop``).
 
     Args:
         photos: a folder, a list of image files, or ``None`` for the photos bundled with
@@ -101,10 +102,13 @@ def load_photos(photos: str | Path | Sequence[str | Path] | None, cfg: Preproces
         if len(paths) > limit:
             log.info("verifying on the first %d of %d photos in %s", limit, len(paths), photos)
         names = paths[:limit]
-        images = [load_rgb(path) for path in names]
+        images = [load_rgb(path, cfg) for path in names]
     if len(names) < 2:
         raise QualityNetError(f"{photos}: verification needs at least 2 photos, found {len(names)}")
-    return np.stack([image_to_tensor(image, cfg) for image in images]), names
+    per_image = [image_to_inputs(image, cfg) for image in images]
+    if cfg.view == "crops":
+        names = [f"{name}#{crop}" for name in names for crop in cfg.crops]
+    return np.concatenate(per_image), names
 
 
 def torch_scorer(model: torch.nn.Module) -> Scorer:

@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,9 @@ __all__ = [
     "ARTIFACT_FORMAT",
     "ArtifactMeta",
     "BatchProfile",
+    "CROP_ANCHORS",
+    "DECODES",
+    "FIVE_CROPS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "INTERPOLATIONS",
@@ -34,6 +38,7 @@ __all__ = [
     "ONNX_METADATA_KEY",
     "PreprocessCfg",
     "ScoreScale",
+    "VIEWS",
     "file_sha256",
     "sidecar_path",
 ]
@@ -46,15 +51,42 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "lanczos")
 # The largest input side a record may claim: far above any IQA network's, far below what exhausts memory.
 MAX_INPUT_SIDE = 4096
+# The largest short side or decode side a record may name (a 268-megapixel square photo).
+MAX_IMAGE_SIDE = 16384
+# What the network sees of an image: the whole image resized, or fixed crops whose scores are averaged.
+VIEWS = ("resize", "crops")
+# How an image file is decoded: in full, or (JPEG only) DCT-scaled by 1/2, 1/4 or 1/8 (see PreprocessCfg).
+DECODES = ("full", "dct")
+# Where a crop lies: (x, y) as fractions of the room left beside it (0 = left/top edge, 1 = right/bottom).
+CROP_ANCHORS: dict[str, tuple[float, float]] = {
+    "top-left": (0.0, 0.0), "top": (0.5, 0.0), "top-right": (1.0, 0.0),
+    "left": (0.0, 0.5), "center": (0.5, 0.5), "right": (1.0, 0.5),
+    "bottom-left": (0.0, 1.0), "bottom": (0.5, 1.0), "bottom-right": (1.0, 1.0),
+}
+# The usual five: the centre and the four corners.
+FIVE_CROPS = ("center", "top-left", "top-right", "bottom-left", "bottom-right")
 
 
 @dataclass(frozen=True)
 class PreprocessCfg:
-    """How an image becomes the network's input tensor.
+    """How an image file becomes the network's input tensors, and how their scores make the image's.
 
-    The whole image is resized (aspect ratio not kept, as in the paper) to
-    ``height x width`` with ``interpolation``, scaled to [0, 1], normalised with
-    ``mean``/``std`` per channel and laid out as ``layout`` float32.
+    Decode (``decode``): ``full`` decodes at full resolution. ``dct`` lets a JPEG decode
+    straight from the DCT at the smallest scale of 1/2, 1/4, 1/8 whose width and height
+    both stay >= ``decode_side`` (libjpeg-turbo's scaled IDCT through Pillow's ``draft``;
+    its pixels are bit-identical across libjpeg-turbo versions and SIMD paths); other
+    formats decode in full. Records without the field mean ``full``.
+
+    View (``view``): ``resize`` (records without the field) resizes the whole image
+    (aspect ratio not kept, as in the paper) to ``height x width``: one input per image.
+    ``crops`` first brings the image to ``short_side`` (its shorter side resized to that
+    many pixels, aspect kept; 0 keeps the native resolution, and enlarges only an image
+    smaller than a crop until the crop fits), then cuts one ``height x width`` crop per
+    name in ``crops`` (:data:`CROP_ANCHORS`: its left and top edges at ``floor(fraction x
+    room)``); each crop is scored and the image's score is the mean of its crops' scores.
+
+    Every input is resized or scaled with ``interpolation``, scaled to [0, 1], normalised
+    with ``mean``/``std`` per channel and laid out as ``layout`` float32.
     """
 
     input_name: str = "image"
@@ -65,6 +97,67 @@ class PreprocessCfg:
     interpolation: str = "bilinear"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    view: str = "resize"
+    crops: tuple[str, ...] = ()
+    short_side: int = 0
+    decode: str = "full"
+    decode_side: int = 0
+
+    @property
+    def inputs_per_image(self) -> int:
+        """How many network inputs one image gives: 1 for ``resize``, one per crop for ``crops``."""
+        return len(self.crops) if self.view == "crops" else 1
+
+    def describe(self) -> str:
+        """The view and decode in words, for logs and reports (e.g. ``each image's score is the mean of 5
+        crops ...``)."""
+        size = f"{self.width}x{self.height}"
+        if self.view == "crops":
+            scale = f"the image's short side brought to {self.short_side} px" if self.short_side else \
+                "native resolution"
+            names = ", ".join(self.crops)
+            view = f"each image's score is the mean of {len(self.crops)} {size} crops ({names}) at {scale}"
+        else:
+            view = f"each image is resized whole to {size}"
+        decode = f"JPEGs DCT-scaled to sides >= {self.decode_side} px" if self.decode == "dct" else "full decode"
+        return f"{view}; {decode}"
+
+    def natural_decode_side(self) -> int:
+        """The ``decode_side`` that DCT scaling keeps for this view: the input's longer side for
+        ``resize``, ``short_side`` for ``crops``.
+
+        Raises:
+            QualityNetError: native-resolution crops, which no DCT scale leaves unchanged.
+        """
+        if self.view == "resize":
+            return max(self.height, self.width)
+        if self.short_side:
+            return self.short_side
+        raise QualityNetError("DCT-scaled decoding does not apply to crops at native resolution (short side 0): "
+                              "decode in full, or state a short side")
+
+    def with_view(self, view: str, crops: tuple[str, ...] = FIVE_CROPS, short_side: int = 0) -> PreprocessCfg:
+        """This preprocessing with another view (``crops`` and ``short_side`` apply to ``crops`` only), validated.
+
+        Raises:
+            QualityNetError: an unknown view, crop name, or a short side the crops do not fit in.
+        """
+        cfg = dataclasses.replace(self, view=view, crops=tuple(crops) if view == "crops" else (),
+                                  short_side=short_side if view == "crops" else 0)
+        cfg.validate("preprocessing", fix=None)
+        return cfg
+
+    def with_decode(self, decode: str, side: int | None = None) -> PreprocessCfg:
+        """This preprocessing with another decode; ``side`` defaults to :meth:`natural_decode_side`.
+
+        Raises:
+            QualityNetError: an unknown decode, or ``dct`` for native-resolution crops.
+        """
+        if decode == "dct":
+            side = self.natural_decode_side() if side is None else side
+        cfg = dataclasses.replace(self, decode=decode, decode_side=(side or 0) if decode == "dct" else 0)
+        cfg.validate("preprocessing", fix=None)
+        return cfg
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PreprocessCfg:
@@ -72,14 +165,21 @@ class PreprocessCfg:
         fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         return cls(**fields)
 
-    def validate(self, source: str = "metadata") -> None:
+    def validate(self, source: str = "metadata", fix: str | None = "re-export the model with iqa-export") -> None:
         """Refuse values no export writes (a damaged or hand-edited record).
+
+        Args:
+            source: what the message names (the file the record came from).
+            fix: what the message tells the user to do about a stored record; ``None`` for
+                settings being chosen (``iqa-train``'s options): the message names only the value.
 
         Raises:
             QualityNetError: naming the field, its value and what it must be.
         """
         def bad(what: str) -> QualityNetError:
-            return QualityNetError(f"{source}: damaged artifact record: {what}; re-export the model with iqa-export")
+            if fix is None:
+                return QualityNetError(f"{source}: {what}")
+            return QualityNetError(f"{source}: damaged artifact record: {what}; {fix}")
 
         if self.interpolation not in INTERPOLATIONS:
             raise bad(f"interpolation {self.interpolation!r} is not one of {', '.join(INTERPOLATIONS)}")
@@ -89,11 +189,42 @@ class PreprocessCfg:
                 raise bad(f"input {name} {side!r} is not a whole number from 1 to {MAX_INPUT_SIDE}")
         if self.layout != "NCHW":
             raise bad(f"layout {self.layout!r} is not NCHW")
+        self._validate_view_and_decode(bad)
         for name in ("mean", "std"):
             values = getattr(self, name)
             numbers = len(values) == 3 and all(isinstance(v, (int, float)) and math.isfinite(v) for v in values)
             if not numbers or (name == "std" and min(values) <= 0):
                 raise bad(f"{name} {values!r} is not 3 finite numbers{' above 0' if name == 'std' else ''}")
+
+    def _validate_view_and_decode(self, bad: Callable[[str], QualityNetError]) -> None:
+        """The checks of :meth:`validate` on ``view``, ``crops``, ``short_side``, ``decode``, ``decode_side``."""
+        def whole(value: object, low: int) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool) and low <= value <= MAX_IMAGE_SIDE
+
+        if self.view not in VIEWS:
+            raise bad(f"view {self.view!r} is not one of {', '.join(VIEWS)} (a newer toolkit's record? upgrade "
+                      "qualitynet)")
+        if self.decode not in DECODES:
+            raise bad(f"decode {self.decode!r} is not one of {', '.join(DECODES)} (a newer toolkit's record? "
+                      "upgrade qualitynet)")
+        if self.view == "crops":
+            names = self.crops if isinstance(self.crops, tuple) else (self.crops,)
+            unknown = [c for c in names if not isinstance(c, str) or c not in CROP_ANCHORS]
+            if not names or unknown or len(set(names)) != len(names):
+                raise bad(f"crops {self.crops!r} are not distinct names from {', '.join(CROP_ANCHORS)}")
+            if not (self.short_side == 0 or whole(self.short_side, max(self.height, self.width))):
+                raise bad(f"short side {self.short_side!r} is neither 0 (native resolution) nor a whole number "
+                          f"from the crop's side {max(self.height, self.width)} to {MAX_IMAGE_SIDE}")
+        elif self.crops or self.short_side:
+            raise bad(f"crops {self.crops!r} / short side {self.short_side!r} given for view {self.view!r}")
+        if self.decode == "dct":
+            if not whole(self.decode_side, 1):
+                raise bad(f"decode side {self.decode_side!r} is not a whole number from 1 to {MAX_IMAGE_SIDE}")
+            if self.view == "crops" and not self.short_side:
+                raise bad("decode 'dct' with crops at native resolution (short side 0): DCT scaling would change "
+                          "the scale the crops are taken at")
+        elif self.decode_side:
+            raise bad(f"decode side {self.decode_side!r} given for decode {self.decode!r}")
 
 
 @dataclass(frozen=True)

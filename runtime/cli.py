@@ -15,7 +15,7 @@ from qualitynet.errors import QualityNetError
 from qualitynet.runtime.discovery import iter_inputs, path_key, read_file_list
 from qualitynet.runtime.ort_runner import PROVIDERS
 from qualitynet.runtime.output import ModelIdentity, open_output
-from qualitynet.runtime.pipeline import FAST_DECODE_DEFAULT
+from qualitynet.runtime.pipeline import FAST_DECODE_DEFAULT, FAST_DECODE_HELP, with_decode_override
 from qualitynet.runtime.scorer import Scorer
 from qualitynet.runtime.summary import RunStats
 from qualitynet.runtime.writer import FORMATS, RecordWriter, format_for
@@ -55,8 +55,7 @@ def _open_writer(output: Path | None, fmt: str, resume: bool, overwrite: bool, m
 @click.option("--overwrite", is_flag=True, help="Replace an existing --output instead of refusing.")
 @click.option("--allow-other-model", is_flag=True,
               help="With --resume, append even when the earlier rows came from another model.")
-@click.option("--fast-decode/--exact-decode", default=FAST_DECODE_DEFAULT, show_default=True,
-              help="Decode JPEGs at reduced scale (draft mode) before the resize.")
+@click.option("--fast-decode/--exact-decode", default=FAST_DECODE_DEFAULT, help=FAST_DECODE_HELP)
 @click.option("--files-from", type=click.File("r", encoding="utf-8", errors="surrogateescape"),
               help="Also score the paths listed in this file, one per line ('-' for stdin).")
 @click.option("--provider", type=click.Choice(["auto", *PROVIDERS]), default="auto", show_default=True,
@@ -79,7 +78,7 @@ def _open_writer(output: Path | None, fmt: str, resume: bool, overwrite: bool, m
 def main(model: Path, inputs: tuple[str, ...], output: Path | None, fmt: str | None, batch_size: int,
          workers: int | None, recursive: bool, resume: bool, retry_errors: bool, overwrite: bool,
          allow_other_model: bool,
-         fast_decode: bool, files_from: TextIO | None, provider: str, threads: int | None,
+         fast_decode: bool | None, files_from: TextIO | None, provider: str, threads: int | None,
          allow_plan_host_code: bool, ray_address: str | None, ray_actors: int | None, ray_gpus: float,
          quiet: bool, verbose: bool) -> None:
     """Score image files with MODEL (.plan or .onnx) and write path,score,error rows.
@@ -112,7 +111,9 @@ def main(model: Path, inputs: tuple[str, ...], output: Path | None, fmt: str | N
     with _open_scorer(model, ray_address, ray_actors, ray_gpus, provider=None if provider == "auto" else provider,
                       threads=threads, batch_size=batch_size, workers=workers, fast_decode=fast_decode,
                       allow_host_code=allow_plan_host_code) as scorer:
-        writer, done = _open_writer(output, fmt, resume, overwrite, ModelIdentity.of(scorer.meta, model),
+        preprocess = with_decode_override(scorer.meta.preprocess, fast_decode)
+        logger.info("%s", preprocess.describe())
+        writer, done = _open_writer(output, fmt, resume, overwrite, ModelIdentity.of(scorer.meta, model, preprocess),
                                     allow_other_model, retry_errors)
         sources = itertools.chain(inputs, read_file_list(files_from) if files_from is not None else ())
         todo = (p for p in iter_inputs(sources, recursive) if path_key(p) not in done)

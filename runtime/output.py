@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from qualitynet.artifact import ArtifactMeta
+from qualitynet.artifact import ArtifactMeta, PreprocessCfg
 from qualitynet.errors import QualityNetError
 from qualitynet.runtime.discovery import path_key
 from qualitynet.runtime.types import OUTPUT_FIELDS
@@ -49,25 +49,31 @@ _HEADER = ",".join(OUTPUT_FIELDS) + "\n"
 
 @dataclass(frozen=True)
 class ModelIdentity:
-    """Which model produced a run's scores: two runs mix cleanly only with the same checkpoint and precision."""
+    """Which model produced a run's scores, and how it saw the images: two runs mix cleanly only with the
+    same checkpoint, precision and (where both recorded it) decode and view."""
 
     checkpoint_sha256: str
     precision: str
     config_name: str = ""
     file: str = ""
+    preprocessing: str = ""  # PreprocessCfg.describe() of the decode and view used; "" from older runs
 
     @classmethod
-    def of(cls, meta: ArtifactMeta, model_path: str | Path) -> ModelIdentity:
-        """The identity of a loaded artifact."""
-        return cls(meta.checkpoint_sha256, meta.precision, meta.config_name, Path(model_path).name)
+    def of(cls, meta: ArtifactMeta, model_path: str | Path, preprocess: PreprocessCfg | None = None) -> ModelIdentity:
+        """The identity of a loaded artifact, scoring with ``preprocess`` (default: its record's)."""
+        described = (preprocess or meta.preprocess).describe()
+        return cls(meta.checkpoint_sha256, meta.precision, meta.config_name, Path(model_path).name, described)
 
     def same_scores(self, other: ModelIdentity) -> bool:
-        """Whether both come from one checkpoint at one precision (the file name may differ)."""
-        return (self.checkpoint_sha256, self.precision) == (other.checkpoint_sha256, other.precision)
+        """Whether both come from one checkpoint at one precision, decoding and viewing images alike
+        (the file name may differ)."""
+        views = {self.preprocessing, other.preprocessing} - {""}
+        return (self.checkpoint_sha256, self.precision) == (other.checkpoint_sha256, other.precision) and len(views) < 2
 
     def __str__(self) -> str:
         checkpoint = self.checkpoint_sha256[:12] or "unknown"
-        return f"{self.file or self.config_name} ({self.precision}, checkpoint {checkpoint})"
+        seen = f"; {self.preprocessing}" if self.preprocessing else ""
+        return f"{self.file or self.config_name} ({self.precision}, checkpoint {checkpoint}{seen})"
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,9 @@
 """Decoding images into network inputs in worker processes, overlapping inference.
 
-:class:`DecodePool` maps paths to preprocessed ``(3, H, W)`` float32 arrays in input order.
+:class:`DecodePool` maps paths to preprocessed ``(K, 3, H, W)`` float32 arrays in input order
+(``K`` inputs per image: 1 for the whole-image view, one per crop for a crops view). Decoding
+and preprocessing follow the model's record (:func:`~qualitynet.runtime.preprocess.file_to_inputs`);
+``fast`` overrides only the record's decode.
 At most ``prefetch`` images are in flight (submitted or decoded but not yet consumed), so
 memory stays bounded however many paths stream in, while the workers decode the next
 images during inference on the current batch. A file that cannot be decoded yields its
@@ -39,23 +42,40 @@ from PIL import Image
 from qualitynet.artifact import PreprocessCfg
 from qualitynet.cpus import usable_cpus
 from qualitynet.errors import QualityNetError
-from qualitynet.runtime.preprocess import image_to_tensor, load_rgb
+from qualitynet.runtime.preprocess import file_to_inputs
 
-__all__ = ["DRAFT_FACTOR", "FAST_DECODE_DEFAULT", "DecodePool", "Decoded", "decode_bytes", "decode_path",
-           "default_workers"]
+__all__ = ["FAST_DECODE_DEFAULT", "FAST_DECODE_HELP", "DecodePool", "Decoded", "decode_bytes", "decode_path",
+           "default_workers", "with_decode_override"]
 
 logger = logging.getLogger(__name__)
 
-# Fast decoding keeps the JPEG's decoded size >= this many times the network's input side.
-DRAFT_FACTOR = 1
-# Whether fast decoding is the default; see the measurement in benchmarks/scripts/runtime_throughput.py.
-FAST_DECODE_DEFAULT = False
+# None: decode as the model's record says; True/False override it (DCT-scaled / full).
+FAST_DECODE_DEFAULT: bool | None = None
+FAST_DECODE_HELP = ("Override the model's decode: DCT-scaled (JPEG draft mode) or full JPEG decoding. Default: as the "
+                    "model's record says (what it was trained and verified with); override only to match another "
+                    "decoder.")
 
-# (path, tensor or None, error message or "")
+# (path, the image's (K, 3, H, W) inputs or None, error message or "")
 Decoded = tuple[str, "np.ndarray | None", str]
 
-# In a worker: (preprocessing, fast, the shared memory, its slots as an array).
-_worker: tuple[PreprocessCfg, bool, SharedMemory, np.ndarray] | None = None
+# In a worker: (preprocessing, the shared memory, its slots as an array).
+_worker: tuple[PreprocessCfg, SharedMemory, np.ndarray] | None = None
+
+
+def with_decode_override(cfg: PreprocessCfg, fast: bool | None) -> PreprocessCfg:
+    """The preprocessing to decode with: the record's (``fast`` None), or with its decode overridden.
+
+    ``True`` decodes JPEGs DCT-scaled (at the record's ``decode_side`` when it already says
+    ``dct``, else at the view's :meth:`~PreprocessCfg.natural_decode_side`); ``False`` decodes
+    in full. An override is for matching another decoder: the record's decode is the one the
+    model was trained and verified with.
+
+    Raises:
+        QualityNetError: ``True`` for crops at native resolution (no DCT scale keeps them).
+    """
+    if fast is None or fast == (cfg.decode == "dct"):
+        return cfg
+    return cfg.with_decode("dct" if fast else "full")
 
 
 def default_workers() -> int:
@@ -78,37 +98,36 @@ def _precheck(path: str) -> str:
     return ""
 
 
-def decode_path(path: str, cfg: PreprocessCfg, fast: bool = False) -> Decoded:
+def decode_path(path: str, cfg: PreprocessCfg, fast: bool | None = FAST_DECODE_DEFAULT) -> Decoded:
     """Decode and preprocess one file; never raises for a bad file.
 
     Args:
         path: the image file.
-        cfg: the artifact's preprocessing.
-        fast: let JPEGs decode at reduced scale (draft mode), keeping both sides >=
-            ``DRAFT_FACTOR`` times the input's longer side.
+        cfg: the artifact's preprocessing (its decode and view).
+        fast: override the record's decode (see :func:`with_decode_override`); None follows it.
 
     Returns:
-        ``(path, tensor, "")`` on success, ``(path, None, reason)`` otherwise.
+        ``(path, inputs, "")`` on success, ``(path, None, reason)`` otherwise.
     """
     reason = _precheck(path)
     if reason:
         return path, None, reason
-    return _decode(path, path, cfg, fast)
+    return _decode(path, path, with_decode_override(cfg, fast))
 
 
-def decode_bytes(data: bytes, cfg: PreprocessCfg, fast: bool = False, name: str = "<bytes>") -> Decoded:
+def decode_bytes(data: bytes, cfg: PreprocessCfg, fast: bool | None = FAST_DECODE_DEFAULT,
+                 name: str = "<bytes>") -> Decoded:
     """Decode and preprocess an encoded image held in memory (JPEG, PNG, ...), as :func:`decode_path` does a file.
 
     Returns:
-        ``(name, tensor, "")`` on success, ``(name, None, reason)`` otherwise; never raises.
+        ``(name, inputs, "")`` on success, ``(name, None, reason)`` otherwise; never raises.
     """
-    return _decode(name, io.BytesIO(data), cfg, fast)
+    return _decode(name, io.BytesIO(data), with_decode_override(cfg, fast))
 
 
-def _decode(name: str, source: str | io.BytesIO, cfg: PreprocessCfg, fast: bool) -> Decoded:
-    draft = DRAFT_FACTOR * max(cfg.height, cfg.width) if fast else None
+def _decode(name: str, source: str | io.BytesIO, cfg: PreprocessCfg) -> Decoded:
     try:
-        return name, image_to_tensor(load_rgb(source, draft_size=draft), cfg), ""
+        return name, file_to_inputs(source, cfg), ""
     except QualityNetError as exc:
         return name, None, str(exc).removeprefix(f"{source}: ").replace(str(source), name)
     except Exception as exc:  # noqa: BLE001 - a corrupt file may raise anything from a codec
@@ -117,8 +136,8 @@ def _decode(name: str, source: str | io.BytesIO, cfg: PreprocessCfg, fast: bool)
 
 
 def _slots(shm: SharedMemory, cfg: PreprocessCfg) -> np.ndarray:
-    """The shared memory as ``(slots, 3, H, W)`` float32 (the segment may be rounded up to a page)."""
-    shape = (3, cfg.height, cfg.width)
+    """The shared memory as ``(slots, K, 3, H, W)`` float32 (the segment may be rounded up to a page)."""
+    shape = (cfg.inputs_per_image, 3, cfg.height, cfg.width)
     return np.ndarray((shm.size // (4 * math.prod(shape)), *shape), np.float32, buffer=shm.buf)
 
 
@@ -131,14 +150,14 @@ def _exit_when_parent_dies(lifeline: Connection) -> None:
     os._exit(1)
 
 
-def _init_worker(cfg: PreprocessCfg, fast: bool, shm_name: str, lifeline: Connection) -> None:
+def _init_worker(cfg: PreprocessCfg, shm_name: str, lifeline: Connection) -> None:
     """Worker start-up: attach the slot ring, keep the settings, leave Ctrl-C to the parent, and
     exit when the parent dies."""
     global _worker
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_exit_when_parent_dies, args=(lifeline,), daemon=True).start()
     shm = SharedMemory(name=shm_name)
-    _worker = (cfg, fast, shm, _slots(shm, cfg))
+    _worker = (cfg, shm, _slots(shm, cfg))
 
 
 def _ready() -> int:
@@ -146,11 +165,11 @@ def _ready() -> int:
     return os.getpid()
 
 
-def _decode_noting_large(path: str, cfg: PreprocessCfg, fast: bool) -> tuple[Decoded, bool]:
+def _decode_noting_large(path: str, cfg: PreprocessCfg) -> tuple[Decoded, bool]:
     """:func:`decode_path`, and whether Pillow warned that the image is a possible decompression bomb."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", Image.DecompressionBombWarning)
-        decoded = decode_path(path, cfg, fast)
+        decoded = decode_path(path, cfg)
     large = any(issubclass(w.category, Image.DecompressionBombWarning) for w in caught)
     for other in caught:
         if not issubclass(other.category, Image.DecompressionBombWarning):
@@ -165,10 +184,10 @@ def _decode_into_slots(jobs: list[tuple[str, int]]) -> tuple[list[str], list[str
         The errors ("" on success), and the paths Pillow warned about as very large.
     """
     assert _worker is not None, "worker not initialised"
-    cfg, fast, _, slots = _worker
+    cfg, _, slots = _worker
     errors, large = [], []
     for path, slot in jobs:
-        (_, tensor, error), is_large = _decode_noting_large(path, cfg, fast)
+        (_, tensor, error), is_large = _decode_noting_large(path, cfg)
         if tensor is not None:
             slots[slot] = tensor
         errors.append(error)
@@ -183,19 +202,19 @@ class DecodePool:
     Args:
         cfg: the artifact's preprocessing.
         workers: decode processes; 0 decodes in the calling thread (no overlap).
-        fast: JPEG draft-mode decoding (see :func:`decode_path`).
+        fast: override the record's decode (see :func:`with_decode_override`); None follows it.
         prefetch: images in flight at most; default ``4 * workers``.
 
     Images go to the workers in chunks of up to 8 (fewer when the window is small), which
     spreads the per-task cost of the process pool (~1-2 ms) over several images.
     """
 
-    def __init__(self, cfg: PreprocessCfg, workers: int, fast: bool = False, prefetch: int | None = None) -> None:
+    def __init__(self, cfg: PreprocessCfg, workers: int, fast: bool | None = FAST_DECODE_DEFAULT,
+                 prefetch: int | None = None) -> None:
         if workers < 0:
             raise QualityNetError(f"workers must be >= 0, got {workers}")
-        self.cfg = cfg
+        self.cfg = with_decode_override(cfg, fast)
         self.workers = workers
-        self.fast = fast
         self.prefetch = max(1, prefetch or 4 * workers)
         self.chunk = max(1, min(8, self.prefetch // (2 * max(1, workers))))
         self._executor: ProcessPoolExecutor | None = None
@@ -207,12 +226,13 @@ class DecodePool:
         # forkserver (spawn on Windows): workers never inherit the inference library's threads.
         context = multiprocessing.get_context("spawn" if sys.platform == "win32" else "forkserver")
         if self._shm is None:
-            self._shm = SharedMemory(create=True, size=self.prefetch * 3 * self.cfg.height * self.cfg.width * 4)
+            image_bytes = self.cfg.inputs_per_image * 3 * self.cfg.height * self.cfg.width * 4
+            self._shm = SharedMemory(create=True, size=self.prefetch * image_bytes)
         if self._lifeline is None:
             self._lifeline = context.Pipe(duplex=False)  # (workers' end, parent's end); nothing is ever sent
         self._executor = ProcessPoolExecutor(
             self.workers, mp_context=context,
-            initializer=_init_worker, initargs=(self.cfg, self.fast, self._shm.name, self._lifeline[0]),
+            initializer=_init_worker, initargs=(self.cfg, self._shm.name, self._lifeline[0]),
         )
         return self._executor
 
@@ -233,10 +253,10 @@ class DecodePool:
             future.result()
 
     def imap(self, paths: Iterable[str]) -> Iterator[Decoded]:
-        """Decode ``paths`` and yield ``(path, tensor or None, error)`` in input order."""
+        """Decode ``paths`` and yield ``(path, inputs or None, error)`` in input order."""
         if self.workers == 0:
             for path in paths:
-                decoded, is_large = _decode_noting_large(path, self.cfg, self.fast)
+                decoded, is_large = _decode_noting_large(path, self.cfg)
                 self._note_large([path] if is_large else [])
                 yield decoded
             return

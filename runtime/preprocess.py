@@ -18,7 +18,8 @@ from qualitynet import artifact
 from qualitynet.artifact import PreprocessCfg
 from qualitynet.errors import QualityNetError
 
-__all__ = ["INTERPOLATIONS", "image_to_tensor", "load_rgb", "to_rgb"]
+__all__ = ["INTERPOLATIONS", "crop_boxes", "file_to_inputs", "image_to_inputs", "image_to_tensor", "load_rgb",
+           "to_rgb"]
 
 # The record's filter names (validated at load) as Pillow's resampling filters.
 INTERPOLATIONS = {name: Image.Resampling[name.upper()] for name in artifact.INTERPOLATIONS}
@@ -51,19 +52,20 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
-def load_rgb(path: str | Path | BinaryIO, draft_size: int | None = None) -> Image.Image:
-    """Decode a file and return it as 8-bit RGB.
+def load_rgb(path: str | Path | BinaryIO, cfg: PreprocessCfg | None = None) -> Image.Image:
+    """Decode a file as ``cfg``'s ``decode`` says and return it as 8-bit RGB.
 
     Args:
         path: the image file, or an open binary stream of one.
-        draft_size: ``None`` (the default) decodes at full resolution. An int lets a JPEG
-            decode at 1/2, 1/4 or 1/8 scale straight from the DCT (Pillow's draft mode),
-            choosing the smallest scale whose width and height both stay >= ``draft_size``;
-            other formats ignore it.
+        cfg: the model's preprocessing; ``None`` (or ``decode: full``) decodes at full
+            resolution. ``decode: dct`` lets a JPEG decode at 1/2, 1/4 or 1/8 scale straight
+            from the DCT (Pillow's draft mode), the smallest scale whose width and height both
+            stay >= ``decode_side``; other formats decode in full.
 
     Raises:
         QualityNetError: the file is missing, unreadable or not an image Pillow can decode.
     """
+    draft_size = cfg.decode_side if cfg is not None and cfg.decode == "dct" else None
     try:
         with Image.open(path) as image:
             if draft_size is not None:
@@ -75,10 +77,64 @@ def load_rgb(path: str | Path | BinaryIO, draft_size: int | None = None) -> Imag
 
 
 def image_to_tensor(image: Image.Image, cfg: PreprocessCfg) -> np.ndarray:
-    """Resize, scale and normalise an RGB image into a ``(3, H, W)`` float32 array."""
+    """Resize, scale and normalise one RGB image or crop into a ``(3, H, W)`` float32 array."""
     if image.mode != "RGB":
         image = to_rgb(image)
     resized = image.resize((cfg.width, cfg.height), INTERPOLATIONS[cfg.interpolation])
     scaled = np.asarray(resized, dtype=np.float32) * np.float32(1.0 / 255.0)
     normalised = (scaled - np.asarray(cfg.mean, np.float32)) / np.asarray(cfg.std, np.float32)
     return np.ascontiguousarray(normalised.transpose(2, 0, 1))
+
+
+def _scaled_size(size: tuple[int, int], cfg: PreprocessCfg) -> tuple[int, int]:
+    """The size an image of ``size`` is brought to before its crops are cut (see :class:`PreprocessCfg`)."""
+    width, height = size
+    if cfg.short_side:
+        factor = cfg.short_side / min(width, height)
+    else:
+        factor = max(1.0, cfg.width / width, cfg.height / height)
+    if factor == 1.0:
+        return size
+    return max(cfg.width, round(width * factor)), max(cfg.height, round(height * factor))
+
+
+def crop_boxes(size: tuple[int, int], cfg: PreprocessCfg) -> tuple[tuple[int, int], list[tuple[int, int, int, int]]]:
+    """Where a ``crops`` view cuts an image of ``size`` (width, height).
+
+    Returns:
+        The size the image is first brought to, and one ``(left, top, right, bottom)`` box
+        per name in ``cfg.crops``, in that order.
+    """
+    scaled = _scaled_size(size, cfg)
+    boxes = []
+    for name in cfg.crops:
+        fx, fy = artifact.CROP_ANCHORS[name]
+        left, top = int(fx * (scaled[0] - cfg.width)), int(fy * (scaled[1] - cfg.height))
+        boxes.append((left, top, left + cfg.width, top + cfg.height))
+    return scaled, boxes
+
+
+def image_to_inputs(image: Image.Image, cfg: PreprocessCfg) -> np.ndarray:
+    """An image as the network's inputs for ``cfg``'s view: ``(K, 3, H, W)`` float32.
+
+    ``K`` is :attr:`PreprocessCfg.inputs_per_image`: 1 for ``resize`` (the whole image
+    resized), one per crop for ``crops``; the image's score is the mean of the K scores.
+    """
+    if image.mode != "RGB":
+        image = to_rgb(image)
+    if cfg.view == "resize":
+        return image_to_tensor(image, cfg)[None]
+    scaled, boxes = crop_boxes(image.size, cfg)
+    if scaled != image.size:
+        image = image.resize(scaled, INTERPOLATIONS[cfg.interpolation])
+    return np.stack([image_to_tensor(image.crop(box), cfg) for box in boxes])
+
+
+def file_to_inputs(path: str | Path | BinaryIO, cfg: PreprocessCfg) -> np.ndarray:
+    """Decode a file and preprocess it, both as ``cfg`` says: ``(K, 3, H, W)`` float32 (see
+    :func:`load_rgb` and :func:`image_to_inputs`). The one path from a file to a network input.
+
+    Raises:
+        QualityNetError: the file cannot be decoded.
+    """
+    return image_to_inputs(load_rgb(path, cfg), cfg)

@@ -62,7 +62,7 @@ class ScoreActor:
     opens) or of ``path`` and ``bytes`` (what ``ray.data.read_binary_files`` reads, from S3 and the like)."""
 
     def __init__(self, model_path: str, provider: str | None, threads: int | None, batch_size: int, workers: int,
-                 fast_decode: bool, allow_host_code: bool = False) -> None:
+                 fast_decode: bool | None, allow_host_code: bool = False) -> None:
         self.scorer = Scorer(model_path, provider=provider, threads=threads, batch_size=batch_size,
                              workers=workers, fast_decode=fast_decode, allow_host_code=allow_host_code)
 
@@ -85,7 +85,7 @@ class ScoreActor:
 
 def score_dataset(dataset: Any, model_path: str | Path, *, actors: int | None = None, gpus_per_actor: float = 0,
                   cpus_per_actor: float = 1, provider: str | None = None, threads: int | None = None,
-                  batch_size: int = 32, workers: int = 0, fast_decode: bool = FAST_DECODE_DEFAULT,
+                  batch_size: int = 32, workers: int = 0, fast_decode: bool | None = FAST_DECODE_DEFAULT,
                   allow_host_code: bool = False) -> Any:
     """Score a Ray Dataset of image paths with a pool of :class:`ScoreActor`.
 
@@ -142,7 +142,7 @@ class RayScorer:
 
     def __init__(self, model_path: str | Path, *, address: str | None = None, actors: int | None = None,
                  gpus_per_actor: float = 0, provider: str | None = None, threads: int | None = None,
-                 batch_size: int = 32, workers: int = 0, fast_decode: bool = FAST_DECODE_DEFAULT,
+                 batch_size: int = 32, workers: int = 0, fast_decode: bool | None = FAST_DECODE_DEFAULT,
                  allow_host_code: bool = False) -> None:
         self._ray = _import_ray()
         self.model_path = str(Path(model_path).resolve())

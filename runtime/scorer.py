@@ -22,9 +22,10 @@ import numpy as np
 from PIL import Image
 
 from qualitynet.artifact import ArtifactMeta
+from qualitynet.errors import QualityNetError
 from qualitynet.runtime.discovery import iter_folder
-from qualitynet.runtime.pipeline import FAST_DECODE_DEFAULT, Decoded, DecodePool, default_workers
-from qualitynet.runtime.preprocess import image_to_tensor, to_rgb
+from qualitynet.runtime.pipeline import FAST_DECODE_DEFAULT, Decoded, DecodePool, default_workers, with_decode_override
+from qualitynet.runtime.preprocess import image_to_inputs
 from qualitynet.runtime.runner import BaseRunner, runner_for
 from qualitynet.runtime.types import ScoreRecord
 
@@ -40,24 +41,35 @@ class Scorer:
         model_path: ``.onnx`` (ONNX Runtime) or ``.plan`` (TensorRT, sidecar next to it).
         provider: ONNX Runtime provider (``tensorrt``, ``cuda``, ``cpu``); ``None`` for the best present.
         threads: ONNX Runtime intra-op threads; ``None`` lets it choose.
-        batch_size: images per inference call.
+        batch_size: network inputs per inference call (with a crops view, whole images' crops:
+            ``batch_size // crops`` images, at least one).
         workers: decode processes; ``None`` for every core but one, 0 to decode in this process.
-        fast_decode: JPEG draft-mode decoding (see :mod:`qualitynet.runtime.pipeline`).
+        fast_decode: None decodes as the model's record says; True/False override it with
+            DCT-scaled / full JPEG decoding (see :func:`~qualitynet.runtime.pipeline.with_decode_override`).
         allow_host_code: let the full TensorRT run the lean runtime embedded in a plan built
             ``--version-compatible``: code from the plan file, so only for plans you trust.
 
+    With a crops view (see :class:`~qualitynet.artifact.PreprocessCfg`) an image's score is
+    the mean of its crops' scores.
+
     Raises:
-        QualityNetError: the model cannot be loaded (the message says why and what to do).
+        QualityNetError: the model cannot be loaded (the message says why and what to do), or
+            ``fast_decode`` does not apply to its view.
     """
 
     def __init__(self, model_path: str | Path, *, provider: str | None = None, threads: int | None = None,
-                 batch_size: int = 32, workers: int | None = None, fast_decode: bool = FAST_DECODE_DEFAULT,
+                 batch_size: int = 32, workers: int | None = None, fast_decode: bool | None = FAST_DECODE_DEFAULT,
                  allow_host_code: bool = False) -> None:
         self.batch_size = max(1, batch_size)
         self.workers = default_workers() if workers is None else workers
         self.fast_decode = fast_decode
         self.runner: BaseRunner = runner_for(model_path, provider, threads, allow_host_code)
         self.runner.activate()
+        try:
+            with_decode_override(self.meta.preprocess, fast_decode)
+        except QualityNetError as exc:
+            self.runner.deactivate()
+            raise QualityNetError(f"{model_path}: {exc}") from None
         self._pool: DecodePool | None = None
 
     @property
@@ -66,8 +78,9 @@ class Scorer:
         return self.runner.meta
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
-        """A decoded image as the model's ``(3, H, W)`` input (any mode; EXIF orientation applied)."""
-        return image_to_tensor(to_rgb(image), self.meta.preprocess)
+        """A decoded image as the model's ``(K, 3, H, W)`` inputs (any mode; EXIF orientation applied);
+        K is 1 for the whole-image view, one per crop for a crops view."""
+        return image_to_inputs(image, self.meta.preprocess)
 
     def score_arrays(self, batch: np.ndarray) -> np.ndarray:
         """Scores of a preprocessed ``(N, 3, H, W)`` float32 batch, on the MOS scale.
@@ -99,10 +112,11 @@ class Scorer:
         paths are consumed as decoding proceeds.
         """
         pool = self._decode_pool()
+        images_per_batch = max(1, self.batch_size // self.meta.preprocess.inputs_per_image)
         items: list[Decoded] = []
         for item in pool.imap(str(p) for p in paths):
             items.append(item)
-            if len(items) == self.batch_size:
+            if len(items) == images_per_batch:
                 yield self.score_decoded(items)
                 items = []
         if items:
@@ -125,9 +139,13 @@ class Scorer:
 
     def score_decoded(self, items: list[Decoded]) -> list[ScoreRecord]:
         """Score decoded items (:func:`~qualitynet.runtime.pipeline.decode_path` or ``decode_bytes``)
-        in one batch; an item that failed to decode, or a non-finite output, gives an error record."""
-        tensors = [tensor for _, tensor, _ in items if tensor is not None]
-        scores = iter(self.score_arrays(np.stack(tensors)) if tensors else ())
+        in one batch; an item that failed to decode, or a non-finite output, gives an error record.
+
+        Each item holds an image's ``(K, 3, H, W)`` inputs; its score is the mean of their K scores.
+        """
+        inputs = [tensor for _, tensor, _ in items if tensor is not None]
+        per_image = self.meta.preprocess.inputs_per_image
+        scores = iter(self.score_arrays(np.concatenate(inputs)).reshape(-1, per_image).mean(axis=1) if inputs else ())
         records = []
         for path, tensor, error in items:
             if tensor is None:

@@ -114,7 +114,7 @@ class ServeSettings:
     instances: int = 1
     provider: str | None = None
     threads: int | None = None
-    fast_decode: bool = FAST_DECODE_DEFAULT
+    fast_decode: bool | None = FAST_DECODE_DEFAULT
     max_pixels: int = DEFAULT_MAX_PIXELS  # 0: only Pillow's decompression-bomb limit
     access_token: str | None = None  # of Triton's admin endpoints; None: a random one (ScoreServer.access_token)
     open_admin_endpoints: bool = False  # statistics, shared memory, trace, logging, repository without a token
@@ -142,12 +142,12 @@ def pixel_limit_error(data: bytes, max_pixels: int) -> str:
             f"{max_pixels:,} (iqa-serve --max-pixels)")
 
 
-def _decode(data: bytes, cfg: PreprocessCfg, fast: bool, max_pixels: int, name: str) -> Decoded:
+def _decode(data: bytes, cfg: PreprocessCfg, fast: bool | None, max_pixels: int, name: str) -> Decoded:
     refused = pixel_limit_error(data, max_pixels)
     return (name, None, refused) if refused else decode_bytes(data, cfg, fast, name=name)
 
 
-def _infer_function(scorer: Scorer, fast: bool, max_pixels: int) -> Callable[..., dict[str, np.ndarray]]:
+def _infer_function(scorer: Scorer, fast: bool | None, max_pixels: int) -> Callable[..., dict[str, np.ndarray]]:
     """The inference callable of one model instance: stacked request samples in, scores and errors out."""
     from pytriton.decorators import batch
 

@@ -18,7 +18,7 @@ import click
 from qualitynet._cli import cli_errors, setup_logging
 from qualitynet.errors import QualityNetError
 from qualitynet.runtime.ort_runner import PROVIDERS
-from qualitynet.runtime.pipeline import FAST_DECODE_DEFAULT
+from qualitynet.runtime.pipeline import FAST_DECODE_DEFAULT, FAST_DECODE_HELP
 from qualitynet.runtime.serve import DEFAULT_MAX_PIXELS
 
 __all__ = ["TOKEN_ENV", "main"]
@@ -90,8 +90,7 @@ def _access_token(token_file: Path | None, open_endpoints: bool, host: str) -> I
 @click.option("--provider", type=click.Choice(["auto", *PROVIDERS]), default="auto", show_default=True,
               help="ONNX Runtime execution provider.")
 @click.option("--threads", type=click.IntRange(1), help="ONNX Runtime intra-op threads per instance.")
-@click.option("--fast-decode/--exact-decode", default=FAST_DECODE_DEFAULT, show_default=True,
-              help="Decode JPEGs at reduced scale (draft mode) before the resize.")
+@click.option("--fast-decode/--exact-decode", default=FAST_DECODE_DEFAULT, help=FAST_DECODE_HELP)
 @click.option("--max-pixels", type=click.IntRange(0), default=DEFAULT_MAX_PIXELS, show_default=True,
               help="Refuse (for that image only) an image whose header declares more pixels, before decoding it; "
                    "0: only Pillow's decompression-bomb limit.")
@@ -105,8 +104,8 @@ def _access_token(token_file: Path | None, open_endpoints: bool, host: str) -> I
 @click.version_option(package_name="qualitynet")
 @cli_errors
 def main(model: Path, name: str, host: str, http_port: int, grpc_port: int, metrics_port: int, max_batch_size: int,
-         queue_delay_us: int, instances: int, provider: str, threads: int | None, fast_decode: bool, max_pixels: int,
-         access_token_file: Path | None, open_admin_endpoints: bool, quiet: bool) -> None:
+         queue_delay_us: int, instances: int, provider: str, threads: int | None, fast_decode: bool | None,
+         max_pixels: int, access_token_file: Path | None, open_admin_endpoints: bool, quiet: bool) -> None:
     """Serve MODEL (.onnx or .plan) behind Triton Inference Server until Ctrl-C.
 
     Requests carry encoded images (input "image", BYTES, shape [N, 1]); each gets "score"

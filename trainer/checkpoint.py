@@ -129,7 +129,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             "pass a model.pt written by iqa-train"
         )
     try:
-        return Checkpoint(
+        checkpoint = Checkpoint(
             model_config=ModelConfig.from_dict(payload["model_config"]),
             state_dict=payload["state_dict"],
             preprocess=PreprocessCfg.from_dict(payload["preprocess"]),
@@ -142,6 +142,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         )
     except (KeyError, TypeError) as exc:
         raise QualityNetError(f"{path}: QualityNet checkpoint is incomplete ({exc!r}); re-train") from None
+    checkpoint.preprocess.validate(str(path), "re-train")
+    return checkpoint
 
 
 def save_untrained_checkpoint(path: Path, config: str, calibration: np.ndarray | None = None, seed: int = 0,

@@ -11,6 +11,7 @@ import click
 
 import qualitynet
 from qualitynet._cli import cli_errors, setup_logging
+from qualitynet.artifact import CROP_ANCHORS, DECODES, FIVE_CROPS, VIEWS
 from qualitynet.errors import QualityNetError
 from qualitynet.trainer.datasets import DATASETS, DatasetIndex, load_dataset
 from qualitynet.trainer.metrics import format_value, json_metrics
@@ -50,6 +51,16 @@ def _load_index(dataset: str, data_root: Path | None, csv_path: Path | None, pat
             raise QualityNetError(f"--score-range {score_range!r} is not LOW:HIGH, e.g. 1:5") from None
         bounds = (low, high)
     return load_dataset(dataset, data_root, csv_path, path_column, score_column, bounds)
+
+
+def _crop_scale(text: str) -> int:
+    """``--crop-scale``: ``native`` -> 0, else a short side in pixels."""
+    if text == "native":
+        return 0
+    try:
+        return int(text)
+    except ValueError:
+        raise QualityNetError(f"--crop-scale {text!r} is neither 'native' nor a short side in pixels") from None
 
 
 def format_metrics(metrics: dict[str, float]) -> str:
@@ -98,6 +109,22 @@ def format_mapped_metrics(mapped: dict[str, float], raw: dict[str, float], kind:
 @click.option("--nproc", type=click.IntRange(1), default=1, show_default=True,
               help="Data-parallel processes on this machine (DDP; one per GPU, or gloo on CPU). For several "
                    "nodes use torchrun: see the README.")
+@click.option("--view", type=click.Choice(VIEWS), default="resize", show_default=True,
+              help="What the model sees of an image: resize (the whole image resized to the input size, the "
+                   "paper's) or crops (fixed crops at --crop-scale, each scored, the image's score their mean). "
+                   "Recorded in model.pt and every export; with --resume, the resumed run's.")
+@click.option("--crops", "crop_names", default=",".join(FIVE_CROPS), show_default=True,
+              help=f"With --view crops: comma-separated crop positions, from {', '.join(CROP_ANCHORS)}.")
+@click.option("--crop-scale", default="native", show_default=True,
+              help="With --view crops: 'native' (crops at the photo's own resolution) or a short side in pixels "
+                   "the photo is resized to first (aspect kept).")
+@click.option("--decode", type=click.Choice(DECODES), default="full", show_default=True,
+              help="How image files are decoded, in training and wherever the model is used: full, or dct (JPEGs "
+                   "decoded DCT-scaled by 1/2, 1/4 or 1/8, the smallest scale whose sides stay >= --decode-side; "
+                   "faster, and exact wherever the model is scored since the record says so).")
+@click.option("--decode-side", type=click.IntRange(1), default=None,
+              help="With --decode dct: the side JPEGs keep at least (default: the input size for --view resize, "
+                   "the --crop-scale short side for crops).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars or info logs.")
 @click.version_option(qualitynet.__version__)
 @cli_errors
@@ -105,7 +132,8 @@ def train_command(dataset: str, data_root: Path | None, csv_path: Path | None, p
                   score_column: str, score_range: str | None, config: str | None, out_dir: Path, epochs: int,
                   batch_size: int, lr: float, lr_factor: float, early_stop: int, pretrained: bool,
                   freeze_backbones: bool, device: str, seed: int, workers: int, max_steps: int | None,
-                  resume: Path | None, nproc: int, quiet: bool) -> None:
+                  resume: Path | None, nproc: int, view: str, crop_names: str, crop_scale: str, decode: str,
+                  decode_side: int | None, quiet: bool) -> None:
     """Train QualityNet on an IQA dataset and write OUT/model.pt.
 
     Also writes split.json, history.csv, training_curves.png, metrics.json (test split) and
@@ -120,6 +148,8 @@ def train_command(dataset: str, data_root: Path | None, csv_path: Path | None, p
       iqa-train --dataset csv --csv demo/scores.csv --config lite --pretrained --freeze-backbones \\
         --epochs 60 --lr 1e-3 --out runs/demo-lite
       iqa-train --dataset csv --csv demo/scores.csv --config small --epochs 8 --out runs/demo
+      iqa-train --dataset csv --csv photos.csv --config lite --pretrained --view crops --crop-scale 512 \\
+        --decode dct --out runs/crops   # 5 crops at short side 512, JPEGs DCT-scaled to >= 512
       iqa-train --nproc 4 --dataset koniq10k --data-root /data/koniq --out runs/koniq   # 4 GPUs, DDP
       torchrun --nnodes 2 --nproc-per-node 8 ... -m qualitynet.trainer --dataset ...   # multi-node
     """
@@ -131,7 +161,11 @@ def train_command(dataset: str, data_root: Path | None, csv_path: Path | None, p
     settings = TrainSettings(config=config, epochs=epochs, batch_size=batch_size, lr=lr, lr_factor=lr_factor,
                              early_stop_patience=early_stop, pretrained=pretrained,
                              freeze_backbones=freeze_backbones, device=device, seed=seed,
-                             workers=workers, max_steps=max_steps, quiet=quiet)
+                             workers=workers, max_steps=max_steps, quiet=quiet, view=view,
+                             crops=tuple(name.strip() for name in crop_names.split(",") if name.strip()),
+                             short_side=_crop_scale(crop_scale), decode=decode, decode_side=decode_side)
+    if resume is None:  # refuse bad view or decode options before anything is written
+        settings.preprocess(MODEL_CONFIGS[settings.config or "qualitynet"])
     result = run_training(nproc, index, out_dir, settings, resume)
     if result is None:  # another rank of a torchrun job: rank 0 reports
         return
@@ -176,13 +210,14 @@ def eval_command(checkpoint: Path, dataset: str, data_root: Path | None, csv_pat
     setup_logging(quiet)
     index = _load_index(dataset, data_root, csv_path, path_column, score_column, score_range)
     result = evaluate_checkpoint(checkpoint, index, split, split_file, batch_size, device, workers, quiet)
+    click.echo(f"Scored as the model's record says: {result.view}.")
     click.echo(format_mapped_metrics(result.metrics, result.raw_metrics, result.mapping))
     if result.undefined_because:
         click.echo(f"warning: SROCC and PLCC are undefined: {result.undefined_because}", err=True)
     if json_path:
         record: dict[str, object] = {"checkpoint": str(checkpoint), "dataset": index.name, "split": split,
-                                     "mos_mapping": result.mapping, **json_metrics(result.metrics),
-                                     "before_mos_mapping": json_metrics(result.raw_metrics)}
+                                     "view": result.view, "mos_mapping": result.mapping,
+                                     **json_metrics(result.metrics), "before_mos_mapping": json_metrics(result.raw_metrics)}
         if result.undefined_because:
             record["undefined_because"] = result.undefined_because
         json_path.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n", encoding="utf-8")

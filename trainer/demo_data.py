@@ -106,12 +106,14 @@ def make_demo_dataset(out_dir: str | Path, sources: tuple[str, ...] = DEMO_SOURC
 
 
 def make_photo_folder(out_dir: str | Path, count: int = 200, size: tuple[int, int] = (1024, 768),
-                      quality: int = 90, sources: tuple[str, ...] = DEMO_SOURCES) -> list[Path]:
+                      quality: int = 90, sources: tuple[str, ...] = DEMO_SOURCES, grain: float = 0.0) -> list[Path]:
     """Write ``count`` JPEGs of ``size`` cut from the bundled photos, for throughput runs.
 
     Each file is a different seeded crop, flip and scale of a source photo, resized to
     ``size`` and saved as a baseline JPEG, so decoding costs what a camera JPEG of that size
-    costs.
+    costs. ``grain`` adds seeded Gaussian noise of that many grey levels (camera sensor grain,
+    which keeps the JPEG's entropy, and so its Huffman decoding cost, at a camera's: upscaled
+    photos alone compress far better than camera files).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -126,6 +128,9 @@ def make_photo_folder(out_dir: str | Path, count: int = 200, size: tuple[int, in
         image = photo.crop((left, top, left + crop_w, top + crop_h)).resize(size, Image.Resampling.BICUBIC)
         if rng.random() < 0.5:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        if grain:
+            noisy = np.asarray(image, np.float32) + rng.normal(0.0, grain, (size[1], size[0], 3)).astype(np.float32)
+            image = Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
         path = out / f"photo_{i:04d}.jpg"
         image.save(path, "JPEG", quality=quality)
         written.append(path)

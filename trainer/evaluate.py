@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from qualitynet.trainer.checkpoint import load_checkpoint
-from qualitynet.trainer.data import IqaDataset, default_workers, predict
+from qualitynet.trainer.data import IqaDataset, crop_mean, default_workers, predict
 from qualitynet.trainer.datasets import DatasetIndex, Split, check_images
 from qualitynet.trainer.metrics import compute_metrics, degenerate_reason
 from qualitynet.trainer.mos_mapping import apply_mos_mapping
@@ -30,6 +30,8 @@ class Evaluation:
 
     ``metrics`` and ``predictions`` are after the checkpoint's MOS mapping; ``raw_metrics``
     are of the network's output before it (the same when the mapping is the identity).
+    With a crops view an image's prediction is the mean of its crops' (mapped) scores, as
+    exported models score it; ``view`` says how the images were decoded and seen.
     """
 
     metrics: dict[str, float]
@@ -38,6 +40,7 @@ class Evaluation:
     keys: list[str]
     raw_metrics: dict[str, float]
     mapping: str = "identity"
+    view: str = ""
     undefined_because: str | None = None
     """Why the correlations are undefined (constant predictions or scores), or None."""
 
@@ -71,8 +74,10 @@ def evaluate_checkpoint(checkpoint_path: str | Path, index: DatasetIndex, split:
     model = checkpoint.build_model(mapped=False).to(device)
     dataset = IqaDataset(index, indices, checkpoint.preprocess, checkpoint.score_scale)
     workers = default_workers() if workers < 0 else workers
-    raw, target = predict(model, dataset, batch_size, device, workers, quiet=quiet, desc="scoring")
-    pred = apply_mos_mapping(checkpoint.mos_mapping, checkpoint.score_scale, raw)
+    raw_crops, target = predict(model, dataset, batch_size, device, workers, quiet=quiet, desc="scoring",
+                                per_crop=True)
+    pred = crop_mean(apply_mos_mapping(checkpoint.mos_mapping, checkpoint.score_scale, raw_crops))
+    raw = crop_mean(raw_crops)
     return Evaluation(compute_metrics(pred, target), pred, target, keys, compute_metrics(raw, target),
-                      checkpoint.mos_mapping.kind,
+                      checkpoint.mos_mapping.kind, checkpoint.preprocess.describe(),
                       degenerate_reason(pred, target, checkpoint.score_scale.high - checkpoint.score_scale.low))

@@ -25,10 +25,12 @@ class PooledFeatures(ScoredDataset):
     """``(pooled features, target)`` pairs; with two cached views, ``flip`` picks one at random."""
 
     def __init__(self, features: torch.Tensor, targets: torch.Tensor, dataset: IqaDataset) -> None:
-        self.features = features  # (N, views, C): view 1, when present, is the flipped image
+        # (N, views, C), or (N, views, crops, C) for a crops view: view 1, when present, is the flipped image
+        self.features = features
         self.targets = targets
         self.scale = dataset.scale
         self.flip = dataset.flip
+        self.crops = dataset.crops
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -64,8 +66,10 @@ def _pool(model: QualityNet, dataset: IqaDataset, batch_size: int, device: str, 
     for images, target in progress(make_loader(unflipped, batch_size, False, workers), quiet=quiet, desc=desc,
                                    unit="batch", leave=False):
         images = images.to(device)
-        views = [images, images.flip(-1)] if dataset.flip else [images]
-        features.append(torch.stack([model.forward_pooled(v).float().cpu() for v in views], dim=1))
+        views = [images, images.flip(-1)] if dataset.flip else [images]  # a crops view flips each crop
+        pooled = [model.forward_pooled(v.flatten(0, 1) if dataset.crops else v).float().cpu() for v in views]
+        features.append(torch.stack([p.reshape(len(images), dataset.crops, -1) if dataset.crops else p
+                                     for p in pooled], dim=1))
         targets.append(target)
     return PooledFeatures(torch.cat(features), torch.cat(targets), dataset)
 

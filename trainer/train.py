@@ -34,14 +34,15 @@ from pathlib import Path
 import torch
 
 from qualitynet._cli import progress
+from qualitynet.artifact import FIVE_CROPS, PreprocessCfg
 from qualitynet.errors import QualityNetError
 from qualitynet.trainer.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, software_versions
-from qualitynet.trainer.data import IqaDataset, ScoredDataset, default_workers, predict
+from qualitynet.trainer.data import CropMean, IqaDataset, ScoredDataset, crop_mean, default_workers, predict
 from qualitynet.trainer.datasets import DatasetIndex, Split, check_images, make_split
 from qualitynet.trainer.distributed import World
 from qualitynet.trainer.loss import MaePlccLoss
 from qualitynet.trainer.metrics import compute_metrics, degenerate_reason, format_value, json_metrics
-from qualitynet.trainer.model import create_model
+from qualitynet.trainer.model import ModelConfig, create_model
 from qualitynet.trainer.mos_mapping import apply_mos_mapping, fit_mos_mapping
 from qualitynet.trainer.plots import plot_history, plot_scatter
 from qualitynet.trainer.rng import restore_rng_state, rng_state
@@ -81,6 +82,16 @@ class TrainSettings:
     workers: int = -1
     max_steps: int | None = None
     quiet: bool = False
+    view: str = "resize"
+    crops: tuple[str, ...] = FIVE_CROPS
+    short_side: int = 0
+    decode: str = "full"
+    decode_side: int | None = None
+
+    def preprocess(self, config: ModelConfig) -> PreprocessCfg:
+        """``config``'s preprocessing with this run's view and decode (see :class:`PreprocessCfg`)."""
+        cfg = config.preprocess().with_view(self.view, self.crops, self.short_side)
+        return cfg.with_decode(self.decode, self.decode_side)
 
 
 @dataclass
@@ -226,7 +237,7 @@ def train(index: DatasetIndex, out_dir: str | Path, settings: TrainSettings,
     model = (resumed.build_model() if resumed else create_model(settings.config or "qualitynet",
                                                                 settings.pretrained)).to(device)
     settings = replace(settings, config=model.config.name)
-    preprocess = model.config.preprocess()
+    preprocess = resumed.preprocess if resumed else settings.preprocess(model.config)
     images = {name: IqaDataset(index, index.subset(getattr(split, name)), preprocess, index.score_scale,
                                flip=name == "train") for name in ("train", "val", "test")}
     net: torch.nn.Module = model
@@ -257,7 +268,8 @@ def train(index: DatasetIndex, out_dir: str | Path, settings: TrainSettings,
             log.warning("%s predates saved random-number states; the continued run will not match an "
                         "uninterrupted one", resume)
         log.info("resuming at epoch %d (best so far: epoch %d)", start_epoch, best.epoch)
-    train_net, train_criterion = world.wrap(net), world.criterion(criterion)
+    crops = parts["train"].crops  # a crops view trains on each image's mean crop score, as it is scored
+    train_net, train_criterion = world.wrap(CropMean(net, crops) if crops else net), world.criterion(criterion)
 
     def checkpoint(train_state: dict[str, object] | None, metrics: dict[str, float]) -> Checkpoint:
         return Checkpoint(model.config, {k: v.detach().cpu() for k, v in model.state_dict().items()}, preprocess,
@@ -313,8 +325,9 @@ def train(index: DatasetIndex, out_dir: str | Path, settings: TrainSettings,
     model.load_state_dict(kept.state_dict)
     kept.mos_mapping = fit_mos_mapping(*predict(net, parts["val"], settings.batch_size, device, workers),
                                        index.score_scale, "val")
-    raw, target = predict(net, parts["test"], settings.batch_size, device, workers)
-    pred = apply_mos_mapping(kept.mos_mapping, index.score_scale, raw)
+    raw_crops, target = predict(net, parts["test"], settings.batch_size, device, workers, per_crop=True)
+    pred = crop_mean(apply_mos_mapping(kept.mos_mapping, index.score_scale, raw_crops))  # per crop, as exports do
+    raw = crop_mean(raw_crops)
     test_metrics, raw_metrics = compute_metrics(pred, target), compute_metrics(raw, target)
     kept.metrics = {**kept.metrics, **{f"test_{k}": v for k, v in test_metrics.items()},
                     **{f"test_raw_{k}": v for k, v in raw_metrics.items()}}

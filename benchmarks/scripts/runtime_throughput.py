@@ -123,7 +123,7 @@ def main() -> None:
         for name, files in (("1024x768", paths), ("2048x1536", big))
         for workers in (0, pipeline.default_workers()) for fast in (False, True)
     }
-    report["fast_decode"] = {"draft_factor": pipeline.DRAFT_FACTOR,
+    report["fast_decode"] = {"decode_side": cfg.natural_decode_side(),
                              "1024x768": fast_decode_effect(onnx_path, paths),
                              "2048x1536": fast_decode_effect(onnx_path, big)}
     report["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]

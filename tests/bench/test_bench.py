@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -17,7 +18,7 @@ from click.testing import CliRunner
 from qualitynet.bench import run as bench_run
 from qualitynet.bench.cli import main
 from qualitynet.bench.measure import LatencyStats
-from qualitynet.bench.report import format_table
+from qualitynet.bench.report import format_speedup, format_table
 from qualitynet.bench.run import BenchReport, BenchSettings, run_bench
 from qualitynet.export import load_photos
 from qualitynet.runtime.scorer import Scorer
@@ -35,15 +36,16 @@ def bench_dir(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -
     return folder
 
 
-# What the end-to-end run did, in order: ("warm", files) when it warmed the page cache, ("naive", files).
+# What the end-to-end run did, in order: ("warm", files) when it warmed the page cache, ("naive", files),
+# ("pipeline fp32", files) for a pipeline run.
 E2E_CALLS: list[tuple[str, list[str]]] = []
 
 
 @pytest.fixture(scope="module")
 def report(bench_dir: Path, photo_dir: Path) -> BenchReport:
     settings = BenchSettings(batch_sizes=(1, 4), warmup=1, iters=3, images=photo_dir, e2e_batch_size=4,
-                             e2e_workers=1, quiet=True, device="cpu")
-    warm, naive = bench_run.warm_page_cache, bench_run.naive_loop
+                             e2e_workers=1, quiet=True, device="cpu", e2e_rounds=2)
+    warm, naive, pipeline = bench_run.warm_page_cache, bench_run.naive_loop, bench_run._pipeline_run
 
     def record_warm(files: list[str]) -> int:
         E2E_CALLS.append(("warm", list(files)))
@@ -53,9 +55,14 @@ def report(bench_dir: Path, photo_dir: Path) -> BenchReport:
         E2E_CALLS.append(("naive", list(files)))
         return naive(str(checkpoint), files, *args, **kwargs)
 
+    def record_pipeline(spec: Any, files: list[str], *args: Any) -> Any:
+        E2E_CALLS.append((f"pipeline {spec.precision}", list(files)))
+        return pipeline(spec, files, *args)
+
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(bench_run, "warm_page_cache", record_warm)
         patch.setattr(bench_run, "naive_loop", record_naive)
+        patch.setattr(bench_run, "_pipeline_run", record_pipeline)
         return run_bench(bench_dir / "model.pt", settings)
 
 
@@ -101,10 +108,24 @@ def test_end_to_end_against_the_naive_loop(report: BenchReport) -> None:
 
 
 def test_the_page_cache_is_warmed_before_the_naive_loop_reads_the_files(report: BenchReport) -> None:
-    assert [name for name, _ in E2E_CALLS] == ["warm", "naive"]
-    assert E2E_CALLS[0][1] == E2E_CALLS[1][1] and len(E2E_CALLS[0][1]) == 8
+    round_calls = ["naive", "pipeline fp32", "pipeline fp16"]
+    assert [name for name, _ in E2E_CALLS] == ["warm", *round_calls, *round_calls], "contenders alternate"
+    assert all(files == E2E_CALLS[0][1] for _, files in E2E_CALLS) and len(E2E_CALLS[0][1]) == 8
     assert "page cache warmed" in report.settings["e2e_order"]
     assert "page cache warmed" in format_table(report)
+
+
+def test_end_to_end_speedup_is_the_median_of_the_rounds_and_a_wide_range_is_flagged(report: BenchReport) -> None:
+    pipeline = next(p for p in report.points if p.mode == "end-to-end" and p.backend == "onnxruntime")
+    assert len(pipeline.speedup_rounds) == 2 and all(r > 0 for r in pipeline.speedup_rounds)
+    assert pipeline.speedup == pytest.approx(float(np.median(pipeline.speedup_rounds)), abs=1e-3)
+    rounds = pipeline.speedup_rounds
+    assert pipeline.speedup_spread == pytest.approx((max(rounds) - min(rounds)) / pipeline.speedup, abs=1e-2)
+    assert pipeline.wide_spread == (pipeline.speedup_spread > bench_run.WIDE_SPREAD)
+    steady = dataclasses.replace(pipeline, speedup=2.0, speedup_rounds=[1.9, 2.0, 2.1], wide_spread=False)
+    busy = dataclasses.replace(pipeline, speedup=2.0, speedup_rounds=[1.2, 2.0, 3.0], wide_spread=True)
+    assert format_speedup(steady) == "2.00x [1.90-2.10]" and format_speedup(busy) == "2.00x [1.20-3.00] WIDE"
+    assert "median of the 2 rounds' ratios" in format_table(report)
 
 
 def test_one_thread_count_reaches_every_backend_and_is_reported(report: BenchReport) -> None:

@@ -296,6 +296,8 @@ def _damaged(model: Path, folder: Path, **preprocess: object) -> Path:
     ({"interpolation": "bicubical"}, "interpolation 'bicubical' is not one of nearest, bilinear, bicubic, lanczos"),
     ({"height": 100, "width": 100}, "it says the input is 3x100x100 but the graph takes 3x"),
     ({"height": 100000, "width": 100000}, "input height 100000 is not a whole number from 1 to 4096"),
+    ({"view": "tiles"}, "view 'tiles' is not one of resize, crops"),
+    ({"decode": "nvjpeg"}, "decode 'nvjpeg' is not one of full, dct"),
 ])
 def test_a_damaged_model_record_is_refused_at_load(onnx_models: tuple[Path, Path], photo_dir: Path,
                                                    tmp_path: Path, change: dict[str, object], message: str) -> None:

@@ -83,7 +83,7 @@ def test_scorer_api_paths_folder_arrays_agree(onnx_models: tuple[Path, Path], ph
     with Scorer(onnx_models[0], workers=0, batch_size=3, threads=1) as scorer:
         by_path = [r.score for r in scorer.score_paths(paths)]
         by_folder = {r.path: r.score for r in scorer.score_folder(photo_dir)}
-        batch = np.stack([scorer.preprocess(Image.open(p)) for p in paths])
+        batch = np.concatenate([scorer.preprocess(Image.open(p)) for p in paths])  # (1, 3, H, W) each
         by_array = scorer.score_arrays(batch)
         assert scorer.meta.score_scale.high == 5.0
     assert by_folder == {str(p): s for p, s in zip(paths, by_path, strict=True)}

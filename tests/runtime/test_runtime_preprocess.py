@@ -73,8 +73,8 @@ def test_worker_tensors_equal_trainer_tensors_for_every_mode(mode_files: dict[st
     assert [d[0] for d in decoded] == [str(p) for p in paths]
     for mode, (path, tensor, error), reference in zip(mode_files, decoded, expected, strict=True):
         assert not error, f"{mode}: {error}"
-        assert tensor is not None and tensor.dtype == np.float32 and tensor.shape == (3, CFG.height, CFG.width)
-        np.testing.assert_allclose(tensor, reference, rtol=0, atol=1e-6, err_msg=mode)
+        assert tensor is not None and tensor.dtype == np.float32 and tensor.shape == (1, 3, CFG.height, CFG.width)
+        np.testing.assert_allclose(tensor[0], reference, rtol=0, atol=1e-6, err_msg=mode)
 
 
 def test_modes_mean_what_they_say(mode_files: dict[str, Path]) -> None:
@@ -102,7 +102,7 @@ def test_fast_decode_is_a_near_copy_and_only_affects_jpeg(photo_dir: Path) -> No
     assert 0 < np.abs(exact - fast).mean() < 0.1  # reduced-scale DCT decode: close, not identical
     assert np.array_equal(decode_path(png, cfg, fast=True)[1], decode_path(png, cfg, fast=False)[1])
     with Image.open(jpeg) as image:
-        draft = load_rgb(jpeg, draft_size=64).size
+        draft = load_rgb(jpeg, cfg.with_decode("dct")).size
         assert min(draft) >= 64 and draft[0] < image.size[0]
 
 

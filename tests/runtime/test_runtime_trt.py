@@ -527,7 +527,7 @@ def test_trt_scores_match_pytorch_split_and_partial_batches(plan: Path, photo_di
     with Scorer(plan, batch_size=40, workers=2) as scorer:
         records = list(scorer.score_paths(paths))
         unit = scorer.meta.score_scale.to_unit(np.array([r.score for r in records]))
-        batch = np.stack([scorer.preprocess(Image.open(p)) for p in paths[:3]])
+        batch = np.concatenate([scorer.preprocess(Image.open(p)) for p in paths[:3]])
         np.testing.assert_allclose(scorer.score_arrays(batch), [r.score for r in records[:3]], atol=1e-5)
     reference, floor = torch_reference
     tolerance = TOLERANCES["fp16"].widened(floor)  # the export's rule for FP16 vs PyTorch

@@ -1,0 +1,92 @@
+"""Where one image's host time goes, stage by stage, for each decode of the record (issue 20.2).
+
+For a 1024x768 and a grainy 4000x3000 JPEG (quality 90, generated offline) and each decode
+(``full``, ``dct``), times the stages of :func:`qualitynet.runtime.preprocess.file_to_inputs`
+one by one, in alternating rounds (every stage of every case once per round, so a busy
+machine slows them alike): decode, resize to the input size, and the float conversion,
+normalisation and NCHW transpose; plus the five-crop view at short side 512. Prints one JSON
+document: the median ms of each stage, its range over the rounds (on a busy machine the
+minimum is the better estimate of a stage's own cost), the DCT/full ratio of the median
+per-image cost per case, the machine and the load average.
+
+Example:
+    .venv/bin/python benchmarks/scripts/preprocess_cost.py --rounds 7 > preprocess-cost.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import time
+from collections.abc import Callable
+
+import numpy as np
+from PIL import Image
+
+from qualitynet.artifact import FIVE_CROPS, PreprocessCfg
+from qualitynet.bench.machine import machine_info
+from qualitynet.runtime.preprocess import INTERPOLATIONS, image_to_inputs, image_to_tensor, load_rgb
+from qualitynet.trainer.demo_data import demo_photo
+
+CASES = {"1024x768": ((1024, 768), 0.0), "4000x3000 grain": ((4000, 3000), 6.0)}
+
+
+def _jpeg(size: tuple[int, int], grain: float) -> bytes:
+    image = demo_photo("astronaut", max_side=2048).resize(size, Image.Resampling.BICUBIC)
+    if grain:
+        pixels = np.asarray(image, np.float32) + np.random.default_rng(0).normal(0, grain, (size[1], size[0], 3))
+        image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def _stages(data: bytes, cfg: PreprocessCfg) -> dict[str, Callable[[], object]]:
+    """The timed steps for one JPEG under ``cfg`` (each repeats one stage on the previous one's output)."""
+    decoded = load_rgb(io.BytesIO(data), cfg)
+    resized = decoded.resize((cfg.width, cfg.height), INTERPOLATIONS[cfg.interpolation])
+    crops = cfg.with_view("crops", FIVE_CROPS, short_side=512)
+    return {
+        "decode": lambda: load_rgb(io.BytesIO(data), cfg),
+        "resize": lambda: decoded.resize((cfg.width, cfg.height), INTERPOLATIONS[cfg.interpolation]),
+        "to_float_normalise_transpose": lambda: image_to_tensor(resized, cfg),
+        "five_crops_at_512_after_decode": lambda: image_to_inputs(load_rgb(io.BytesIO(data), crops), crops),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    base = PreprocessCfg()
+    jpegs = {name: _jpeg(size, grain) for name, (size, grain) in CASES.items()}
+    steps = {(name, decode): _stages(jpegs[name], base if decode == "full" else base.with_decode("dct"))
+             for name in CASES for decode in ("full", "dct")}
+    times: dict[tuple[str, str, str], list[float]] = {}
+    load_start = os.getloadavg()
+    for _ in range(args.rounds):
+        for (name, decode), stages in steps.items():
+            for stage, step in stages.items():
+                if decode == "dct" and stage == "five_crops_at_512_after_decode":
+                    step = _stages(jpegs[name], base.with_view("crops", FIVE_CROPS, 512).with_decode("dct"))[
+                        "five_crops_at_512_after_decode"]
+                tick = time.perf_counter()
+                step()
+                times.setdefault((name, decode, stage), []).append((time.perf_counter() - tick) * 1000)
+    report: dict[str, object] = {
+        "machine": machine_info(1), "rounds": args.rounds, "load_average_start": [round(x, 2) for x in load_start],
+        "load_average_end": [round(x, 2) for x in os.getloadavg()], "ms": {}, "dct_speedup": {}}
+    for (name, decode, stage), values in times.items():
+        report["ms"][f"{name} {decode} {stage}"] = {  # type: ignore[index]
+            "median": round(float(np.median(values)), 3), "min": round(min(values), 3), "max": round(max(values), 3)}
+    for name in CASES:
+        per_image = {decode: sum(float(np.median(times[(name, decode, s)])) for s in
+                                 ("decode", "resize", "to_float_normalise_transpose")) for decode in ("full", "dct")}
+        report["dct_speedup"][name] = round(per_image["full"] / per_image["dct"], 2)  # type: ignore[index]
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
