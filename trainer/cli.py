@@ -216,8 +216,8 @@ def eval_command(checkpoint: Path, dataset: str, data_root: Path | None, csv_pat
         click.echo(f"warning: SROCC and PLCC are undefined: {result.undefined_because}", err=True)
     if json_path:
         record: dict[str, object] = {"checkpoint": str(checkpoint), "dataset": index.name, "split": split,
-                                     "view": result.view, "mos_mapping": result.mapping,
-                                     **json_metrics(result.metrics), "before_mos_mapping": json_metrics(result.raw_metrics)}
+                                     "view": result.view, "mos_mapping": result.mapping, **json_metrics(result.metrics),
+                                     "before_mos_mapping": json_metrics(result.raw_metrics)}
         if result.undefined_because:
             record["undefined_because"] = result.undefined_because
         json_path.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n", encoding="utf-8")
