@@ -32,8 +32,8 @@ def ray_address() -> Iterator[str]:
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("RAY_ADDRESS", raising=False)
         patch.setenv("RAY_TMPDIR", temp)
-        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
         try:
+            ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
             yield ray.get_runtime_context().gcs_address
         finally:
             ray.shutdown()
