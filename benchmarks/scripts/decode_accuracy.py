@@ -15,7 +15,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import time
@@ -24,14 +23,14 @@ from pathlib import Path
 from qualitynet.bench.demo import DEMO_RECIPES
 from qualitynet.bench.machine import machine_info
 from qualitynet.trainer.datasets import load_dataset
-from qualitynet.trainer.demo_data import DEMO_SOURCES, DISTORTIONS, demo_photo
+from qualitynet.trainer.demo_data import DEMO_SOURCES, DISTORTIONS, demo_photo, write_scores_csv
 from qualitynet.trainer.train import TrainSettings, train
 
 
 def make_jpeg_dataset(out: Path) -> Path:
     """The demo's distortions on whole photos at their own resolution, as JPEGs; returns scores.csv."""
     (out / "images").mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows: list[dict[str, object]] = []
     for source in DEMO_SOURCES:
         photo = demo_photo(source, max_side=1024)
         variants = [("pristine", 0, photo)]
@@ -41,12 +40,7 @@ def make_jpeg_dataset(out: Path) -> Path:
             rel = f"images/{source}_{name}_{level}.jpg"
             image.save(out / rel, quality=95)
             rows.append({"image": rel, "score": 5.0 - level, "group": source})
-    csv_path = out / "scores.csv"
-    with open(csv_path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return csv_path
+    return write_scores_csv(out, rows)
 
 
 def main() -> None:
