@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
-__all__ = ["DEMO_SOURCES", "DISTORTIONS", "demo_photo", "make_demo_dataset", "make_photo_folder"]
+__all__ = ["DEMO_SOURCES", "DISTORTIONS", "demo_photo", "make_demo_dataset", "make_photo_folder", "write_scores_csv"]
 
 DEMO_SOURCES = (
     "astronaut", "camera", "chelsea", "coffee", "rocket", "hubble_deep_field",
@@ -97,6 +97,11 @@ def make_demo_dataset(out_dir: str | Path, sources: tuple[str, ...] = DEMO_SOURC
                 image.save(out / rel)
                 rows.append({"image": rel, "score": 5.0 - level, "group": source, "distortion": name,
                              "level": level})
+    return write_scores_csv(out, rows)
+
+
+def write_scores_csv(out: Path, rows: list[dict[str, object]]) -> Path:
+    """Write ``out/scores.csv`` (the columns of the first row) and return its path."""
     csv_path = out / "scores.csv"
     with open(csv_path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
