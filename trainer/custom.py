@@ -82,7 +82,7 @@ def save_custom_checkpoint(path: str | Path, model: nn.Module, factory: str | Ca
     batch run, so a checkpoint that would fail at export is refused here.
 
     Args:
-        path: where to write (e.g. ``runs/mine/model.pt``).
+        path: where to write (e.g. ``runs/mine/model.pt``; missing folders are made).
         model: the trained network: ``(N, 3, H, W)`` normalised as ``preprocess`` says ->
             ``(N,)`` or ``(N, 1)``.
         factory: a function decorated with :func:`~qualitynet.trainer.registry.register_model`,
@@ -112,5 +112,7 @@ def save_custom_checkpoint(path: str | Path, model: nn.Module, factory: str | Ca
     if not score_scale.high > score_scale.low:
         raise QualityNetError(f"{path}: score scale {score_scale.low}..{score_scale.high} must run from low to high")
     checkpoint.build_model()
-    save_checkpoint(Path(path), checkpoint)
-    return Path(path)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(path, checkpoint)
+    return path

@@ -86,3 +86,17 @@ def test_bench_measures_the_custom_model(int8_cli: Result, custom_checkpoint: Pa
     assert all(p.throughput_img_s > 0 for p in report.points)
     assert model_only["onnxruntime", "fp32"].max_abs_error < 1e-3 and model_only["onnxruntime", "fp32"].srocc > 0.99
     assert any(p.mode != "model-only" for p in report.points)  # end to end, decode included
+
+
+def test_export_cli_refuses_a_checkpoint_whose_factory_is_gone_in_one_line(custom_checkpoint: Path,
+                                                                            tmp_path: Path) -> None:
+    payload = torch.load(custom_checkpoint, weights_only=True)
+    payload["model_config"]["factory"] = "my_lab.models:gone_iqa"
+    torch.save(payload, tmp_path / "model.pt")
+    result = CliRunner().invoke(export_main, [str(tmp_path / "model.pt")])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        f"Error: {tmp_path / 'model.pt'}: model factory 'my_lab.models:gone_iqa' cannot be imported "
+        "(ModuleNotFoundError: No module named 'my_lab'); install the package that defines it or put its folder on "
+        "PYTHONPATH"]
+    assert not (tmp_path / "model.onnx").exists()
