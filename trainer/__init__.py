@@ -8,7 +8,11 @@ submodules import torch):
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the real names for type checkers; at run time __getattr__ imports them on first use
+    from qualitynet.trainer.custom import save_custom_checkpoint
+    from qualitynet.trainer.registry import ModelSpec, register_model
 
 __all__ = ["ModelSpec", "register_model", "save_custom_checkpoint"]
 

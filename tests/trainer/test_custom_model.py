@@ -13,8 +13,10 @@ from qualitynet.artifact import PreprocessCfg, ScoreScale
 from qualitynet.errors import QualityNetError
 from qualitynet.trainer import save_custom_checkpoint
 from qualitynet.trainer.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from qualitynet.trainer.datasets import load_dataset
 from qualitynet.trainer.model import MODEL_CONFIGS, QualityNet
 from qualitynet.trainer.registry import ModelSpec, get_spec, list_models
+from qualitynet.trainer.train import TrainSettings, train
 
 PRE = PreprocessCfg(height=48, width=48)
 KONIQ = ScoreScale(1.0, 5.0, "MOS 1-5")
@@ -86,3 +88,12 @@ def test_checkpoint_whose_factory_is_gone_is_refused_at_load(tmp_path: Path) -> 
     message = str(info.value)
     assert message.startswith(f"{tmp_path / 'gone.pt'}: model factory 'custom_iqa_removed:tiny_iqa' cannot be "
                               "imported") and "\n" not in message
+
+
+def test_iqa_train_refuses_to_resume_a_custom_checkpoint(demo_dataset: Path, tmp_path: Path) -> None:
+    path = save_custom_checkpoint(tmp_path / "mine.pt", custom_iqa.tiny_iqa(), "tiny_iqa", PRE, KONIQ)
+    settings = TrainSettings(batch_size=8, workers=0, quiet=True, max_steps=1, device="cpu")
+    with pytest.raises(QualityNetError, match=r"mine.pt: holds your own network \(custom_iqa:tiny_iqa\); iqa-train "
+                                              "trains QualityNet configurations"):
+        train(load_dataset("csv", csv_path=demo_dataset), tmp_path / "run", settings, resume=path)
+    assert not (tmp_path / "run" / "model.pt").exists()
