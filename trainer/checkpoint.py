@@ -172,6 +172,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         )
     except (KeyError, TypeError) as exc:
         raise QualityNetError(f"{path}: QualityNet checkpoint is incomplete ({exc!r}); re-train") from None
+    except QualityNetError as exc:  # a damaged model entry (ModelSpec checks its own fields)
+        raise QualityNetError(f"{path}: {exc}") from None
     checkpoint.preprocess.validate(str(path), "re-train")
     if isinstance(checkpoint.model_config, ModelSpec):
         try:

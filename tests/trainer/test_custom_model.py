@@ -97,3 +97,13 @@ def test_iqa_train_refuses_to_resume_a_custom_checkpoint(demo_dataset: Path, tmp
                                               "trains QualityNet configurations"):
         train(load_dataset("csv", csv_path=demo_dataset), tmp_path / "run", settings, resume=path)
     assert not (tmp_path / "run" / "model.pt").exists()
+
+
+def test_damaged_model_entry_is_refused_naming_the_file(tmp_path: Path) -> None:
+    spec = {"name": "mine", "factory": "custom_iqa:tiny_iqa", "kwargs": {}, "output": "percent"}
+    save_checkpoint(tmp_path / "bad.pt", Checkpoint(get_spec("tiny_iqa"), custom_iqa.tiny_iqa().state_dict(), PRE,
+                                                    KONIQ))
+    payload = torch.load(tmp_path / "bad.pt", weights_only=True)
+    torch.save({**payload, "model_config": spec}, tmp_path / "bad.pt")
+    with pytest.raises(QualityNetError, match=r"bad.pt: model 'mine': output 'percent' is not one of unit, mos"):
+        load_checkpoint(tmp_path / "bad.pt")
