@@ -1,6 +1,8 @@
 """Checkpoint format: a plain dict loadable with ``torch.load(weights_only=True)``.
 
-Keys: ``format``, ``model_config``, ``state_dict``, ``preprocess``, ``score_scale``,
+Keys: ``format``, ``model_config`` (a QualityNet :class:`ModelConfig`, or for any other
+network a :class:`~qualitynet.trainer.registry.ModelSpec`, told apart by its ``factory``
+key), ``state_dict``, ``preprocess``, ``score_scale``,
 ``mos_mapping`` (fitted after training; absent in older checkpoints: identity),
 ``dataset``, ``metrics``, ``versions``, and (in ``last.pt`` only) ``train_state`` with the
 optimizer, scheduler, epoch, history and random-number states needed to resume. Nothing is pickled code, so a
@@ -20,11 +22,13 @@ from typing import Any
 import numpy as np
 import torch
 import torchvision
+from torch import nn
 
 import qualitynet
 from qualitynet.artifact import MosMapping, PreprocessCfg, ScoreScale
 from qualitynet.errors import QualityNetError
 from qualitynet.trainer.model import ModelConfig, QualityNet, calibrate_batchnorm, create_model
+from qualitynet.trainer.registry import ModelSpec, resolve_factory
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -42,7 +46,7 @@ CHECKPOINT_FORMAT = "qualitynet-checkpoint/1"
 class Checkpoint:
     """A loaded checkpoint: the model's recipe, weights and what it was trained on."""
 
-    model_config: ModelConfig
+    model_config: ModelConfig | ModelSpec
     state_dict: dict[str, torch.Tensor]
     preprocess: PreprocessCfg
     score_scale: ScoreScale
@@ -52,20 +56,45 @@ class Checkpoint:
     train_state: dict[str, Any] | None = None
     mos_mapping: MosMapping = field(default_factory=MosMapping)
 
-    def build_model(self, mapped: bool = True) -> QualityNet:
-        """Instantiate the model with these weights, in eval mode.
+    @property
+    def spec(self) -> ModelSpec:
+        """How the network is rebuilt (QualityNet's configurations are registry entries too)."""
+        return self.model_config if isinstance(self.model_config, ModelSpec) else self.model_config.spec()
+
+    def build_model(self, mapped: bool = True) -> nn.Module:
+        """Instantiate the model with these weights, in eval mode: ``(N, 3, H, W)`` to unit-scale ``(N, 1)``.
+
+        QualityNet comes back as itself; any other network is wrapped in
+        :class:`~qualitynet.trainer.custom.ScoreOutput`, which checks its output shape once
+        and brings it to that contract.
 
         Args:
             mapped: end ``forward`` with the checkpoint's MOS mapping (what exports carry);
                 ``False`` gives the network's raw output.
+
+        Raises:
+            QualityNetError: the factory cannot be imported, the weights do not fit the
+                network it builds, or that network does not give one score per image.
         """
+        from qualitynet.trainer.custom import ScoreOutput
         from qualitynet.trainer.mos_mapping import MosMappingLayer
 
-        model = QualityNet(self.model_config)
-        model.load_state_dict(self.state_dict)
-        if mapped and self.mos_mapping.kind != "identity":
-            model.set_mos_mapping(MosMappingLayer(self.mos_mapping, self.score_scale))
-        return model.eval()
+        spec = self.spec
+        model = spec.build()
+        try:
+            model.load_state_dict(self.state_dict)
+        except RuntimeError as exc:  # "Error(s) in loading state_dict for X:", then one line per problem
+            problems = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()] or [str(exc)]
+            more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
+            raise QualityNetError(f"the checkpoint's weights do not fit the network {spec.factory!r} builds "
+                                  f"({problems[0]}{more}); save it again with the same factory arguments") from None
+        mapping = MosMappingLayer(self.mos_mapping, self.score_scale) \
+            if mapped and self.mos_mapping.kind != "identity" else None
+        if isinstance(model, QualityNet):
+            if mapping is not None:
+                model.set_mos_mapping(mapping)
+            return model.eval()
+        return ScoreOutput(model, spec, self.score_scale, self.preprocess, mapping).eval()
 
 
 def software_versions() -> dict[str, str]:
@@ -82,7 +111,7 @@ def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
     """Write atomically (temp file + rename) so an interrupt never leaves a half file."""
     payload = {
         "format": CHECKPOINT_FORMAT,
-        "model_config": checkpoint.model_config.to_dict(),
+        "model_config": checkpoint.model_config.to_dict(),  # ModelSpec's has a "factory" key
         "state_dict": checkpoint.state_dict,
         "preprocess": asdict(checkpoint.preprocess),
         "score_scale": asdict(checkpoint.score_scale),
@@ -129,8 +158,9 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             "pass a model.pt written by iqa-train"
         )
     try:
+        config = payload["model_config"]
         checkpoint = Checkpoint(
-            model_config=ModelConfig.from_dict(payload["model_config"]),
+            model_config=ModelSpec.from_dict(config) if "factory" in config else ModelConfig.from_dict(config),
             state_dict=payload["state_dict"],
             preprocess=PreprocessCfg.from_dict(payload["preprocess"]),
             score_scale=ScoreScale(**payload["score_scale"]),
@@ -142,7 +172,14 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         )
     except (KeyError, TypeError) as exc:
         raise QualityNetError(f"{path}: QualityNet checkpoint is incomplete ({exc!r}); re-train") from None
+    except QualityNetError as exc:  # a damaged model entry (ModelSpec checks its own fields)
+        raise QualityNetError(f"{path}: {exc}") from None
     checkpoint.preprocess.validate(str(path), "re-train")
+    if isinstance(checkpoint.model_config, ModelSpec):
+        try:
+            resolve_factory(checkpoint.model_config.factory)
+        except QualityNetError as exc:
+            raise QualityNetError(f"{path}: {exc}") from None
     return checkpoint
 
 

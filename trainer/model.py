@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import cast
+from typing import Any, cast
 
 import torch
 import torchvision
@@ -28,6 +28,7 @@ from torch import nn
 from qualitynet.artifact import IMAGENET_MEAN, IMAGENET_STD, PreprocessCfg
 from qualitynet.errors import QualityNetError
 from qualitynet.trainer.backbones import LITE_MEAN, LITE_STD, LITE_VARIANTS, create_lite
+from qualitynet.trainer.registry import ModelSpec, factory_reference, register_spec
 
 __all__ = [
     "MODEL_CONFIGS",
@@ -38,6 +39,7 @@ __all__ = [
     "calibrate_batchnorm",
     "create_model",
     "get_config",
+    "qualitynet_from_config",
 ]
 
 
@@ -77,6 +79,10 @@ class ModelConfig:
     def to_dict(self) -> dict[str, object]:
         """Plain dict for checkpoints and metadata."""
         return asdict(self)
+
+    def spec(self) -> ModelSpec:
+        """This configuration as a registry entry (the one path every checkpoint's network is rebuilt by)."""
+        return ModelSpec(self.name, factory_reference(qualitynet_from_config), self.to_dict())
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> ModelConfig:
@@ -240,6 +246,15 @@ class QualityNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.mos_mapping(self.forward_head(self.forward_features(x)))
+
+
+def qualitynet_from_config(**config: Any) -> QualityNet:
+    """Registry factory of every QualityNet configuration: ``QualityNet(ModelConfig(**config))``."""
+    return QualityNet(ModelConfig.from_dict(config))
+
+
+for _config in MODEL_CONFIGS.values():
+    register_spec(_config.spec())
 
 
 def _feature_extractor(name: str, pretrained: bool, depth: int | None = None) -> tuple[nn.Module, int]:

@@ -30,6 +30,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -42,7 +43,7 @@ from qualitynet.trainer.datasets import DatasetIndex, Split, check_images, make_
 from qualitynet.trainer.distributed import World
 from qualitynet.trainer.loss import MaePlccLoss
 from qualitynet.trainer.metrics import compute_metrics, degenerate_reason, format_value, json_metrics
-from qualitynet.trainer.model import ModelConfig, create_model
+from qualitynet.trainer.model import ModelConfig, QualityNet, create_model
 from qualitynet.trainer.mos_mapping import apply_mos_mapping, fit_mos_mapping
 from qualitynet.trainer.plots import plot_history, plot_scatter
 from qualitynet.trainer.rng import restore_rng_state, rng_state
@@ -181,6 +182,10 @@ def _resumed_run(resume: Path, out: Path, settings: TrainSettings, copy_best: bo
     """Load ``last.pt``, check ``settings`` against it, and take over its run's split and (with ``copy_best``,
     the writing rank's job) best model."""
     resumed = load_checkpoint(resume)
+    if not isinstance(resumed.model_config, ModelConfig):
+        raise QualityNetError(f"{resume}: holds your own network ({resumed.model_config.factory}); iqa-train trains "
+                              "QualityNet configurations: train it in your own loop and save it with "
+                              "save_custom_checkpoint")
     state = resumed.train_state
     if state is None:
         raise QualityNetError(f"{resume}: holds no training state; resume from the run's last.pt, not model.pt")
@@ -234,8 +239,9 @@ def train(index: DatasetIndex, out_dir: str | Path, settings: TrainSettings,
         split.save(out / "split.json")
     check_images(index.paths)
 
-    model = (resumed.build_model() if resumed else create_model(settings.config or "qualitynet",
-                                                                settings.pretrained)).to(device)
+    # _resumed_run refused any checkpoint but QualityNet's
+    model = (cast(QualityNet, resumed.build_model()) if resumed
+             else create_model(settings.config or "qualitynet", settings.pretrained)).to(device)
     settings = replace(settings, config=model.config.name)
     preprocess = resumed.preprocess if resumed else settings.preprocess(model.config)
     images = {name: IqaDataset(index, index.subset(getattr(split, name)), preprocess, index.score_scale,
