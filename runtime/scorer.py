@@ -23,6 +23,7 @@ from PIL import Image
 
 from qualitynet.artifact import ArtifactMeta
 from qualitynet.runtime.discovery import iter_folder
+from qualitynet.runtime.int8_fit import int8_concerns
 from qualitynet.runtime.pipeline import FAST_DECODE_DEFAULT, Decoded, DecodePool, default_workers
 from qualitynet.runtime.preprocess import image_to_tensor, to_rgb
 from qualitynet.runtime.runner import BaseRunner, runner_for
@@ -58,6 +59,9 @@ class Scorer:
         self.fast_decode = fast_decode
         self.runner: BaseRunner = runner_for(model_path, provider, threads, allow_host_code)
         self.runner.activate()
+        if self.meta.precision == "int8":
+            for concern in int8_concerns(self.meta.extra.get("int8", {})):
+                logger.warning("%s: %s", model_path, concern)
         self._pool: DecodePool | None = None
 
     @property
