@@ -88,6 +88,9 @@ DEFAULT_MIN_SROCC = 0.99
 DEFAULT_MEAN_ABS_FRACTION = 0.05
 CALIBRATOR_OPTIONS: dict[str, dict[str, Any]] = {"entropy": {"num_bins": 2048, "num_quantized_bins": 128}}
 GATE_BATCH_SIZES = (1, 8)
+# Calibration inputs the sensitivity ranking runs on: it keeps every intermediate tensor of
+# every input in memory (ONNX Runtime's qdq_loss_debug), ~18 GB for the lite model at 64.
+SENSITIVITY_INPUTS = 8
 SPEED_BATCH = 8
 
 
@@ -543,7 +546,8 @@ def quantize_and_gate(pre_path: Path, out_path: Path, target: Int8Target, settin
     result = Int8Gate(target=target.name, model=out_path.name, verification=plain, plain=plain, mos_range=mos_range,
                       mean_abs_bound_mos=settings.mean_abs_bound(mos_range))
     if not plain and settings.remedy:
-        ranked = sensitive_nodes(out_path, pre_path, calib_inputs, meta.preprocess.input_name, work)
+        ranked = sensitive_nodes(out_path, pre_path, calib_inputs[:SENSITIVITY_INPUTS], meta.preprocess.input_name,
+                                 work)
         result.sensitivity_db = {item.tensor: round(item.sqnr_db, 2) for item in ranked}
         probe = _bisect(lambda k: quantize(pre_path, work / f"k{k}{target.suffix}", target, cache, calibration, meta,
                                            nodes_of(ranked[:k])),
