@@ -360,11 +360,13 @@ def run_bench(checkpoint_path: str | Path, settings: BenchSettings, onnx: Path |
     onnx_paths, plan = ensure_artifacts(checkpoint_path, onnx, engine, out_dir)
     inputs, photo_names = load_photos(settings.photos, checkpoint.preprocess)
     specs, skipped = plan_subjects(checkpoint, onnx_paths, plan, device, threads, inputs[:1],
-                                   settings.torch_variants, settings.cpu_max_batch)
+                                   settings.torch_variants, settings.cpu_max_batch, file_sha256(checkpoint_path))
     report = BenchReport(
         config_name=checkpoint.model_config.name,
         model_files={"checkpoint": str(checkpoint_path), **{k: str(v) for k, v in onnx_paths.items()},
-                     **({"tensorrt": str(plan)} if plan else {})},
+                     **({"tensorrt": str(plan)} if plan else {}),
+                     **{f"{spec.backend}-int8": str(spec.model_path) for spec in specs
+                        if spec.precision == "int8" and spec.model_path is not None}},
         settings={**{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()},
                   "threads": threads, "device": device, "photos": len(photo_names)},
         machine=machine_info(threads), skipped=skipped)

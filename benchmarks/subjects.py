@@ -15,9 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 
+from qualitynet.artifact import ArtifactMeta
 from qualitynet.bench.measure import Step
+from qualitynet.errors import QualityNetError
+from qualitynet.export.freshness import stale_reason
+from qualitynet.export.onnx import read_meta
 from qualitynet.runtime.ort_runner import OrtRunner
 from qualitynet.runtime.runner import BaseRunner, runner_for
 from qualitynet.trainer.checkpoint import Checkpoint
@@ -211,7 +216,8 @@ def tensorrt_missing() -> str | None:
 
 def plan_subjects(checkpoint: Checkpoint, onnx_paths: dict[str, Path], plan: Path | None, device: str,
                   threads: int, probe: np.ndarray, torch_variants: Sequence[str] = (),
-                  cpu_max_batch: int | None = None) -> tuple[list[SubjectSpec], list[Skipped]]:
+                  cpu_max_batch: int | None = None,
+                  checkpoint_sha256: str | None = None) -> tuple[list[SubjectSpec], list[Skipped]]:
     """Every point this machine can measure, eager FP32 first (the baseline), and the rest skipped.
 
     Args:
@@ -223,6 +229,8 @@ def plan_subjects(checkpoint: Checkpoint, onnx_paths: dict[str, Path], plan: Pat
         probe: a small host batch used for the first (untimed, load-time) call.
         torch_variants: keys of :data:`TORCH_VARIANTS` to add as FP16 autocast subjects on CUDA.
         cpu_max_batch: skip ONNX Runtime CPU points above this batch size.
+        checkpoint_sha256: the checkpoint's hash: INT8 files that are not its exports, or
+            that failed their accuracy gate, are skipped with the reason (``None``: not checked).
     """
     specs = [SubjectSpec("torch-eager", "fp32", device, _timed_open(
         lambda: _torch_subject(checkpoint, device, fp16=False), probe))]
@@ -252,30 +260,41 @@ def plan_subjects(checkpoint: Checkpoint, onnx_paths: dict[str, Path], plan: Pat
     missing = tensorrt_missing()
     if missing is None and plan is None:
         missing = "no engine was built (see the export report)"
+    precision = plan_precision(plan) if plan is not None else "fp16"
     if missing is None and plan is not None:
-        specs.append(SubjectSpec("tensorrt", "fp16", "cuda", _timed_open(
+        specs.append(SubjectSpec("tensorrt", precision, "cuda", _timed_open(
             lambda: _runner_subject(runner_for(plan)), probe), plan))
     else:
-        skipped.append(Skipped("tensorrt", "fp16", "cuda", missing or ""))
-    int8_specs, int8_skipped = _int8_subjects(onnx_paths.get("fp32"), threads, probe)
+        skipped.append(Skipped("tensorrt", precision, "cuda", missing or ""))
+    int8_specs, int8_skipped = _int8_subjects(onnx_paths.get("fp32"), threads, probe, checkpoint_sha256)
     return specs + int8_specs, skipped + int8_skipped
 
 
-def _int8_subjects(fp32: Path | None, threads: int, probe: np.ndarray) -> tuple[list[SubjectSpec], list[Skipped]]:
+def plan_precision(plan: Path) -> str:
+    """The precision a plan's sidecar records (an FP32 engine on Pascal, where FP16 is 1/64 rate)."""
+    try:
+        return ArtifactMeta.read_sidecar(plan).precision
+    except QualityNetError:
+        return "fp16"  # unreadable: the runner refuses it with the reason when it opens
+
+
+def _int8_subjects(fp32: Path | None, threads: int, probe: np.ndarray,
+                   checkpoint_sha256: str | None) -> tuple[list[SubjectSpec], list[Skipped]]:
     """INT8 rows, from ``iqa-export --int8``'s files next to ``fp32``: ONNX Runtime on the CPU
-    (``model.int8.onnx``) and TensorRT (``model.int8.plan``)."""
+    (``model.int8.onnx``) and TensorRT (``model.int8.plan``), each only when it is an export of
+    this checkpoint that passed its accuracy gate."""
     if fp32 is None:
         return [], []
     stem = fp32.name.removesuffix(".onnx")
     cpu_model, plan = fp32.with_name(f"{stem}.int8.onnx"), fp32.with_name(f"{stem}.int8.plan")
     specs, skipped = [], []
-    if cpu_model.is_file():
+    reason = _int8_unusable(cpu_model, checkpoint_sha256)
+    if reason is None:
         specs.append(SubjectSpec("onnxruntime", "int8", "cpu", _timed_open(
             lambda: _runner_subject(runner_for(cpu_model, provider="cpu", threads=threads)), probe), cpu_model))
     else:
-        skipped.append(Skipped("onnxruntime", "int8", "cpu", f"no {cpu_model.name} (iqa-export --int8 writes it)"))
-    missing = tensorrt_missing() or (None if plan.is_file() else
-                                      f"no {plan.name} (iqa-export --int8 builds it where TensorRT and a GPU are)")
+        skipped.append(Skipped("onnxruntime", "int8", "cpu", reason))
+    missing = tensorrt_missing() or _int8_unusable(plan, checkpoint_sha256)
     if missing is None:
         specs.append(SubjectSpec("tensorrt", "int8", "cuda", _timed_open(
             lambda: _runner_subject(runner_for(plan)), probe), plan))
@@ -283,3 +302,22 @@ def _int8_subjects(fp32: Path | None, threads: int, probe: np.ndarray) -> tuple[
         skipped.append(Skipped("tensorrt", "int8", "cuda", missing))
     return specs, skipped
 
+
+def _int8_unusable(path: Path, checkpoint_sha256: str | None) -> str | None:
+    """Why an INT8 model (ONNX or plan) is not measured, or None: missing, another checkpoint's, or gate failed."""
+    if not path.is_file():
+        where = " where TensorRT and a GPU are" if path.suffix == ".plan" else ""
+        return f"no {path.name} (iqa-export --int8 writes it{where})"
+    if checkpoint_sha256 is not None and (stale := stale_reason(path, checkpoint_sha256)) is not None:
+        return f"{path.name} left out: {stale}; iqa-export --int8 again"
+    try:
+        meta = read_meta(onnx.load(str(path), load_external_data=False), str(path)) if path.suffix == ".onnx" \
+            else ArtifactMeta.read_sidecar(path)
+    except QualityNetError as exc:
+        return str(exc)
+    gate = meta.extra.get("int8", {}).get("gate")
+    if not isinstance(gate, dict) or not gate.get("passed"):
+        figures = "" if not isinstance(gate, dict) else (
+            f" (SROCC {gate.get('srocc')}, max abs error {gate.get('max_abs_mos')} MOS against FP32)")
+        return f"{path.name} left out: it did not pass its INT8 accuracy gate{figures}; see the export report"
+    return None

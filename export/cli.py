@@ -11,7 +11,7 @@ from qualitynet._cli import cli_errors, setup_logging
 from qualitynet.artifact import BatchProfile
 from qualitynet.errors import QualityNetError
 from qualitynet.export.calibration import DEFAULT_CALIB_COUNT
-from qualitynet.export.int8 import CALIBRATION_METHODS, DEFAULT_MIN_SROCC, Int8Settings
+from qualitynet.export.int8 import CALIBRATION_METHODS, DEFAULT_MEAN_ABS_FRACTION, DEFAULT_MIN_SROCC, Int8Settings
 from qualitynet.export.onnx import DEFAULT_OPSET
 from qualitynet.export.pipeline import export_all
 from qualitynet.export.types import ExportResult, TensorRTUnavailableError
@@ -48,13 +48,15 @@ def _batch_profile(ctx: click.Context, param: click.Parameter, value: str) -> Ba
               help="With --version-compatible: leave the lean runtime out of the plan (smaller; runs only on the "
                    "lean runtime of the TensorRT version that built it).")
 @click.option("--photos", type=click.Path(exists=True, path_type=Path),
-              help="Folder of photos to verify on (first 32) [default: photos bundled with scikit-image].")
+              help="Folder of photos to verify on (first 32) [default: photos bundled with scikit-image]; for the "
+                   "INT8 gate also a dataset CSV with a group column, so that groups also calibrated on leave it.")
 @click.option("--int8", is_flag=True,
               help="Also calibrate and write model.int8.onnx (CPUs) and model.int8.trt.onnx (TensorRT Q/DQ), each "
                    "gated on held-out photos (--photos, up to 256); builds model.int8.plan where TensorRT and a "
                    "GPU are present.")
 @click.option("--calib-photos", type=click.Path(exists=True, path_type=Path),
-              help="INT8 calibration photos, like those you will score [default: bundled photos plus crops].")
+              help="INT8 calibration photos, like those you will score (a folder or a dataset CSV) [default: bundled "
+                   "photos plus crops].")
 @click.option("--calib-count", type=click.IntRange(min=1), default=DEFAULT_CALIB_COUNT, show_default=True,
               help="INT8 calibration inputs: the photos, then seeded crops of them.")
 @click.option("--calib-method", type=click.Choice(sorted(CALIBRATION_METHODS)), default="minmax", show_default=True,
@@ -62,7 +64,14 @@ def _batch_profile(ctx: click.Context, param: click.Parameter, value: str) -> Ba
 @click.option("--min-srocc", type=click.FloatRange(-1, 1), default=DEFAULT_MIN_SROCC, show_default=True,
               help="INT8 gate: lowest SROCC against the FP32 model on the held-out photos (--photos).")
 @click.option("--max-abs-error", type=click.FloatRange(min=0, min_open=True),
-              help="INT8 gate: also bound the max abs error, on the MOS scale [default: reported, not bounded].")
+              help="INT8 gate: also bound the max abs error against the FP32 model, on the MOS scale [default: "
+                   "reported, not bounded].")
+@click.option("--max-mean-error", type=click.FloatRange(min=0, min_open=True),
+              help=f"INT8 gate: highest mean abs error against the FP32 model, on the MOS scale [default: "
+                   f"{DEFAULT_MEAN_ABS_FRACTION:.0%} of the model's MOS range].")
+@click.option("--require-speedup", type=click.FloatRange(min=0, min_open=True),
+              help="INT8: fail the CPU model if it is not at least this many times as fast as FP32 here (batch 8) "
+                   "[default: a slower one passes, with a warning].")
 @click.option("--triton-repo", type=click.Path(file_okay=False, path_type=Path),
               help="Also write a Triton Inference Server model repository here (config.pbtxt + 1/model.*).")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
@@ -71,7 +80,8 @@ def _batch_profile(ctx: click.Context, param: click.Parameter, value: str) -> Ba
 def main(checkpoint: Path, fp16: bool, out_dir: Path | None, opset: int, profile: BatchProfile, workspace: int,
          timing_cache: Path | None, opt_level: int, version_compatible: bool, exclude_lean_runtime: bool,
          photos: Path | None, int8: bool, calib_photos: Path | None, calib_count: int, calib_method: str,
-         min_srocc: float, max_abs_error: float | None, triton_repo: Path | None, quiet: bool) -> None:
+         min_srocc: float, max_abs_error: float | None, max_mean_error: float | None, require_speedup: float | None,
+         triton_repo: Path | None, quiet: bool) -> None:
     """Export CHECKPOINT (a model.pt from iqa-train) to a verified ONNX model.
 
     Writes model.onnx (FP32, dynamic batch, preprocessing and score scale in its metadata)
@@ -85,9 +95,11 @@ def main(checkpoint: Path, fp16: bool, out_dir: Path | None, opset: int, profile
     With --int8 (e.g. --int8 --calib-photos train/ --photos test/) also calibrates on
     --calib-photos and writes model.int8.onnx (ONNX Runtime on CPUs) and model.int8.trt.onnx
     (Q/DQ for TensorRT), each judged against model.onnx on held-out photos (--photos; never
-    the calibration photos). A model below
-    --min-srocc keeps its most sensitive nodes in float until it passes; if none passes,
-    exits 1 with the figures (files kept).
+    the calibration photos, by content, nor their groups when both are dataset CSVs) by
+    SROCC (--min-srocc) and mean abs error (--max-mean-error; also the max abs error with
+    --max-abs-error). A model that fails keeps its
+    most sensitive tensors in float until it passes; if only a mostly-float graph passes,
+    exits 1 with the figures (files and report kept).
 
     \b
     Example:
@@ -100,7 +112,8 @@ def main(checkpoint: Path, fp16: bool, out_dir: Path | None, opset: int, profile
     if version_compatible and not fp16:
         raise click.UsageError("--version-compatible applies to the TensorRT plan, which only --fp16 builds")
     int8_settings = Int8Settings(photos=calib_photos, count=calib_count, method=calib_method, min_srocc=min_srocc,
-                                 max_abs_mos=max_abs_error) if int8 else None
+                                 max_abs_mos=max_abs_error, mean_abs_mos=max_mean_error,
+                                 require_speedup=require_speedup) if int8 else None
     try:
         result = export_all(checkpoint, out_dir, fp16=fp16, opset=opset, photos=photos, profile=profile,
                             workspace=workspace, timing_cache=timing_cache, opt_level=opt_level,
@@ -145,7 +158,10 @@ def summary(result: ExportResult) -> str:
         faster = (f", {speed.get('int8', speed.get('int8_mixed', 0)) / speed['fp32']:.2f}x FP32 on this CPU at batch 8"
                   if speed.get("fp32") else "")
         lines.append(f"{gate.model}: INT8 ({gate.target}) vs model.onnx on {figures['photos']} held-out photos: "
-                     f"max abs error {figures['max_abs_mos']:.3f} MOS, SROCC {figures['srocc']:.4f}{kept}{faster}: "
+                     f"mean abs error {figures['mean_abs_mos']:.3f} MOS (bound {figures['mean_abs_bound_mos']:.3f}), "
+                     f"max {figures['max_abs_mos']:.3f}, SROCC {figures['srocc']:.4f}{kept}{faster}: "
                      f"{'ok' if gate else 'FAILED'}")
+        if gate.speed_note:
+            lines.append(f"  note: {gate.speed_note}")
     lines.append(f"figures: {result.report}")
     return "\n".join(lines)

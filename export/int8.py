@@ -28,9 +28,10 @@ the figures.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
-import platform
+import math
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -48,6 +49,7 @@ from qualitynet.export.calibration import DEFAULT_CALIB_COUNT, PhotoDataReader
 from qualitynet.export.onnx import read_meta, save_with_meta
 from qualitynet.export.types import Int8Gate, Tolerance, Verification
 from qualitynet.export.verify import Reference, compare, run_batched
+from qualitynet.runtime.int8_fit import ARM, X86_NO_VNNI, int8_class
 from qualitynet.runtime.ort_runner import OrtRunner
 from qualitynet.runtime.runner import runner_for
 
@@ -58,6 +60,10 @@ __all__ = [
     "Int8Settings",
     "Int8Target",
     "cpu_target",
+    "nodes_of",
+    "pooled_tail",
+    "score_chain",
+    "sqnr_db",
     "gate",
     "quantize",
     "quantize_and_gate",
@@ -74,8 +80,17 @@ CALIBRATION_METHODS = {
     "percentile": CalibrationMethod.Percentile,
 }
 DEFAULT_MIN_SROCC = 0.99
+# The gate's default bound on the mean abs error, as a fraction of the MOS scale's width
+# (0.2 MOS on a 1-5 scale): ranking alone passes a model that is off by whole MOS points. The
+# mean rather than the max: a trained model's MOS mapping is steep somewhere, and one photo
+# there moves far (the demo's lite model: mean 0.05, max 0.96 MOS at SROCC 0.99); the max is
+# reported, and bounded with --max-abs-error.
+DEFAULT_MEAN_ABS_FRACTION = 0.05
 CALIBRATOR_OPTIONS: dict[str, dict[str, Any]] = {"entropy": {"num_bins": 2048, "num_quantized_bins": 128}}
 GATE_BATCH_SIZES = (1, 8)
+# Calibration inputs the sensitivity ranking runs on: it keeps every intermediate tensor of
+# every input in memory (ONNX Runtime's qdq_loss_debug), ~18 GB for the lite model at 64.
+SENSITIVITY_INPUTS = 8
 SPEED_BATCH = 8
 
 
@@ -96,23 +111,32 @@ class Int8Target:
     activations: QuantType
     symmetric_activations: bool
     extra_options: dict[str, Any] = field(default_factory=dict)
+    reduce_range: bool = False
+    instruction_set: str | None = None
 
-    def describe(self) -> dict[str, str]:
+    def describe(self) -> dict[str, Any]:
         """The quantization, for the artifact record."""
         kind = "int8" if self.activations == QuantType.QInt8 else "uint8"
+        weights = "int8 (7-bit range, reduce_range)" if self.reduce_range else "int8"
         return {"activations": f"{kind} per-tensor, {'symmetric' if self.symmetric_activations else 'asymmetric'}",
-                "weights": "int8 per-channel, symmetric", "format": "QDQ",
-                "bias": "float" if self.extra_options.get("QuantizeBias") is False else "int32"}
+                "weights": f"{weights} per-channel, symmetric", "format": "QDQ",
+                "bias": "float" if self.extra_options.get("QuantizeBias") is False else "int32",
+                **({"instruction_set": self.instruction_set} if self.instruction_set else {})}
 
 
-def cpu_target(machine: str | None = None) -> Int8Target:
-    """The CPU graph for this machine's instruction set (``platform.machine()`` by default).
+def cpu_target(machine: str | None = None, flags: set[str] | None = None) -> Int8Target:
+    """The CPU graph for this machine's instruction set (``platform.machine()`` and ``/proc/cpuinfo`` by default).
 
-    x86: uint8 activations, int8 weights (the U8S8 kernels; symmetric int8 activations are
-    slower than FP32 on AVX2). ARM: int8 both, which its dot-product kernels prefer.
+    x86: uint8 activations, int8 per-channel weights (the U8S8 kernels; symmetric int8
+    activations are slower than FP32 on AVX2), with ``reduce_range`` (7-bit weights) where
+    the CPU has no VNNI, as ONNX Runtime's documentation asks for per-channel weights there
+    (:mod:`qualitynet.runtime.int8_fit`). ARM: int8 both, which its dot-product kernels
+    prefer. The instruction-set class goes into the artifact record.
     """
-    arm = (machine or platform.machine()).lower() in ("arm64", "aarch64", "armv8l")
-    return Int8Target("cpu", ".int8.onnx", QuantType.QInt8 if arm else QuantType.QUInt8, symmetric_activations=arm)
+    isa = int8_class(flags, machine)
+    arm = isa == ARM
+    return Int8Target("cpu", ".int8.onnx", QuantType.QInt8 if arm else QuantType.QUInt8, symmetric_activations=arm,
+                      reduce_range=isa == X86_NO_VNNI, instruction_set=isa)
 
 
 def tensorrt_target() -> Int8Target:
@@ -135,9 +159,14 @@ class Int8Settings:
         method: ``minmax``, ``entropy`` or ``percentile``.
         min_srocc: the gate's lower bound on SROCC against the FP32 model.
         max_abs_mos: optional upper bound on the max abs error, MOS scale.
-        remedy: keep the most sensitive nodes in float when the plain graph fails.
-        max_float_fraction: the remedy keeps at most this fraction of the quantized nodes in
-            float (beyond it the graph is not worth calling INT8, and the export fails).
+        mean_abs_mos: upper bound on the mean abs error, MOS scale; ``None``:
+            :data:`DEFAULT_MEAN_ABS_FRACTION` of the model's MOS range.
+        remedy: keep the most sensitive tensors in float when the plain graph fails.
+        max_float_fraction: a graph that passes only with more than this fraction of its
+            quantized tensors in float is not worth calling INT8: the export fails (with
+            the figures of the graph that passed).
+        require_speedup: fail the CPU graph when it runs less than this many times as fast
+            as FP32 on this CPU (``None``: a graph no faster than FP32 passes, with a warning).
     """
 
     photos: str | Path | None = None
@@ -146,8 +175,10 @@ class Int8Settings:
     method: str = "minmax"
     min_srocc: float = DEFAULT_MIN_SROCC
     max_abs_mos: float | None = None
+    mean_abs_mos: float | None = None
     remedy: bool = True
     max_float_fraction: float = 0.5
+    require_speedup: float | None = None
 
     def __post_init__(self) -> None:
         if self.method not in CALIBRATION_METHODS:
@@ -155,8 +186,13 @@ class Int8Settings:
                 f"unknown calibration method {self.method!r}; choose {', '.join(CALIBRATION_METHODS)}")
         if not -1.0 <= self.min_srocc <= 1.0:
             raise QualityNetError(f"minimum SROCC {self.min_srocc} is not in [-1, 1]")
-        if self.max_abs_mos is not None and self.max_abs_mos <= 0:
-            raise QualityNetError(f"max abs error bound {self.max_abs_mos} must be positive")
+        for name, bound in (("max", self.max_abs_mos), ("mean", self.mean_abs_mos)):
+            if bound is not None and bound <= 0:
+                raise QualityNetError(f"{name} abs error bound {bound} must be positive")
+
+    def mean_abs_bound(self, mos_range: float) -> float:
+        """The gate's bound on the mean abs error, MOS scale."""
+        return self.mean_abs_mos if self.mean_abs_mos is not None else DEFAULT_MEAN_ABS_FRACTION * mos_range
 
     def calibration_record(self, inputs: int) -> dict[str, Any]:
         """What the artifact record says about the calibration."""
@@ -166,9 +202,20 @@ class Int8Settings:
 
 def preprocess_for_quantization(fp32_path: Path, out_path: Path) -> Path:
     """``quant_pre_process`` (shape inference, ONNX Runtime's basic graph optimisations), then a
-    name for every node, since nodes are kept in float by name and the optimiser adds unnamed ones."""
-    with _ort_quiet():
-        quant_pre_process(str(fp32_path), str(out_path))
+    name for every node, since nodes are kept in float by name and the optimiser adds unnamed ones.
+
+    Runs in ``out_path``'s folder (a scratch folder): files ONNX Runtime writes to the
+    working directory stay there.
+
+    Raises:
+        QualityNetError: ONNX Runtime cannot prepare the graph (names the file and the reason).
+    """
+    try:
+        with _ort_quiet(), contextlib.chdir(out_path.parent):
+            quant_pre_process(str(fp32_path.resolve()), str(out_path.resolve()))
+    except Exception as exc:  # noqa: BLE001 - shape inference raises bare Exceptions
+        raise QualityNetError(f"{fp32_path}: ONNX Runtime cannot prepare it for quantization ({type(exc).__name__}: "
+                              f"{str(exc).strip()[:200]}); re-export it with iqa-export") from None
     model = onnx.load(str(out_path))
     taken = {node.name for node in model.graph.node}
     for i, node in enumerate(model.graph.node):
@@ -235,15 +282,12 @@ def quantize(pre_path: Path, out_path: Path, target: Int8Target, cache: Path, ca
     """
     tmp = out_path.with_name(out_path.name + ".quant.tmp")
     graph = onnx.load(str(pre_path), load_external_data=False).graph
-    outputs = {output.name for output in graph.output}
-    # The node writing the score stays float: its range is the score range, and calibration
-    # photos rarely span every quality the model will score (an int8 output clips).
-    score_nodes = [node.name for node in graph.node if outputs & set(node.output)]
+    score_nodes = list(dict.fromkeys([*pooled_tail(graph), *score_chain(graph)]))
     try:
         with _ort_quiet():
             quantize_static(
                 str(pre_path), str(tmp), None, quant_format=QuantFormat.QDQ, per_channel=True,
-                activation_type=target.activations, weight_type=QuantType.QInt8,
+                reduce_range=target.reduce_range, activation_type=target.activations, weight_type=QuantType.QInt8,
                 calibrate_method=CALIBRATION_METHODS[calibration["method"]],
                 nodes_to_exclude=[*score_nodes, *keep_float], calibration_cache_path=str(cache),
                 extra_options={"ActivationSymmetric": target.symmetric_activations, "WeightSymmetric": True,
@@ -255,25 +299,84 @@ def quantize(pre_path: Path, out_path: Path, target: Int8Target, cache: Path, ca
     record = ArtifactMeta.from_dict(meta.to_dict())
     record.precision = "int8"
     record.extra = {**record.extra, "int8": {"target": target.name, **target.describe(), "calibration": calibration,
-                                             "score_node_in_float": score_nodes, "kept_in_float": list(keep_float)}}
+                                             "score_chain_in_float": score_nodes, "kept_in_float": list(keep_float)}}
     save_with_meta(model, record, out_path)
     return out_path
+
+
+WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def pooled_tail(graph: onnx.GraphProto) -> list[str]:
+    """The nodes after the network's last spatial tensor: from which no path leads to a tensor with
+    spatial extent (a 4-D tensor larger than 1x1, or one of unknown shape).
+
+    In QualityNet that is everything after the backbones' global pooling: the attention
+    and the head, which work on pooled vectors. They cost a few million multiply-adds
+    against the backbones' hundreds of millions, so INT8 gains nothing there, while
+    rounding the pooled features and the attention weights, which every score depends on,
+    costs accuracy. (A squeeze-excitation branch inside a backbone leads back to spatial
+    tensors, so it is not part of the tail.) Needs the shapes ``quant_pre_process`` infers.
+    """
+    shapes = {info.name: [d.dim_value if d.HasField("dim_value") else -1 for d in info.type.tensor_type.shape.dim]
+              for info in [*graph.value_info, *graph.output] if info.type.tensor_type.HasField("shape")}
+
+    def spatial(tensor: str) -> bool:
+        dims = shapes.get(tensor)
+        return dims is None or (len(dims) == 4 and not (0 < dims[2] * dims[3] == 1 and min(dims[2:]) > 0))
+
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    leads_to_spatial: dict[str, bool] = {}
+    for node in reversed(graph.node):  # consumers come later in a topologically sorted graph
+        leads_to_spatial[node.name] = any(spatial(out) or any(leads_to_spatial.get(user.name, True)
+                                                              for user in consumers.get(out, []))
+                                          for out in node.output)
+    return [node.name for node in graph.node if not leads_to_spatial[node.name]]
+
+
+def score_chain(graph: onnx.GraphProto) -> list[str]:
+    """The nodes from the last weighted op (Conv, Gemm, MatMul with a constant weight) to the outputs.
+
+    They stay in float: the score's resolution is the point of an IQA model, and 8 bits over
+    the range the calibration photos happened to span (which rarely covers every quality the
+    model will score) clip and round it. That is the head's last layer, its sigmoid, scale
+    and offset and the MOS mapping; a few scalar operations at the end of the network.
+    """
+    constants = {init.name for init in graph.initializer}
+    constants |= {out for node in graph.node if node.op_type == "Constant" for out in node.output}
+    producers = {out: node for node in graph.node for out in node.output}
+    chain: dict[str, onnx.NodeProto] = {}
+    stack = [output.name for output in graph.output]
+    while stack:  # upstream from the outputs, stopping at (and keeping) weighted ops
+        node = producers.get(stack.pop())
+        if node is None or node.name in chain:
+            continue
+        chain[node.name] = node
+        if not (node.op_type in WEIGHTED_OPS and any(name in constants for name in node.input[1:])):
+            stack.extend(name for name in node.input if name not in constants)
+    return [node.name for node in graph.node if node.name in chain]
 
 
 def gate(path: Path, reference: Reference, settings: Int8Settings, mos_range: float,
          batch_sizes: Sequence[int] = GATE_BATCH_SIZES) -> Verification:
     """Score the held-out photos with an INT8 model (ONNX or TensorRT plan) and judge it against the FP32 reference.
 
-    Passes when SROCC >= ``settings.min_srocc`` at every batch size and, with
-    ``settings.max_abs_mos``, no score is off by more than that on the MOS scale.
+    Passes when SROCC >= ``settings.min_srocc`` at every batch size, the mean abs error is at
+    most :meth:`Int8Settings.mean_abs_bound` on the MOS scale and, with ``settings.max_abs_mos``,
+    no score is off by more than that.
     """
     start = time.perf_counter()
     atol = np.inf if settings.max_abs_mos is None else settings.max_abs_mos / mos_range
     bounds = Tolerance(atol=atol, rtol=0.0, min_srocc=settings.min_srocc)
+    mean_bound = settings.mean_abs_bound(mos_range) / mos_range
     label = f"{path.name} vs {reference.name}"
     with runner_for(path, provider="cpu" if path.suffix == ".onnx" else None) as runner:
         comparisons = [compare(reference.scores, run_batched(runner.infer, reference.inputs, size), bounds, label,
                                size, rank_spread=0.0) for size in batch_sizes]
+    comparisons = [dataclasses.replace(c, passed=c.passed and c.mean_abs <= mean_bound) for c in comparisons]
     return Verification(path.name, reference.name, len(reference.inputs), comparisons, time.perf_counter() - start)
 
 
@@ -299,12 +402,15 @@ def sensitive_nodes(qdq_path: Path, float_path: Path, inputs: np.ndarray, input_
 
     Activations are measured on ``inputs`` (the calibration photos: the gate's photos stay
     unseen): each tensor before and after its QuantizeLinear/DequantizeLinear pair, with
-    ONNX Runtime's ``qdq_loss_debug``. Weights are compared, dequantized, with their float
-    originals in ``float_path`` (the model that was quantized).
+    ONNX Runtime's ``qdq_loss_debug``. Where the quantizer removed a ReLU/ReLU6 and let the
+    quantization range clamp instead, the tensor before the pair is the convolution's raw
+    output: the activation is applied to it first, or the clamping it replaces would count
+    as noise (it ranked every ReLU6 output of EfficientNet-Lite "most damaged", ~0.1 dB).
+    Weights are compared, dequantized, with their float originals in ``float_path`` (the
+    model that was quantized).
     """
     from onnxruntime.quantization.qdq_loss_debug import (
         collect_activations,
-        compute_signal_to_quantization_noice_ratio,
         create_activation_matching,
         modify_model_output_intermediate_tensors,
     )
@@ -314,10 +420,13 @@ def sensitive_nodes(qdq_path: Path, float_path: Path, inputs: np.ndarray, input_
         modify_model_output_intermediate_tensors(str(qdq_path), str(augmented))
         activations = collect_activations(str(augmented), PhotoDataReader(input_name, inputs),
                                           execution_providers=["CPUExecutionProvider"])
-    errors = {name: compute_signal_to_quantization_noice_ratio(match["pre_qdq"], match["post_qdq"])
-              for name, match in create_activation_matching(activations).items()}
     model = onnx.load(str(qdq_path))
     producers = {out: node for node in model.graph.node for out in node.output}
+    removed = {name: bounds for name, bounds in _activation_bounds(onnx.load(str(float_path))).items()
+               if name in producers and producers[name].op_type not in ("Relu", "Clip")}
+    errors = {name: sqnr_db([np.clip(a, *removed[name]) for a in match["pre_qdq"]] if name in removed
+                            else match["pre_qdq"], match["post_qdq"])
+              for name, match in create_activation_matching(activations).items()}
     initializers = {init.name: onnx.numpy_helper.to_array(init) for init in model.graph.initializer}
     originals = {init.name: onnx.numpy_helper.to_array(init)
                  for init in onnx.load(str(float_path)).graph.initializer}
@@ -337,8 +446,7 @@ def sensitive_nodes(qdq_path: Path, float_path: Path, inputs: np.ndarray, input_
                     nodes = [producer.name] if producer is not None and producer.name else []
                     found[source] = Sensitivity(source, float(errors[source]), nodes)
                 elif source in initializers or dq.input[0] in initializers:
-                    found[source] = Sensitivity(source, _weight_sqnr(
-                        dq, q, initializers, originals, compute_signal_to_quantization_noice_ratio), [])
+                    found[source] = Sensitivity(source, _weight_sqnr(dq, q, initializers, originals), [])
                 else:
                     continue
             if node.name not in found[source].nodes:
@@ -346,14 +454,44 @@ def sensitive_nodes(qdq_path: Path, float_path: Path, inputs: np.ndarray, input_
     return sorted(found.values(), key=lambda item: item.sqnr_db)
 
 
-def _nodes_of(ranked: Sequence[Sensitivity]) -> list[str]:
+def _activation_bounds(model: onnx.ModelProto) -> dict[str, tuple[float, float]]:
+    """The output of every ReLU and constant-bounded Clip of a float model, with its bounds."""
+    constants = {init.name: onnx.numpy_helper.to_array(init) for init in model.graph.initializer}
+    constants.update({node.output[0]: onnx.numpy_helper.to_array(node.attribute[0].t) for node in model.graph.node
+                      if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value"})
+    bounds: dict[str, tuple[float, float]] = {}
+    for node in model.graph.node:
+        if node.op_type == "Relu":
+            bounds[node.output[0]] = (0.0, math.inf)
+        elif node.op_type == "Clip":
+            low, high = (float(constants[name]) if name in constants else default
+                         for name, default in zip([*node.input[1:3], "", ""][:2], (-math.inf, math.inf),
+                                                  strict=True))
+            bounds[node.output[0]] = (low, high)
+    return bounds
+
+
+def nodes_of(ranked: Sequence[Sensitivity]) -> list[str]:
     """The nodes that keep ``ranked`` tensors in float, each once, in rank order."""
     return list(dict.fromkeys(node for item in ranked for node in item.nodes))
 
 
+def sqnr_db(signal: np.ndarray | Sequence[np.ndarray], quantized: np.ndarray | Sequence[np.ndarray]) -> float:
+    """Signal-to-quantization-noise ratio, dB, of ``quantized`` against ``signal`` (arrays of any rank,
+    scalars included, or lists of them): infinite when they are equal (an all-zero tensor
+    quantizes exactly), where ONNX Runtime's helper cannot concatenate scalars and rates an
+    exact zero tensor 0 dB, i.e. "most damaged"."""
+    x = np.concatenate([np.ravel(a) for a in (signal if isinstance(signal, (list, tuple)) else [signal])])
+    y = np.concatenate([np.ravel(a) for a in (quantized if isinstance(quantized, (list, tuple)) else [quantized])])
+    noise = float(np.linalg.norm(x.astype(np.float64) - y.astype(np.float64)))
+    if noise == 0.0:
+        return math.inf
+    return 20.0 * math.log10(max(float(np.linalg.norm(x.astype(np.float64))), np.finfo(np.float64).tiny) / noise)
+
+
 def _weight_sqnr(dq: onnx.NodeProto, q: onnx.NodeProto | None, initializers: dict[str, np.ndarray],
-                 originals: dict[str, np.ndarray], sqnr: Callable[[Any, Any], float]) -> float:
-    """SQNR of one quantized weight: its float original against its dequantized value."""
+                 originals: dict[str, np.ndarray]) -> float:
+    """SQNR of one quantized weight (a scalar one too): its float original against its dequantized value."""
     scale = initializers[dq.input[1]]
     zero = initializers[dq.input[2]].astype(np.float32) if len(dq.input) > 2 else np.zeros_like(scale)
     weight: np.ndarray | None
@@ -372,7 +510,7 @@ def _weight_sqnr(dq: onnx.NodeProto, q: onnx.NodeProto | None, initializers: dic
     s, z = scale.reshape(shape), zero.reshape(shape if zero.ndim else ())
     if quantized is None:
         quantized = np.clip(np.round(weight / s) + z, -128, 127)
-    return float(sqnr([weight], [(quantized - z) * s]))
+    return sqnr_db(weight, (quantized - z) * s)
 
 
 @dataclass
@@ -385,7 +523,12 @@ class _Probe:
 def quantize_and_gate(pre_path: Path, out_path: Path, target: Int8Target, settings: Int8Settings,
                       cache: Path, meta: ArtifactMeta, reference: Reference,
                       calib_inputs: np.ndarray, work: Path, fp32_path: Path | None = None) -> Int8Gate:
-    """Quantize for ``target``, gate it, and if it fails keep the fewest sensitive nodes in float that pass.
+    """Quantize for ``target``, gate it, and if it fails keep the fewest sensitive tensors in float that pass.
+
+    The search ranges over every quantized tensor (activations, the graph's input, weights,
+    biases), so its last candidate is the float graph; it stops there. A graph that passes
+    only with more than ``settings.max_float_fraction`` of its tensors in float fails all
+    the same (it is not an INT8 model), with its figures recorded.
 
     The final model is at ``out_path`` whatever the outcome (the passing mixed graph, else
     the plain INT8 one); its record holds the gate's figures. With ``fp32_path`` the
@@ -400,20 +543,27 @@ def quantize_and_gate(pre_path: Path, out_path: Path, target: Int8Target, settin
     quantize(pre_path, out_path, target, cache, calibration, meta)
     plain = gate(out_path, reference, settings, mos_range)
     log.info("%s: plain INT8 %s", out_path.name, _figures(plain, mos_range))
-    result = Int8Gate(target=target.name, model=out_path.name, verification=plain, plain=plain, mos_range=mos_range)
+    result = Int8Gate(target=target.name, model=out_path.name, verification=plain, plain=plain, mos_range=mos_range,
+                      mean_abs_bound_mos=settings.mean_abs_bound(mos_range))
     if not plain and settings.remedy:
-        ranked = sensitive_nodes(out_path, pre_path, calib_inputs, meta.preprocess.input_name, work)
+        ranked = sensitive_nodes(out_path, pre_path, calib_inputs[:SENSITIVITY_INPUTS], meta.preprocess.input_name,
+                                 work)
         result.sensitivity_db = {item.tensor: round(item.sqnr_db, 2) for item in ranked}
-        ranked = ranked[:max(1, int(settings.max_float_fraction * len(ranked)))]
         probe = _bisect(lambda k: quantize(pre_path, work / f"k{k}{target.suffix}", target, cache, calibration, meta,
-                                           _nodes_of(ranked[:k])),
-                        lambda path: gate(path, reference, settings, mos_range), len(ranked), result)
+                                           nodes_of(ranked[:k])),
+                        lambda path: gate(path, reference, settings, mos_range), len(ranked), result,
+                        int(settings.max_float_fraction * len(ranked)))
+        if probe is not None and probe.kept > settings.max_float_fraction * len(ranked):
+            result.refusal = (f"it passes only with {probe.kept} of its {len(ranked)} quantized tensors in float "
+                              f"(more than {settings.max_float_fraction:.0%}): not an INT8 model")
+            result.verification = probe.verification
+            probe = None
         if probe is not None:
             if fp32_path is not None:
                 result.speed_img_s["int8_plain"] = throughput(out_path, reference.inputs)
             probe.path.replace(out_path)
             result.verification = probe.verification
-            result.kept_in_float = _nodes_of(ranked[:probe.kept])
+            result.kept_in_float = nodes_of(ranked[:probe.kept])
             log.info("%s: the %d most sensitive of %d quantized tensors kept in float, by %d nodes (%s%s): %s",
                      out_path.name, probe.kept, len(result.sensitivity_db), len(result.kept_in_float),
                      ", ".join(result.kept_in_float[:4]), ", ..." if len(result.kept_in_float) > 4 else "",
@@ -421,17 +571,40 @@ def quantize_and_gate(pre_path: Path, out_path: Path, target: Int8Target, settin
         else:
             quantize(pre_path, out_path, target, cache, calibration, meta)  # the plain graph, kept
     if fp32_path is not None:
-        result.speed_img_s["fp32"] = throughput(fp32_path, reference.inputs)
-        key = "int8_mixed" if result.kept_in_float else "int8"
-        result.speed_img_s[key] = throughput(out_path, reference.inputs)
+        _judge_speed(result, fp32_path, out_path, reference.inputs, settings.require_speedup)
     _record_gate(out_path, result)
     return result
 
 
+def _judge_speed(result: Int8Gate, fp32_path: Path, path: Path, inputs: np.ndarray,
+                 required: float | None) -> None:
+    """Measure FP32 and the final graph in alternating rounds; say so when INT8 does not pay here
+    (and fail the gate below ``required``)."""
+    key = "int8_mixed" if result.kept_in_float else "int8"
+    fp32, int8 = speed_ratio(fp32_path, path, inputs)
+    result.speed_img_s.update({"fp32": fp32, key: int8})
+    ratio = int8 / fp32
+    if ratio < max(1.0, required or 0.0):
+        result.speed_note = (f"{path.name} runs {ratio:.2f}x FP32 at batch {SPEED_BATCH} on this CPU "
+                             f"({int8_class()}): INT8 does not pay here; model.onnx is as fast")
+        log.warning("%s", result.speed_note)
+    if required is not None and ratio < required:
+        result.refusal = f"it runs {ratio:.2f}x FP32 on this CPU, below --require-speedup {required}"
+
+
+def _is_float(path: Path) -> bool:
+    """No quantization left in the graph."""
+    return not any(node.op_type in ("QuantizeLinear", "DequantizeLinear")
+                   for node in onnx.load(str(path), load_external_data=False).graph.node)
+
+
 def _bisect(build: Callable[[int], Path], judge: Callable[[Path], Verification], candidates: int,
-            result: Int8Gate) -> _Probe | None:
+            result: Int8Gate, acceptable: int) -> _Probe | None:
     """The smallest ``k <= candidates`` whose graph, with the ``k`` most sensitive tensors in float, passes:
-    doubling, then bisection (the search Polygraphy's ``debug precision`` runs over layers)."""
+    doubling, then bisection (the search Polygraphy's ``debug precision`` runs over layers).
+    ``None`` when even the graph with all of them in float (the float graph) fails. Once
+    every ``k`` left exceeds ``acceptable`` the bisection stops: the passing graph found is
+    not an INT8 model whatever its exact ``k``."""
     tried: dict[int, _Probe] = {}
 
     def attempt(k: int) -> _Probe:
@@ -439,7 +612,7 @@ def _bisect(build: Callable[[int], Path], judge: Callable[[Path], Verification],
         tried[k] = _Probe(k, path, judge(path))
         result.probes.append({"tensors_in_float": k, "srocc": _srocc(tried[k].verification),
                               "max_abs_mos": tried[k].verification.worst.max_abs * result.mos_range,
-                              "passed": tried[k].verification.passed})
+                              "passed": tried[k].verification.passed, "float_graph": _is_float(path)})
         log.info("keeping the %d most sensitive tensors in float: %s", k,
                  "passes" if tried[k].verification else "still fails")
         return tried[k]
@@ -450,8 +623,8 @@ def _bisect(build: Callable[[int], Path], judge: Callable[[Path], Verification],
     while high < candidates and not attempt(high).verification:
         low, high = high, min(2 * high, candidates)
     if high not in tried and not attempt(high).verification:
-        return None  # even every ranked node in float fails
-    while high - low > 1:
+        return None  # the float graph fails: no quantization is to blame
+    while high - low > 1 and low < acceptable:
         middle = (low + high) // 2
         if attempt(middle).verification:
             high = middle
@@ -485,11 +658,32 @@ def throughput(path: Path, inputs: np.ndarray, batch_size: int = SPEED_BATCH, se
     with OrtRunner(path, provider="cpu", threads=threads) as runner:
         for _ in range(3):
             runner.infer(batch)
-        runs, start = 0, time.perf_counter()
-        while runs < 5 or time.perf_counter() - start < seconds:
-            runner.infer(batch)
-            runs += 1
-        return runs * batch_size / (time.perf_counter() - start)
+        return _timed_rate(runner, batch, seconds)
+
+
+def _timed_rate(runner: OrtRunner, batch: np.ndarray, seconds: float) -> float:
+    runs, start = 0, time.perf_counter()
+    while runs < 3 or time.perf_counter() - start < seconds:
+        runner.infer(batch)
+        runs += 1
+    return runs * len(batch) / (time.perf_counter() - start)
+
+
+def speed_ratio(first: Path, second: Path, inputs: np.ndarray, batch_size: int = SPEED_BATCH, rounds: int = 4,
+                seconds: float = 0.5) -> tuple[float, float]:
+    """Images per second of two models on ONNX Runtime's CPU provider, timed in alternating rounds
+    (both sessions open; the median round of each), so that a load changing meanwhile
+    hits both alike."""
+    batch = np.ascontiguousarray(inputs[np.arange(batch_size) % len(inputs)])
+    with OrtRunner(first, provider="cpu") as a, OrtRunner(second, provider="cpu") as b:
+        for runner in (a, b):
+            for _ in range(3):
+                runner.infer(batch)
+        rates: tuple[list[float], list[float]] = ([], [])
+        for _ in range(rounds):
+            for runner, found in zip((a, b), rates, strict=True):
+                found.append(_timed_rate(runner, batch, seconds))
+    return float(np.median(rates[0])), float(np.median(rates[1]))
 
 
 def work_dir() -> tempfile.TemporaryDirectory[str]:

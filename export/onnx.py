@@ -14,12 +14,15 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
+from onnx import numpy_helper
 
 from qualitynet.artifact import ONNX_METADATA_KEY, ArtifactMeta, file_sha256
 from qualitynet.errors import QualityNetError
 from qualitynet.export._io import atomic_write_bytes, ensure_writable_dir
+from qualitynet.trainer.backbones import static_same_padding
 from qualitynet.trainer.checkpoint import Checkpoint, load_checkpoint, software_versions
 
 __all__ = ["DEFAULT_OPSET", "MAX_OPSET", "MIN_OPSET", "check_opset", "export_onnx", "read_meta", "save_with_meta"]
@@ -84,6 +87,7 @@ def export_onnx(checkpoint_path: str | Path, out_path: str | Path | None = None,
     ensure_writable_dir(out.parent)
     model = checkpoint.build_model()
     cfg = checkpoint.preprocess
+    static_same_padding(model, cfg.height, cfg.width)  # the batch is the only dynamic axis
     dummy = torch.zeros(2, 3, cfg.height, cfg.width)  # batch 2: nothing gets specialised to 1
     tmp = out.with_name(out.name + ".torch.tmp")
     start = time.perf_counter()
@@ -107,10 +111,94 @@ def export_onnx(checkpoint_path: str | Path, out_path: str | Path | None = None,
                 do_constant_folding=True,
             )
         log.debug("torch.onnx.export took %.1f s", time.perf_counter() - start)
-        save_with_meta(onnx.load(str(tmp)), artifact_meta(checkpoint, checkpoint_path, opset), out)
+        graph = onnx.load(str(tmp))
+        fold_pads_into_convs(graph)
+        save_with_meta(graph, artifact_meta(checkpoint, checkpoint_path, opset), out)
     finally:
         tmp.unlink(missing_ok=True)
     return out
+
+
+def fold_pads_into_convs(model: onnx.ModelProto) -> int:
+    """Merge each constant zero ``Pad`` of the spatial axes that feeds only a ``Conv`` into that
+    convolution's own (possibly asymmetric) ``pads``, as ONNX allows and PyTorch's ``Conv2d`` does not.
+
+    PyTorch exports a constant pad as a small subgraph computing the pads (a reversal of
+    its argument order); it is evaluated here (``onnx.reference``) when it depends on no
+    graph input, then removed with the ``Pad``.
+
+    Returns:
+        How many ``Pad`` nodes were folded.
+    """
+    graph = model.graph
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    outputs = {output.name for output in graph.output}
+    folded = 0
+    for pad in [node for node in graph.node if node.op_type == "Pad"]:
+        users = consumers.get(pad.output[0], [])
+        mode = next((a.s.decode() for a in pad.attribute if a.name == "mode"), "constant")
+        if (not users or any(user.op_type != "Conv" or list(user.input).index(pad.output[0]) != 0 for user in users)
+                or mode != "constant" or pad.output[0] in outputs or len(pad.input) > 3):
+            continue
+        pads, value = (_constant(model, name) if name else np.zeros(()) for name in [*pad.input[1:3], ""][:2])
+        if pads is None or value is None or np.any(value) or pads.shape != (8,) or np.any(pads[[0, 1, 4, 5]]):
+            continue
+        for conv in users:  # the exporter shares one Pad between identical stems
+            own = next((list(a.ints) for a in conv.attribute if a.name == "pads"), [0, 0, 0, 0])
+            merged = [int(a) + int(b) for a, b in zip(own, pads[[2, 3, 6, 7]], strict=True)]
+            kept = [a for a in conv.attribute if a.name not in ("pads", "auto_pad")]
+            del conv.attribute[:]
+            conv.attribute.extend([*kept, onnx.helper.make_attribute("pads", merged)])
+            conv.input[0] = pad.input[0]
+        graph.node.remove(pad)
+        folded += 1
+    _remove_dead_nodes(graph)
+    return folded
+
+
+def _constant(model: onnx.ModelProto, name: str) -> np.ndarray | None:
+    """The value of tensor ``name`` if it depends on no graph input, else None."""
+    graph = model.graph
+    producers = {out: node for node in graph.node for out in node.output}
+    initializers = {init.name: init for init in graph.initializer}
+    if name in initializers:
+        return numpy_helper.to_array(initializers[name])
+    needed: dict[int, onnx.NodeProto] = {}
+    stack = [name]
+    while stack:
+        tensor = stack.pop()
+        if not tensor or tensor in initializers:
+            continue
+        node = producers.get(tensor)
+        if node is None:
+            return None  # a graph input
+        if id(node) not in needed:
+            needed[id(node)] = node
+            stack.extend(node.input)
+    from onnx.reference import ReferenceEvaluator
+
+    nodes = [node for node in graph.node if id(node) in needed]  # graph order is topological
+    used = {tensor for node in nodes for tensor in node.input}
+    sub = onnx.helper.make_graph(nodes, "constant", [], [onnx.helper.make_tensor_value_info(name, 0, None)],
+                                 [init for init in graph.initializer if init.name in used])
+    (value,) = ReferenceEvaluator(onnx.helper.make_model(sub, opset_imports=list(model.opset_import))).run(None, {})
+    return np.asarray(value)
+
+
+def _remove_dead_nodes(graph: onnx.GraphProto) -> None:
+    """Drop nodes (and initializers) whose results nothing uses, until none is left."""
+    while True:
+        used = {tensor for node in graph.node for tensor in node.input} | {out.name for out in graph.output}
+        dead = [node for node in graph.node if not any(out in used for out in node.output)]
+        if not dead:
+            break
+        for node in dead:
+            graph.node.remove(node)
+    for init in [init for init in graph.initializer if init.name not in used]:
+        graph.initializer.remove(init)
 
 
 def save_with_meta(model: onnx.ModelProto, meta: ArtifactMeta, out: Path) -> None:

@@ -14,13 +14,15 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import onnx
 import onnxruntime
 
-from qualitynet.artifact import BatchProfile
+from qualitynet.artifact import BatchProfile, file_sha256
 from qualitynet.export._io import atomic_write_bytes, ensure_writable_dir
 from qualitynet.export.fp16 import convert_fp16
+from qualitynet.export.freshness import stale_reason
 from qualitynet.export.int8 import Int8Settings
 from qualitynet.export.onnx import DEFAULT_OPSET, check_opset, export_onnx
 from qualitynet.export.tensorrt import build_engine, check_opset_for_tensorrt, tensorrt_version
@@ -91,6 +93,7 @@ def export_all(checkpoint_path: str | Path, out_dir: str | Path | None = None, *
         onnx=out / f"{stem}.onnx", report=out / f"{stem}.export.json",
         versions={**software_versions(), "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
     )
+    result.earlier = _earlier_report(result.report, file_sha256(checkpoint_path))
     inputs, result.photos = load_photos(photos, checkpoint.preprocess)
     log.info("verification photos: %d (%s)", len(inputs), "bundled" if photos is None else photos)
 
@@ -166,6 +169,35 @@ def _check(result: ExportResult, key: str, candidate: Scorer, reference: Referen
 def _write_report(result: ExportResult) -> None:
     text = json.dumps(result.to_dict(), indent=2, allow_nan=False)
     atomic_write_bytes(result.report, (text + "\n").encode())
+
+
+# A report's file keys -> the sections holding their figures.
+_SECTIONS = {"fp16_onnx": ("verifications", "fp16_onnx"), "plan": ("verifications", "plan"),
+             "int8_onnx": ("int8", None), "int8_trt_onnx": ("int8", None), "int8_plan": ("int8", None)}
+
+
+def _earlier_report(report: Path, checkpoint_sha256: str) -> dict[str, Any]:
+    """What an earlier ``iqa-export`` of this checkpoint wrote to ``report`` about files this run may
+    not write again (``--fp16`` then ``--int8``): the entries whose files are still exports of
+    this checkpoint, so the report is merged into, not overwritten."""
+    try:
+        earlier = json.loads(report.read_text(encoding="utf-8"))
+        files = dict(earlier["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    kept: dict[str, Any] = {"files": {}, "verifications": {}, "seconds": {}}
+    for key, (section, entry) in _SECTIONS.items():
+        if key not in files or stale_reason(Path(files[key]), checkpoint_sha256) is not None:
+            continue
+        kept["files"][key] = files[key]
+        if entry is not None and entry in earlier.get("verifications", {}):
+            kept["verifications"][entry] = earlier["verifications"][entry]
+        if section == "int8" and "int8" in earlier:
+            kept["int8"] = earlier["int8"]
+    step = {"fp16_onnx": "fp16", "plan": "tensorrt", "int8_onnx": "int8"}
+    kept["seconds"] = {step[key]: earlier["seconds"][step[key]] for key in kept["files"]
+                       if key in step and step[key] in earlier.get("seconds", {})}
+    return kept if kept["files"] else {}
 
 
 @contextlib.contextmanager

@@ -10,7 +10,12 @@ weights; see :mod:`qualitynet.export.int8`), so the engine computes what the gat
 - 8.6 on compute capability 6.1 (Pascal, DP4A), where TensorRT refuses the explicit build:
   implicit quantization of the FP32 ONNX model with the entropy calibrator
   (``IInt8EntropyCalibrator2``) over the same calibration photos, and its calibration
-  cache next to the plan (``model.int8.plan.calib``), which later builds reuse.
+  cache next to the plan (``model.int8.plan.calib``), which later builds reuse only when its
+  key (``model.int8.plan.calib.json``: checkpoint SHA-256, calibration settings and inputs,
+  TensorRT version) is theirs.
+
+Whether the GPU has fast INT8 (``platform_has_fast_int8`` where the API still has it) and
+how many of the engine's layers run in INT8 (the engine inspector) go into the sidecar.
 
 Like :mod:`qualitynet.export.tensorrt`, whose helpers it shares, it is type-checked against
 ``tensorrt-stubs`` and imports ``tensorrt`` and cuda-python only inside its functions.
@@ -18,10 +23,12 @@ Like :mod:`qualitynet.export.tensorrt`, whose helpers it shares, it is type-chec
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -45,7 +52,8 @@ from qualitynet.export.tensorrt import (
 if TYPE_CHECKING:
     import tensorrt as trt
 
-__all__ = ["CALIBRATION_BATCH", "build_int8_engine", "calibration_cache_path"]
+__all__ = ["CALIBRATION_BATCH", "build_int8_engine", "calibration_cache_key", "calibration_cache_path",
+           "read_calibration_cache", "write_calibration_cache"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +67,39 @@ _STRONG_TYPING_FROM = (10, 12)
 def calibration_cache_path(plan_path: Path) -> Path:
     """``model.int8.plan`` -> ``model.int8.plan.calib`` (the implicit calibrator's cache)."""
     return plan_path.with_name(plan_path.name + ".calib")
+
+
+def calibration_cache_key(meta: ArtifactMeta, inputs: np.ndarray, tensorrt_version: str) -> dict[str, Any]:
+    """What a calibration cache was measured from: the checkpoint, the calibration settings and
+    inputs, the calibrator's batch and the TensorRT version (the cache format is version-specific)."""
+    return {"checkpoint_sha256": meta.checkpoint_sha256,
+            "calibration": meta.extra.get("int8", {}).get("calibration", {}),
+            "inputs_sha256": hashlib.sha256(np.ascontiguousarray(inputs, np.float32).tobytes()).hexdigest(),
+            "batch": CALIBRATION_BATCH, "tensorrt": tensorrt_version, "calibrator": "entropy2"}
+
+
+def read_calibration_cache(cache: Path, key: dict[str, Any]) -> bytes | None:
+    """The cache's bytes when its key file says it was measured for ``key``; None (calibrate again) otherwise."""
+    key_file = cache.with_name(cache.name + ".json")
+    try:
+        recorded = json.loads(key_file.read_text(encoding="utf-8"))
+        data = cache.read_bytes()
+    except (OSError, ValueError):
+        return None
+    if recorded != key:
+        changed = sorted(name for name in {*key, *recorded} if recorded.get(name) != key.get(name)) \
+            if isinstance(recorded, dict) else ["format"]
+        log.info("calibration cache %s not reused: measured for another %s", cache, ", ".join(changed))
+        return None
+    log.info("calibration cache %s read: calibration skipped", cache)
+    return data
+
+
+def write_calibration_cache(cache: Path, key: dict[str, Any], data: bytes) -> None:
+    """Write the cache and its key file."""
+    atomic_write_bytes(cache, data)
+    text = json.dumps(key, indent=2, sort_keys=True) + "\n"
+    atomic_write_bytes(cache.with_name(cache.name + ".json"), text.encode())
 
 
 def build_int8_engine(onnx_path: str | Path, qdq_onnx_path: str | Path, plan_path: str | Path,
@@ -110,12 +151,16 @@ def build_int8_engine(onnx_path: str | Path, qdq_onnx_path: str | Path, plan_pat
         source, cache = Path(onnx_path), calibration_cache_path(plan_path)
         config = _config(builder, meta, profile, workspace, opt_level, timing_cache)
         config.set_flag(trt.BuilderFlag.INT8)
-        calibrator = _entropy_calibrator(calibration, cache)
+        calibrator = _entropy_calibrator(calibration, cache, calibration_cache_key(meta, calibration, trt.__version__))
         config.int8_calibrator = calibrator
         config.set_calibration_profile(_optimization_profile(builder, meta, BatchProfile(
             CALIBRATION_BATCH, CALIBRATION_BATCH, CALIBRATION_BATCH)))
         serialized = builder.build_serialized_network(_parse(builder, logger, source, version, False), config)
         quantization = f"implicit, entropy calibrator 2 (cache {cache.name})"
+        # Not the Q/DQ graph's: its gate figures and kept nodes describe another quantization.
+        calibrated = {**meta.extra.get("int8", {}).get("calibration", {}), "method": "entropy2"}
+        meta.extra = {**meta.extra, "int8": {"target": "tensorrt", "quantization": quantization,
+                                             "calibration": calibrated}}
     seconds = time.perf_counter() - start
     if serialized is None:
         raise QualityNetError(f"{source}: TensorRT {trt.__version__} failed to build an INT8 engine (see its log)")
@@ -126,6 +171,8 @@ def build_int8_engine(onnx_path: str | Path, qdq_onnx_path: str | Path, plan_pat
         "builder_optimization_level": opt_level,
         "workspace_mib": workspace,
         "build_seconds": round(seconds, 1),
+        "platform_has_fast_int8": _fast_int8(builder),
+        "layer_precisions": _layer_precisions(serialized, logger),
     })
     log.info("built %s (INT8, %s, %.0f s)", plan_path, quantization, seconds)
     return meta
@@ -148,6 +195,7 @@ def _config(builder: trt.Builder, meta: ArtifactMeta, profile: BatchProfile, wor
     import tensorrt as trt
 
     config = builder.create_builder_config()
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # layer precisions for the engine inspector
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace << 20)
     config.builder_optimization_level = opt_level
     config.add_optimization_profile(_optimization_profile(builder, meta, profile))
@@ -156,7 +204,32 @@ def _config(builder: trt.Builder, meta: ArtifactMeta, profile: BatchProfile, wor
     return config
 
 
-def _entropy_calibrator(inputs: np.ndarray, cache: Path) -> trt.IInt8EntropyCalibrator2:
+def _fast_int8(builder: trt.Builder) -> bool | None:
+    """``platform_has_fast_int8`` (deprecated in 10, gone in 11: None there)."""
+    try:
+        return bool(builder.platform_has_fast_int8)
+    except AttributeError:
+        return None
+
+
+def _layer_precisions(serialized: trt.IHostMemory, logger: trt.ILogger) -> dict[str, int] | None:
+    """How many of the engine's layers write INT8 outputs, by the engine inspector (None if it cannot say)."""
+    import tensorrt as trt
+
+    engine = trt.Runtime(logger).deserialize_cuda_engine(serialized)
+    if engine is None:
+        return None
+    info = json.loads(engine.create_engine_inspector().get_engine_information(trt.LayerInformationFormat.JSON))
+    layers = [layer for layer in info.get("Layers", []) if isinstance(layer, dict)]
+    if not layers:
+        return None
+    int8 = sum("int8" in json.dumps(layer.get("Outputs", [])).lower() for layer in layers)
+    if not int8:
+        log.warning("TensorRT built no layer in INT8 on this GPU: the INT8 engine is not faster than FP32 here")
+    return {"layers": len(layers), "int8_output_layers": int8}
+
+
+def _entropy_calibrator(inputs: np.ndarray, cache: Path, key: dict[str, Any]) -> trt.IInt8EntropyCalibrator2:
     """TensorRT's entropy calibrator over ``inputs``, in full batches of :data:`CALIBRATION_BATCH`."""
     import tensorrt as trt
 
@@ -186,13 +259,10 @@ def _entropy_calibrator(inputs: np.ndarray, cache: Path) -> trt.IInt8EntropyCali
             cuda_call(cudart().cudaStreamSynchronize(0))
             return [self.buffer.device]
 
-        def read_calibration_cache(self) -> bytes | None:  # None: no cache yet, calibrate
-            if cache.is_file():
-                log.info("calibration cache %s read: calibration skipped", cache)
-                return cache.read_bytes()
-            return None
+        def read_calibration_cache(self) -> bytes | None:  # None: no cache for this key, calibrate
+            return read_calibration_cache(cache, key)
 
         def write_calibration_cache(self, data: memoryview | bytes) -> None:
-            atomic_write_bytes(cache, bytes(data))
+            write_calibration_cache(cache, key, bytes(data))
 
     return EntropyCalibrator()

@@ -151,6 +151,10 @@ class Int8Gate:
         probes: each graph the remedy tried (tensors kept, SROCC, max abs MOS, passed).
         speed_img_s: ONNX Runtime CPU images/s at batch 8 (``fp32``, ``int8`` or
             ``int8_plain``/``int8_mixed``), for the CPU graph.
+        refusal: why a graph whose figures pass is failed all the same (it passes only with
+            most of its tensors in float); empty otherwise.
+        speed_note: set when the final graph runs no faster than FP32 on this CPU.
+        mean_abs_bound_mos: the gate's bound on the mean abs error, MOS scale.
     """
 
     target: str
@@ -162,27 +166,35 @@ class Int8Gate:
     sensitivity_db: dict[str, float] = field(default_factory=dict)
     probes: list[dict[str, Any]] = field(default_factory=list)
     speed_img_s: dict[str, float] = field(default_factory=dict)
+    refusal: str = ""
+    speed_note: str = ""
+    mean_abs_bound_mos: float | None = None
 
     @property
     def passed(self) -> bool:
-        """The final graph passed."""
-        return self.verification.passed
+        """The final graph passed (and is an INT8 model)."""
+        return self.verification.passed and not self.refusal
 
     def __bool__(self) -> bool:
         return self.passed
 
     def figures(self, check: Verification | None = None) -> dict[str, Any]:
-        """Worst SROCC and max/mean abs error (MOS scale) of ``check`` (default the final graph)."""
+        """Worst SROCC and max/mean abs error (MOS scale) of ``check`` (default the final graph), with the bounds."""
         check = self.verification if check is None else check
         return {"srocc": min(c.srocc for c in check.comparisons), "max_abs_mos": check.worst.max_abs * self.mos_range,
                 "mean_abs_mos": max(c.mean_abs for c in check.comparisons) * self.mos_range,
-                "min_srocc": check.comparisons[0].tolerance.min_srocc, "photos": check.photos, "passed": check.passed}
+                "min_srocc": check.comparisons[0].tolerance.min_srocc,
+                "max_abs_bound_mos": check.comparisons[0].tolerance.atol * self.mos_range,
+                "mean_abs_bound_mos": self.mean_abs_bound_mos, "photos": check.photos,
+                "passed": check.passed and (check is not self.verification or not self.refusal)}
 
     def summary_dict(self) -> dict[str, Any]:
         """The figures the artifact record keeps (JSON-ready)."""
         ready: dict[str, Any] = _json_ready({
             **self.figures(), "plain": self.figures(self.plain), "kept_in_float": self.kept_in_float,
-            "speed_img_s": {k: round(v, 1) for k, v in self.speed_img_s.items()}, "probes": self.probes})
+            "speed_img_s": {k: round(v, 1) for k, v in self.speed_img_s.items()}, "probes": self.probes,
+            **({"refusal": self.refusal} if self.refusal else {}),
+            **({"speed_note": self.speed_note} if self.speed_note else {})})
         return ready
 
     def to_dict(self) -> dict[str, Any]:
@@ -214,7 +226,10 @@ class ExportResult:
         int8_trt_onnx: the Q/DQ model TensorRT's INT8 engine is built from.
         int8_plan: the TensorRT INT8 engine, when built.
         int8: the INT8 gates by graph (``cpu``, ``tensorrt``, ``tensorrt_plan``).
-        int8_info: the calibration and gate photos used, and why no INT8 engine was built.
+        int8_info: the calibration and gate photos used, why no INT8 engine was built, and
+            ``error`` / ``incomplete`` when the INT8 step did not finish.
+        earlier: entries of an earlier report of this checkpoint for files this run did not
+            write (still exports of it), merged into this report's.
     """
 
     checkpoint: Path
@@ -234,28 +249,37 @@ class ExportResult:
     int8_plan: Path | None = None
     int8: dict[str, Int8Gate] = field(default_factory=dict)
     int8_info: dict[str, Any] = field(default_factory=dict)
+    earlier: dict[str, Any] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
-        """Every verification and INT8 gate so far passed."""
-        return all(self.verifications.values()) and all(self.int8.values())
+        """Every verification and INT8 gate so far passed (and no INT8 step is unfinished or failed)."""
+        return (all(self.verifications.values()) and all(self.int8.values())
+                and not {"error", "incomplete"} & set(self.int8_info))
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form: what ``<model>.export.json`` holds."""
         files = {"checkpoint": self.checkpoint, "onnx": self.onnx, "fp16_onnx": self.fp16_onnx, "plan": self.plan,
                  "int8_onnx": self.int8_onnx, "int8_trt_onnx": self.int8_trt_onnx, "int8_plan": self.int8_plan}
+        written = {key: str(path) for key, path in files.items() if path is not None}
+        earlier = self.earlier
+        verifications = {**earlier.get("verifications", {}),
+                         **{key: value.to_dict() for key, value in self.verifications.items()}}
+        int8 = ({**self.int8_info, **{k: v.to_dict() for k, v in self.int8.items()}}
+                if self.int8 or self.int8_info else earlier.get("int8"))
+        gates = [gate for gate in (int8 or {}).values() if isinstance(gate, dict) and "passed" in gate]
+        int8_passed = all(gate["passed"] for gate in gates) and not {"error", "incomplete"} & set(int8 or {})
         return {
             "config_name": self.config_name,
             "opset": self.opset,
-            "files": {key: str(path) for key, path in files.items() if path is not None},
-            "seconds": {key: round(value, 2) for key, value in self.seconds.items()},
-            "passed": self.passed,
-            "verifications": {key: value.to_dict() for key, value in self.verifications.items()},
+            "files": {**{k: v for k, v in earlier.get("files", {}).items() if k not in written}, **written},
+            "seconds": {**earlier.get("seconds", {}), **{key: round(value, 2) for key, value in self.seconds.items()}},
+            "passed": all(v.get("passed", False) for v in verifications.values()) and int8_passed,
+            "verifications": verifications,
             "tensorrt_skipped": self.tensorrt_skipped,
             "photos": self.photos,
             "versions": self.versions,
-            **({"int8": {**self.int8_info, **{k: v.to_dict() for k, v in self.int8.items()}}}
-               if self.int8 or self.int8_info else {}),
+            **({"int8": int8} if int8 else {}),
         }
 
 

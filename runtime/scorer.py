@@ -24,6 +24,7 @@ from PIL import Image
 from qualitynet.artifact import ArtifactMeta
 from qualitynet.errors import QualityNetError
 from qualitynet.runtime.discovery import iter_folder
+from qualitynet.runtime.int8_fit import int8_concerns
 from qualitynet.runtime.pipeline import FAST_DECODE_DEFAULT, Decoded, DecodePool, default_workers, with_decode_override
 from qualitynet.runtime.preprocess import image_to_inputs
 from qualitynet.runtime.runner import BaseRunner, runner_for
@@ -70,6 +71,9 @@ class Scorer:
         except QualityNetError as exc:
             self.runner.deactivate()
             raise QualityNetError(f"{model_path}: {exc}") from None
+        if self.meta.precision == "int8":
+            for concern in int8_concerns(self.meta.extra.get("int8", {})):
+                logger.warning("%s: %s", model_path, concern)
         self._pool: DecodePool | None = None
 
     @property

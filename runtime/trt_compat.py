@@ -24,7 +24,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HOST_CODE_OPTION",
-    "REBUILD_HINT",
     "batch_limits",
     "check_plan_compat",
     "find_io_tensors",
@@ -32,6 +31,7 @@ __all__ = [
     "installed_runtimes",
     "io_tensor_names",
     "plan_chunks",
+    "rebuild_hint",
     "same_release",
     "select_runtime",
     "tensorrt_cuda",
@@ -39,10 +39,17 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-REBUILD_HINT = (
-    "rebuild the plan on this machine with `iqa-export --fp16 model.pt` (TensorRT engines are tied to "
-    "the GPU and TensorRT version that built them); meanwhile `iqa-run model.fp16.onnx ...` works anywhere"
-)
+# A plan's precision (its sidecar's) -> how it is rebuilt and which ONNX model scores meanwhile. A Pascal
+# FP32 engine comes from `--fp16` too (FP16 is 1/64 rate there), but its ONNX equivalent is model.onnx.
+_REBUILD = {"fp16": ("--fp16", "model.fp16.onnx"), "fp32": ("--fp16", "model.onnx"),
+            "int8": ("--int8", "model.int8.onnx")}
+
+
+def rebuild_hint(precision: str | None = None) -> str:
+    """How to rebuild a refused plan of this ``precision`` (its sidecar's), and what to score meanwhile."""
+    flag, onnx_model = _REBUILD.get(precision or "fp16", _REBUILD["fp16"])
+    return (f"rebuild the plan on this machine with `iqa-export {flag} model.pt` (TensorRT engines are tied to "
+            f"the GPU and TensorRT version that built them); meanwhile `iqa-run {onnx_model} ...` works anywhere")
 HOST_CODE_OPTION = "--allow-plan-host-code"
 # The full TensorRT, and the lean runtime (8.6/10.x: tensorrt_lean; 11.x also tensorrt_lean_bindings).
 _FULL = ("tensorrt",)
@@ -200,7 +207,7 @@ def check_plan_compat(meta: ArtifactMeta, plan: Path, tensorrt_version: str, com
     if not built_version or not meta.compute_capability:
         raise QualityNetError(
             f"{plan}: its sidecar does not say which TensorRT version and GPU built it, so it cannot be "
-            f"checked; {REBUILD_HINT}"
+            f"checked; {rebuild_hint(meta.precision)}"
         )
     problems = []
     if meta.compute_capability != compute_capability:
@@ -211,7 +218,7 @@ def check_plan_compat(meta: ArtifactMeta, plan: Path, tensorrt_version: str, com
     if not same_release(built_version, tensorrt_version, bool(meta.extra.get("version_compatible")) and not lean):
         problems.append(f"it was built with TensorRT {built_version} but TensorRT {tensorrt_version} is installed")
     if problems:
-        raise QualityNetError(f"{plan}: refused, {'; and '.join(problems)}; {REBUILD_HINT}")
+        raise QualityNetError(f"{plan}: refused, {'; and '.join(problems)}; {rebuild_hint(meta.precision)}")
     if meta.gpu_name and gpu_name and meta.gpu_name != gpu_name:
         logger.warning("%s was built on %s and runs on %s (same compute capability %s); timings may differ",
                        plan, meta.gpu_name, gpu_name, compute_capability)
@@ -234,7 +241,7 @@ def find_io_tensors(engine: tensorrt.ICudaEngine, io_mode: Any,
     if len(inputs) != 1 or not outputs:
         raise QualityNetError(
             f"engine has inputs {inputs} and outputs {outputs}; a QualityNet plan has one image input and a "
-            f"score output; {REBUILD_HINT}"
+            f"score output; {rebuild_hint()}"
         )
     output = preferred[1] if preferred[1] in outputs else outputs[0]
     if preferred[0] and preferred[0] != inputs[0]:

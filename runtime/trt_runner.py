@@ -26,13 +26,13 @@ from qualitynet.runtime.gpu import HostDeviceBuffer, cuda_call, cudart, device_p
 from qualitynet.runtime.runner import BaseRunner, check_graph_input
 from qualitynet.runtime.trt_compat import (
     HOST_CODE_OPTION,
-    REBUILD_HINT,
     batch_limits,
     check_plan_compat,
     find_io_tensors,
     installed_runtimes,
     io_tensor_names,
     plan_chunks,
+    rebuild_hint,
     select_runtime,
 )
 
@@ -102,7 +102,7 @@ class TrtRunner(BaseRunner):
                 f"; if TensorRT's log above says the plan holds host code, {HOST_CODE_OPTION} allows it (trusted "
                 "plans only)")
             raise QualityNetError(f"{self.model_path}: {trt.__name__} {trt.__version__} could not deserialize the "
-                                  f"plan{hint}; {REBUILD_HINT}")
+                                  f"plan{hint}; {rebuild_hint(meta.precision)}")
         self._engine = engine
         cfg = meta.preprocess
         inp, out = find_io_tensors(engine, trt.TensorIOMode, (cfg.input_name, cfg.output_name))

@@ -11,8 +11,11 @@ from pathlib import Path
 import pytest
 
 from qualitynet.trainer.checkpoint import save_untrained_checkpoint
+from qualitynet.trainer.datasets import load_dataset
 from qualitynet.trainer.demo_data import demo_photo, make_demo_dataset
+from qualitynet.trainer.train import TrainSettings, train
 
+TRAINED_EPOCHS = 20
 PHOTO_NAMES = ("astronaut", "chelsea", "coffee", "rocket", "camera", "hubble_deep_field", "coins", "retina")
 
 
@@ -38,3 +41,16 @@ def demo_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The generated demo dataset from five source photos, one small crop each; returns scores.csv."""
     sources = ("astronaut", "chelsea", "coffee", "rocket", "camera")
     return make_demo_dataset(tmp_path_factory.mktemp("demo"), sources=sources, side=96, crops=1)
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(demo_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ``lite`` checkpoint trained by iqa-train's loop on the demo dataset with the demo's recipe
+    (ImageNet EfficientNet-Lite backbones, frozen: their pooled features are computed once, then the
+    attention and head train in seconds), with the MOS mapping fitted on its validation split as
+    every run attaches (what exports carry in their graph). A few steps of the from-scratch
+    ``tiny`` config give outputs so flat that the fitted mapping's slope is ~1e6."""
+    settings = TrainSettings(config="lite", epochs=TRAINED_EPOCHS, batch_size=8, lr=1e-3, workers=0, quiet=True,
+                             device="cpu", pretrained=True, freeze_backbones=True)
+    result = train(load_dataset("csv", csv_path=demo_dataset), tmp_path_factory.mktemp("trained"), settings)
+    return result.out_dir / "model.pt"

@@ -15,17 +15,20 @@ timm is imported only here, and only when a Lite backbone is built.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 
 from qualitynet.errors import QualityNetError
 
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["LITE_MEAN", "LITE_STD", "LITE_VARIANTS", "create_lite", "lite_weights_path", "load_lite_weights"]
+__all__ = ["LITE_MEAN", "LITE_STD", "LITE_VARIANTS", "create_lite", "lite_weights_path", "load_lite_weights",
+           "static_same_padding"]
 
 LITE_VARIANTS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 LITE_MEAN = (127.0 / 255.0,) * 3
@@ -126,3 +129,67 @@ def create_lite(variant: str, pretrained: bool = False) -> nn.Module:
     if pretrained:
         load_lite_weights(model, variant)
     return model
+
+
+class _PaddedConv2d(torch.nn.Conv2d):
+    """A convolution after a constant zero padding ``(left, right, top, bottom)``: TensorFlow's
+    "same" padding for one input size, where timm's ``Conv2dSame`` computes it from the input's shape."""
+
+    def __init__(self, conv: torch.nn.Conv2d, pads: tuple[int, int, int, int]) -> None:
+        super().__init__(conv.in_channels, conv.out_channels, conv.kernel_size,  # type: ignore[arg-type]
+                         conv.stride, 0, conv.dilation, conv.groups,  # type: ignore[arg-type]
+                         conv.bias is not None)
+        self.load_state_dict(conv.state_dict())
+        self.pads = pads
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(F.pad(x, self.pads))
+
+
+def static_same_padding(model: nn.Module, height: int, width: int) -> int:
+    """Give every timm ``Conv2dSame`` of ``model`` the constant padding of a ``height`` x ``width`` input.
+
+    timm computes TensorFlow's "same" padding at run time from the input's shape, which an
+    ONNX export traces into Shape/Gather/Pad groups (that ONNX Runtime's symbolic shape
+    inference cannot follow, and TensorRT must evaluate). The model's input size is fixed
+    apart from the batch, so the pads are constants: symmetric ones become the
+    convolution's own padding, asymmetric ones a constant pad before it. Same outputs.
+
+    Returns:
+        How many convolutions were changed (0 for a model without Lite backbones).
+    """
+    if not any(type(module).__module__.startswith("timm.") for module in model.modules()):
+        return 0  # no Lite backbone: timm stays unimported
+    from timm.layers import Conv2dSame
+    from timm.layers.padding import pad_same_arg
+
+    sizes: dict[str, list[int]] = {}
+
+    def record(name: str) -> Callable[[nn.Module, tuple[torch.Tensor, ...]], None]:
+        def hook(_: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            sizes[name] = list(args[0].shape[-2:])
+        return hook
+
+    hooks = [module.register_forward_pre_hook(record(name))
+             for name, module in model.named_modules() if isinstance(module, Conv2dSame)]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, height, width))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    for name, size in sizes.items():
+        parent, _, child = name.rpartition(".")
+        conv = model.get_submodule(name)
+        assert isinstance(conv, torch.nn.Conv2d)
+        left, right, top, bottom = pad_same_arg(size, list(conv.kernel_size), list(conv.stride),
+                                                list(conv.dilation))
+        if (left, top) == (right, bottom):
+            replacement = torch.nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size,  # type: ignore[arg-type]
+                                          conv.stride, (top, left), conv.dilation,  # type: ignore[arg-type]
+                                          conv.groups, conv.bias is not None)
+            replacement.load_state_dict(conv.state_dict())
+        else:
+            replacement = _PaddedConv2d(conv, (left, right, top, bottom))
+        setattr(model.get_submodule(parent) if parent else model, child, replacement.train(conv.training))
+    return len(sizes)

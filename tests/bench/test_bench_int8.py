@@ -7,12 +7,15 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
+from qualitynet.artifact import file_sha256
 from qualitynet.bench.run import BenchSettings, run_bench
 from qualitynet.bench.subjects import plan_subjects
 from qualitynet.export import export_all
 from qualitynet.export.int8 import Int8Settings
+from qualitynet.export.onnx import read_meta, save_with_meta
 from qualitynet.trainer.checkpoint import load_checkpoint
 
 
@@ -22,8 +25,29 @@ def int8_bench(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) 
     checkpoint = Path(shutil.copy(tiny_checkpoint, folder / "model.pt"))
     # random weights: the gate's bound is one they meet; the figures are what the test reads
     export_all(checkpoint, folder, fp16=True, require_tensorrt=False,
-               int8=Int8Settings(count=8, min_srocc=-1.0, remedy=False))
+               int8=Int8Settings(count=8, min_srocc=-1.0, max_abs_mos=1e6, mean_abs_mos=1e6,
+                                             remedy=False))
     return checkpoint
+
+
+def test_int8_files_of_another_checkpoint_or_a_failed_gate_are_skipped(int8_bench: Path, tmp_path: Path) -> None:
+    checkpoint, fp32 = load_checkpoint(int8_bench), int8_bench.with_suffix(".onnx")
+    probe = np.zeros((1, 3, 96, 96), np.float32)
+    _, skipped = plan_subjects(checkpoint, {"fp32": fp32}, None, "cpu", 1, probe, checkpoint_sha256="0" * 64)
+    assert "another checkpoint" in {(s.backend, s.precision): s.reason for s in skipped}[("onnxruntime", "int8")]
+    # the same export, its record saying what a failed gate writes
+    folder = tmp_path / "failed"
+    folder.mkdir()
+    for name in ("model.onnx", "model.int8.onnx"):
+        shutil.copy(int8_bench.parent / name, folder / name)
+    model = onnx.load(str(folder / "model.int8.onnx"))
+    meta = read_meta(model)
+    meta.extra["int8"]["gate"]["passed"] = False
+    save_with_meta(model, meta, folder / "model.int8.onnx")
+    _, skipped = plan_subjects(checkpoint, {"fp32": folder / "model.onnx"}, None, "cpu", 1, probe,
+                               checkpoint_sha256=file_sha256(int8_bench))
+    assert "did not pass its INT8 accuracy gate" in {(s.backend, s.precision): s.reason
+                                                     for s in skipped}[("onnxruntime", "int8")]
 
 
 def test_int8_rows_with_speedup_and_agreement(int8_bench: Path) -> None:

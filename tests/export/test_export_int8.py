@@ -38,7 +38,7 @@ from qualitynet.export.int8 import (
     quantize_and_gate,
     tensorrt_target,
 )
-from qualitynet.export.int8_pipeline import gate_inputs
+from qualitynet.export.int8_pipeline import check_held_out, gate_inputs
 from qualitynet.export.onnx import read_meta, save_with_meta
 from qualitynet.runtime.ort_runner import OrtRunner
 from qualitynet.runtime.scorer import Scorer
@@ -82,7 +82,7 @@ def calib() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def held_out() -> np.ndarray:
-    return gate_inputs(None, CFG, None)[0]
+    return gate_inputs(check_held_out(None, None), CFG)[0]
 
 
 def _scales(path: Path) -> dict[str, np.ndarray]:
@@ -108,7 +108,7 @@ def test_calibration_is_reproducible(tmp_path: Path) -> None:
     first = _scales(_quantized(tmp_path, model, calibration_inputs(None, CFG, 16, seed=0)[0], seed_tag="a"))
     again = _scales(_quantized(tmp_path, model, calibration_inputs(None, CFG, 16, seed=0)[0], seed_tag="b"))
     other = _scales(_quantized(tmp_path, model, calibration_inputs(None, CFG, 16, seed=1)[0], seed_tag="c"))
-    assert first.keys() == again.keys() and len(first) > 3
+    assert first.keys() == again.keys() and len(first) >= 3  # input, conv1, conv2 (the pooled tail is float)
     assert all(np.array_equal(first[k], again[k]) for k in first)
     assert any(not np.array_equal(first[k], other[k]) for k in first), "another seed, other crops, other ranges"
 
@@ -132,7 +132,7 @@ def test_calibration_photos_and_crops() -> None:
 
 def test_gate_refuses_calibration_photos(photo_dir: Path) -> None:
     with pytest.raises(QualityNetError, match="both calibration and gate photos"):
-        gate_inputs(photo_dir, CFG, photo_dir)
+        check_held_out(photo_dir, photo_dir)
     with pytest.raises(QualityNetError, match="at least 1"):
         calibration_inputs(photo_dir, CFG, count=0)
 
@@ -221,8 +221,10 @@ def test_mixed_precision_rescues_a_graph_plain_int8_fails(tmp_path: Path, calib:
     final = result.figures()
     assert not plain["passed"] and plain["srocc"] < 0.99
     assert result and final["srocc"] >= 0.99 and final["srocc"] > plain["srocc"]
-    # the outlier tensor (conv1's output, after its ReLU) ranks first and its nodes stay float
-    assert next(iter(result.sensitivity_db)) == "/Relu_output_0" and "/conv2/Conv" in result.kept_in_float
+    # the activations the outlier channel swamps (the convolutions' outputs, after their fused ReLUs,
+    # which are not counted as noise) rank ahead of the input and the weights, and conv2 stays float
+    assert set(list(result.sensitivity_db)[:2]) == {"/Relu_output_0", "/Relu_1_output_0"}
+    assert "/conv2/Conv" in result.kept_in_float
     assert result.probes and result.probes[-1]["passed"]
     assert {"fp32", "int8_plain", "int8_mixed"} <= set(result.speed_img_s)
     record = read_meta(onnx.load(str(tmp_path / "net.int8.onnx"))).extra["int8"]
@@ -236,11 +238,12 @@ def test_mixed_precision_rescues_a_graph_plain_int8_fails(tmp_path: Path, calib:
 def int8_cli(varied_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
     """``iqa-export --int8`` of the tiny checkpoint: its folder and the command's result.
 
-    Random weights amplify rounding (SROCC ~0.4-0.7 against FP32), so the bound given is
-    one the tiny model meets; the figures are recorded all the same."""
+    Random weights amplify rounding (SROCC ~0.4-0.7 against FP32), so the bounds given are
+    ones the tiny model meets; the figures are recorded all the same."""
     out = tmp_path_factory.mktemp("int8")
     checkpoint = shutil.copy(varied_checkpoint, out / "model.pt")
-    result = CliRunner().invoke(main, [str(checkpoint), "--int8", "--calib-count", "16", "--min-srocc", "-1"])
+    result = CliRunner().invoke(main, [str(checkpoint), "--int8", "--calib-count", "16", "--min-srocc", "-1",
+                                       "--max-abs-error", "1e6", "--max-mean-error", "1e6"])
     return out, result
 
 

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import types
 from pathlib import Path
@@ -125,6 +126,20 @@ class _Standin:
         trt.BuilderFlag = types.SimpleNamespace(**{k: k for k in builder_flags})  # type: ignore[attr-defined]
         trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")  # type: ignore[attr-defined]
         trt.Dims4 = lambda *dims: dims  # type: ignore[attr-defined]
+        trt.ProfilingVerbosity = types.SimpleNamespace(DETAILED="DETAILED")  # type: ignore[attr-defined]
+        trt.LayerInformationFormat = types.SimpleNamespace(JSON="JSON")  # type: ignore[attr-defined]
+        layers = {"Layers": [{"Name": "conv", "Outputs": [{"Format/Datatype": "Row major linear INT8 format"}]},
+                             {"Name": "head", "Outputs": [{"Format/Datatype": "Row major linear FP32 format"}]}]}
+
+        class Runtime:  # deserializes into an engine whose inspector describes two layers
+            def __init__(self, logger: Any) -> None:
+                pass
+
+            def deserialize_cuda_engine(self, plan: bytes) -> Any:
+                inspector = types.SimpleNamespace(get_engine_information=lambda fmt: json.dumps(layers))
+                return types.SimpleNamespace(create_engine_inspector=lambda: inspector)
+
+        trt.Runtime = Runtime  # type: ignore[attr-defined]
         return trt
 
 
@@ -208,6 +223,9 @@ def test_pascal_falls_back_to_the_entropy_calibrator(monkeypatch: pytest.MonkeyP
     assert (tmp_path / "model.int8.plan.calib").read_bytes() == b"calibration-table"
     assert meta.extra["quantization"].startswith("implicit, entropy calibrator 2")
     assert meta.extra["source_onnx"] == "model.onnx" and meta.compute_capability == "6.1"
+    assert meta.extra["layer_precisions"] == {"layers": 2, "int8_output_layers": 1}
+    assert "gate" not in meta.extra["int8"]  # the Q/DQ graph's gate figures are not this engine's
+    assert meta.extra["int8"]["calibration"]["method"] == "entropy2"
 
 
 def test_refused_qdq_elsewhere_is_an_error(monkeypatch: pytest.MonkeyPatch, qdq_models: tuple[Path, Path],
@@ -228,7 +246,7 @@ def test_entropy_calibrator_feeds_full_batches_and_caches(monkeypatch: pytest.Mo
     monkeypatch.setattr(gpu, "cuda_call", lambda result: None)
     inputs = np.arange(20 * 3 * 2 * 2, dtype=np.float32).reshape(20, 3, 2, 2)
     cache = tmp_path / "model.int8.plan.calib"
-    calibrator: Any = trt_int8._entropy_calibrator(inputs, cache)
+    calibrator: Any = trt_int8._entropy_calibrator(inputs, cache, {"checkpoint_sha256": "a" * 64})
     assert calibrator.get_batch_size() == trt_int8.CALIBRATION_BATCH
     assert calibrator.read_calibration_cache() is None
     first = calibrator.get_batch(["image"])
