@@ -27,9 +27,9 @@ from qualitynet.bench.run import BenchReport, BenchSettings, run_bench
 from qualitynet.export import ExportResult, export_all
 from qualitynet.runtime.scorer import Scorer
 from qualitynet.trainer.checkpoint import load_checkpoint
-from qualitynet.trainer.datasets import Split, load_dataset
+from qualitynet.trainer.datasets import DatasetIndex, Split, load_dataset
 from qualitynet.trainer.demo_data import DEMO_SOURCES, make_demo_dataset
-from qualitynet.trainer.metrics import compute_metrics
+from qualitynet.trainer.metrics import compute_metrics, within_srocc
 from qualitynet.trainer.train import TrainResult, TrainSettings, train
 
 __all__ = ["DEMO_RECIPES", "DemoResult", "main", "run_demo"]
@@ -56,21 +56,21 @@ class DemoResult:
     heldout_plcc: float
     heldout_rmse: float
     heldout_in_range: float
+    heldout_within_srocc: float
+    heldout_references: int
     run_img_s: float
     bench: BenchReport
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def _copy_heldout(csv_path: Path, split: Split, folder: Path) -> dict[str, float]:
-    """Copy the test split's images into ``folder``; return file name -> MOS."""
+def _copy_heldout(index: DatasetIndex, split: Split, folder: Path) -> dict[str, tuple[float, str]]:
+    """Copy the test split's images into ``folder``; return file name -> (MOS, reference image)."""
     folder.mkdir(parents=True, exist_ok=True)
-    mos = {}
-    with open(csv_path, newline="", encoding="utf-8") as handle:
-        by_key = {row["image"]: float(row["score"]) for row in csv.DictReader(handle)}
-    for key in split.test:
-        shutil.copy2(csv_path.parent / key, folder / Path(key).name)
-        mos[Path(key).name] = by_key[key]
-    return mos
+    truth = {}
+    for i in index.subset(split.test):
+        shutil.copy2(index.paths[i], folder / index.paths[i].name)
+        truth[index.paths[i].name] = (float(index.mos[i]), index.reference(i))
+    return truth
 
 
 def run_demo(out_dir: str | Path, config: str = "lite", epochs: int = 60, crops: int = 4, side: int = 144,
@@ -103,7 +103,7 @@ def run_demo(out_dir: str | Path, config: str = "lite", epochs: int = 60, crops:
     seconds["export"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    mos = _copy_heldout(csv_path, Split.load(trained.out_dir / "split.json"), out / "heldout")
+    truth = _copy_heldout(index, Split.load(trained.out_dir / "split.json"), out / "heldout")
     scores_csv = out / "scores.csv"
     scored: dict[str, float] = {}
     with Scorer(exported.onnx, batch_size=16) as scorer, open(scores_csv, "w", newline="", encoding="utf-8") as f:
@@ -116,10 +116,11 @@ def run_demo(out_dir: str | Path, config: str = "lite", epochs: int = 60, crops:
                 scored[Path(record.path).name] = record.score
         run_seconds = time.perf_counter() - started
     names = sorted(scored)
-    pred, target = np.array([scored[n] for n in names]), np.array([mos[n] for n in names])
+    pred, target = np.array([scored[n] for n in names]), np.array([truth[n][0] for n in names])
     scale = load_checkpoint(trained.out_dir / "model.pt").score_scale
     in_range = float(np.mean((pred >= scale.low) & (pred <= scale.high)))
     heldout = compute_metrics(pred, target, logistic_fit=False)
+    within = within_srocc(pred, target, [truth[n][1] for n in names])
     seconds["score"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
@@ -128,7 +129,8 @@ def run_demo(out_dir: str | Path, config: str = "lite", epochs: int = 60, crops:
     write_json(bench, out / "bench.json")
     seconds["bench"] = time.perf_counter() - tick
     return DemoResult(out, trained, exported, scores_csv, len(names), heldout["srocc"], heldout["plcc"],
-                      heldout["rmse"], in_range, len(names) / run_seconds, bench, seconds)
+                      heldout["rmse"], in_range, within["within_srocc"], int(within["within_references"]),
+                      len(names) / run_seconds, bench, seconds)
 
 
 def _speedup(report: BenchReport, mode: str, precision: str, batch: int | None = None) -> str:
@@ -165,6 +167,8 @@ def format_summary(result: DemoResult) -> str:
         f"  held-out       SROCC {result.heldout_srocc:.3f}, PLCC {result.heldout_plcc:.3f}, RMSE "
         f"{result.heldout_rmse:.3f}; {100 * result.heldout_in_range:.1f} % of scores inside the MOS range "
         "(runtime scores vs the generated MOS)",
+        f"  within image   SROCC {result.heldout_within_srocc:.3f} (mean over {result.heldout_references} held-out "
+        "reference images of how each one's distortion levels are ranked)",
         "  bench          ONNX Runtime FP32 vs PyTorch eager, model-only: batch 1 "
         f"{_speedup(result.bench, 'model-only', 'fp32', 1)}, batch 8 "
         f"{_speedup(result.bench, 'model-only', 'fp32', 8)}; "

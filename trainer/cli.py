@@ -15,12 +15,16 @@ from qualitynet.errors import QualityNetError
 from qualitynet.trainer.datasets import DATASETS, DatasetIndex, load_dataset
 from qualitynet.trainer.model import MODEL_CONFIGS
 
-METRIC_ORDER = ("plcc", "plcc_logistic4", "srocc", "krocc", "rmse", "mae", "explained_variance",
-                "quantile_loss_q10", "quantile_loss_q50", "quantile_loss_q90", "n")
+METRIC_ORDER = ("plcc", "plcc_logistic4", "srocc", "within_srocc", "within_srocc_min", "krocc", "rmse", "mae",
+                "explained_variance", "quantile_loss_q10", "quantile_loss_q50", "quantile_loss_q90", "n",
+                "within_references")
 METRIC_LABELS = {"plcc": "PLCC", "plcc_logistic4": "PLCC (after 4-param logistic fit)", "srocc": "SROCC",
                  "krocc": "KROCC", "rmse": "RMSE", "mae": "MAE", "explained_variance": "explained variance",
                  "quantile_loss_q10": "quantile loss q=0.1", "quantile_loss_q50": "quantile loss q=0.5",
-                 "quantile_loss_q90": "quantile loss q=0.9", "n": "images"}
+                 "quantile_loss_q90": "quantile loss q=0.9", "n": "images",
+                 "within_srocc": "within-image SROCC (mean)", "within_srocc_min": "within-image SROCC (worst)",
+                 "within_references": "reference images ranked"}
+COUNTS = ("n", "within_references")
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 
@@ -54,10 +58,11 @@ def _load_index(dataset: str, data_root: Path | None, csv_path: Path | None, pat
 def format_metrics(metrics: dict[str, float]) -> str:
     """One ``name: value`` line per metric, in a fixed order."""
     lines = []
+    ranked = metrics.get("within_references", 0) > 0  # else no reference has several MOS levels (KonIQ-10k)
     for key in METRIC_ORDER:
-        if key in metrics:
+        if key in metrics and (ranked or not key.startswith("within")):
             value = metrics[key]
-            lines.append(f"{METRIC_LABELS[key]:>34}: {int(value) if key == 'n' else f'{value:.4f}'}")
+            lines.append(f"{METRIC_LABELS[key]:>34}: {int(value) if key in COUNTS else f'{value:.4f}'}")
     return "\n".join(lines)
 
 

@@ -15,7 +15,7 @@ import numpy as np
 from qualitynet.trainer.checkpoint import load_checkpoint
 from qualitynet.trainer.data import IqaDataset, default_workers, predict
 from qualitynet.trainer.datasets import DatasetIndex, Split, check_images
-from qualitynet.trainer.metrics import compute_metrics
+from qualitynet.trainer.metrics import compute_metrics, within_srocc
 from qualitynet.trainer.mos_mapping import apply_mos_mapping
 from qualitynet.trainer.train import resolve_device
 
@@ -29,7 +29,9 @@ class Evaluation:
     """Metrics and the per-image predictions behind them (MOS scale of the checkpoint).
 
     ``metrics`` and ``predictions`` are after the checkpoint's MOS mapping; ``raw_metrics``
-    are of the network's output before it (the same when the mapping is the identity).
+    are of the network's output before it (the same when the mapping is the identity). Both
+    hold the mean within-image SROCC (``within_srocc``: how each reference image's versions
+    are ranked; NaN when no reference has several MOS levels, as in KonIQ-10k).
     """
 
     metrics: dict[str, float]
@@ -71,5 +73,7 @@ def evaluate_checkpoint(checkpoint_path: str | Path, index: DatasetIndex, split:
     workers = default_workers() if workers < 0 else workers
     raw, target = predict(model, dataset, batch_size, device, workers, quiet=quiet, desc="scoring")
     pred = apply_mos_mapping(checkpoint.mos_mapping, checkpoint.score_scale, raw)
-    return Evaluation(compute_metrics(pred, target), pred, target, keys, compute_metrics(raw, target),
+    references = [index.reference(i) for i in indices]
+    return Evaluation({**compute_metrics(pred, target), **within_srocc(pred, target, references)}, pred, target,
+                      keys, {**compute_metrics(raw, target), **within_srocc(raw, target, references)},
                       checkpoint.mos_mapping.kind)

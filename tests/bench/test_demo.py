@@ -49,6 +49,9 @@ def test_demo_chain_hand_offs(tmp_path: Path) -> None:
     summary = format_summary(result)
     assert "held-out       SROCC" in summary and "% of scores inside the MOS range" in summary
     assert 0.0 <= result.heldout_in_range <= 1.0
+    # every held-out reference image is ranked within itself (its pristine and distorted versions)
+    assert "within image   SROCC" in summary and -1 <= result.heldout_within_srocc <= 1
+    assert result.heldout_references == len({path.name.rsplit("_", 2)[0] for path in (tmp_path / "heldout").iterdir()})
 
 
 def test_demo_help() -> None:
