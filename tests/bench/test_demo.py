@@ -19,7 +19,7 @@ from qualitynet.trainer.checkpoint import load_checkpoint
 def test_demo_chain_hand_offs(tmp_path: Path) -> None:
     # the demo's own config (pretrained EfficientNet-Lite, frozen), on five photos to keep it short
     result = run_demo(tmp_path, config="lite", epochs=5, crops=1, side=64, bench_iters=2, quiet=True,
-                      sources=("astronaut", "chelsea", "coffee", "rocket", "camera"))
+                      sources=("astronaut", "chelsea", "coffee", "rocket", "camera"), scales=(1.0,))
     checkpoint = load_checkpoint(result.train.out_dir / "model.pt")
 
     # the checkpoint loaded in export, and every export check passed on real photos

@@ -128,6 +128,23 @@ def test_paper_recipe_is_pretrained_and_fails_clearly_offline(tmp_path: Path, mo
     assert "cannot load ImageNet weights for resnet50" in result.output and "$TORCH_HOME" in result.output
 
 
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--config", "lite"], {"pretrained": True, "freeze_backbones": True, "lr": 1e-3}),  # the lite recipe
+    (["--config", "lite02", "--lr", "3e-4", "--train-backbones"],
+     {"pretrained": True, "freeze_backbones": False, "lr": 3e-4}),  # options given win over it
+    (["--config", "small"], {"pretrained": False, "freeze_backbones": False, "lr": 1e-4}),  # the paper's
+])
+def test_lite_configs_default_to_their_recipe(args: list[str], expected: dict[str, object], demo_dataset: Path,
+                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[TrainSettings] = []
+    monkeypatch.setattr("qualitynet.trainer.distributed.run_training",
+                        lambda nproc, index, out, settings, resume: seen.append(settings))  # settings only, no run
+    result = CliRunner().invoke(train_command, ["--dataset", "csv", "--csv", str(demo_dataset), "--out",
+                                                str(tmp_path), *args])
+    assert result.exit_code == 0, result.output
+    assert {key: getattr(seen[0], key) for key in expected} == expected
+
+
 def test_help_shows_examples() -> None:
     for command in (train_command, eval_command, demo_data_command):
         result = CliRunner().invoke(command, ["--help"])
