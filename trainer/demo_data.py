@@ -80,7 +80,7 @@ def native_photo(name: str) -> Image.Image:
     if name == "grace_hopper":
         from matplotlib import cbook
 
-        with Image.open(cbook.get_sample_data("grace_hopper.jpg")) as image:
+        with Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as image:
             return image.convert("RGB")
     from skimage import data  # the train extra
 
