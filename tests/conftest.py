@@ -38,9 +38,10 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The generated demo dataset from five source photos, one small crop each; returns scores.csv."""
+    """The generated demo dataset from five source photos, one small crop each at their own scale; returns
+    scores.csv."""
     sources = ("astronaut", "chelsea", "coffee", "rocket", "camera")
-    return make_demo_dataset(tmp_path_factory.mktemp("demo"), sources=sources, side=96, crops=1)
+    return make_demo_dataset(tmp_path_factory.mktemp("demo"), sources=sources, side=96, crops=1, scales=(0.5,))
 
 
 @pytest.fixture(scope="session")

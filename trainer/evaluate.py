@@ -15,7 +15,7 @@ import numpy as np
 from qualitynet.trainer.checkpoint import load_checkpoint
 from qualitynet.trainer.data import IqaDataset, crop_mean, default_workers, predict
 from qualitynet.trainer.datasets import DatasetIndex, Split, check_images
-from qualitynet.trainer.metrics import compute_metrics, degenerate_reason
+from qualitynet.trainer.metrics import compute_metrics, degenerate_reason, within_srocc
 from qualitynet.trainer.mos_mapping import apply_mos_mapping
 from qualitynet.trainer.train import resolve_device
 
@@ -31,7 +31,9 @@ class Evaluation:
     ``metrics`` and ``predictions`` are after the checkpoint's MOS mapping; ``raw_metrics``
     are of the network's output before it (the same when the mapping is the identity).
     With a crops view an image's prediction is the mean of its crops' (mapped) scores, as
-    exported models score it; ``view`` says how the images were decoded and seen.
+    exported models score it; ``view`` says how the images were decoded and seen. Both
+    hold the mean within-image SROCC (``within_srocc``: how each reference image's versions
+    are ranked; NaN when no reference has several MOS levels, as in KonIQ-10k).
     """
 
     metrics: dict[str, float]
@@ -78,6 +80,8 @@ def evaluate_checkpoint(checkpoint_path: str | Path, index: DatasetIndex, split:
                                 per_crop=True)
     pred = crop_mean(apply_mos_mapping(checkpoint.mos_mapping, checkpoint.score_scale, raw_crops))
     raw = crop_mean(raw_crops)
-    return Evaluation(compute_metrics(pred, target), pred, target, keys, compute_metrics(raw, target),
+    references = [index.reference(i) for i in indices]
+    return Evaluation({**compute_metrics(pred, target), **within_srocc(pred, target, references)}, pred, target,
+                      keys, {**compute_metrics(raw, target), **within_srocc(raw, target, references)},
                       checkpoint.mos_mapping.kind, checkpoint.preprocess.describe(),
                       degenerate_reason(pred, target, checkpoint.score_scale.high - checkpoint.score_scale.low))

@@ -16,7 +16,7 @@ import numpy as np
 from scipy import optimize, stats
 
 __all__ = ["COLLAPSE_SPREAD", "QUANTILES", "UNDEFINED", "compute_metrics", "degenerate_reason", "fit_logistic4",
-           "format_value", "json_metrics", "logistic4", "quantile_loss"]
+           "format_value", "json_metrics", "logistic4", "quantile_loss", "within_srocc"]
 
 QUANTILES = (0.1, 0.5, 0.9)
 
@@ -160,3 +160,34 @@ def compute_metrics(pred: np.ndarray, target: np.ndarray, logistic_fit: bool = T
         except (RuntimeError, ValueError, TypeError):
             pass  # the fit did not converge: the raw PLCC stands alone
     return result
+
+
+def within_srocc(pred: np.ndarray, target: np.ndarray, references: list[str]) -> dict[str, float]:
+    """How well the model ranks the versions of each reference image: the mean per-reference SROCC.
+
+    Images that share a reference (one source photo or crop, distorted at several levels) are
+    ranked against their MOS with ``scipy.stats.spearmanr``, and the correlations are
+    averaged over references. A reference counts when it has at least 3 images whose MOS is
+    not constant; if the model gives all of them one score, its SROCC counts as 0 (it ranks
+    nothing), not as a missing value.
+
+    Returns:
+        ``within_srocc`` (NaN when no reference counts), ``within_srocc_min`` (the worst
+        reference) and ``within_references`` (how many references were ranked).
+    """
+    pred, target = np.asarray(pred, np.float64).ravel(), np.asarray(target, np.float64).ravel()
+    if not pred.shape == target.shape == (len(references),):
+        raise ValueError(f"need equal lengths, got {pred.shape}, {target.shape} and {len(references)} references")
+    members: dict[str, list[int]] = {}
+    for i, reference in enumerate(references):
+        members.setdefault(reference, []).append(i)
+    correlations = []
+    for rows in members.values():
+        if len(rows) < 3 or np.ptp(target[rows]) == 0:
+            continue
+        constant = np.ptp(pred[rows]) == 0
+        correlations.append(0.0 if constant else float(stats.spearmanr(pred[rows], target[rows]).statistic))
+    if not correlations:
+        return {"within_srocc": float("nan"), "within_srocc_min": float("nan"), "within_references": 0.0}
+    return {"within_srocc": float(np.mean(correlations)), "within_srocc_min": float(np.min(correlations)),
+            "within_references": float(len(correlations))}

@@ -20,7 +20,7 @@ timed() {  # NAME ARGS...: train into $OUT/NAME, record the wall time
 }
 timed lite-frozen --config lite --freeze-backbones --epochs 60 --lr 1e-3
 timed lite02-frozen --config lite02 --freeze-backbones --epochs 60 --lr 1e-3
-timed lite-finetuned --config lite --epochs "$FINE_TUNE_EPOCHS"
+timed lite-finetuned --config lite --train-backbones --lr 1e-4 --epochs "$FINE_TUNE_EPOCHS"
 "$BIN/python" - "$OUT" <<'PY'
 import json, sys
 from pathlib import Path

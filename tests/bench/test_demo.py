@@ -19,7 +19,7 @@ from qualitynet.trainer.checkpoint import load_checkpoint
 def test_demo_chain_hand_offs(tmp_path: Path) -> None:
     # the demo's own config (pretrained EfficientNet-Lite, frozen), on five photos to keep it short
     result = run_demo(tmp_path, config="lite", epochs=5, crops=1, side=64, bench_iters=2, quiet=True,
-                      sources=("astronaut", "chelsea", "coffee", "rocket", "camera"))
+                      sources=("astronaut", "chelsea", "coffee", "rocket", "camera"), scales=(1.0,))
     checkpoint = load_checkpoint(result.train.out_dir / "model.pt")
 
     # the checkpoint loaded in export, and every export check passed on real photos
@@ -49,6 +49,9 @@ def test_demo_chain_hand_offs(tmp_path: Path) -> None:
     summary = format_summary(result)
     assert "held-out       SROCC" in summary and "% of scores inside the MOS range" in summary
     assert 0.0 <= result.heldout_in_range <= 1.0
+    # every held-out reference image is ranked within itself (its pristine and distorted versions)
+    assert "within image   SROCC" in summary and -1 <= result.heldout_within_srocc <= 1
+    assert result.heldout_references == len({path.name.rsplit("_", 2)[0] for path in (tmp_path / "heldout").iterdir()})
 
 
 def test_demo_help() -> None:

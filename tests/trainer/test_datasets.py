@@ -81,6 +81,17 @@ def test_generic_csv_with_awkward_names_and_custom_columns(tmp_path: Path) -> No
         load_dataset("csv", csv_path=tmp_path / "labels.csv", path_column="file")
 
 
+def test_csv_reference_column_names_each_rows_reference_image(tmp_path: Path) -> None:
+    rows = "image,score,group,reference\na.png,5,cat,cat_0\nb.png,3,cat,cat_0\nc.png,4,cat,cat_1\n"
+    (tmp_path / "scores.csv").write_text(rows)
+    index = load_dataset("csv", csv_path=tmp_path / "scores.csv")
+    assert [index.reference(i) for i in range(3)] == ["cat_0", "cat_0", "cat_1"]
+    assert index.groups == ["cat"] * 3
+    (tmp_path / "plain.csv").write_text("image,score,group\na.png,5,cat\nb.png,3,dog\n")
+    plain = load_dataset("csv", csv_path=tmp_path / "plain.csv")
+    assert [plain.reference(i) for i in range(2)] == ["cat", "dog"]  # no column: the group is the reference
+
+
 def test_missing_files_are_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(QualityNetError, match="koniq10k_scores_and_distributions.csv: CSV file not found"):
         load_dataset("koniq10k", tmp_path)

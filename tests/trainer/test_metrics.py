@@ -16,6 +16,7 @@ from qualitynet.trainer.metrics import (
     json_metrics,
     logistic4,
     quantile_loss,
+    within_srocc,
 )
 
 
@@ -92,3 +93,31 @@ def test_logistic_fit_stays_inside_the_value_range() -> None:
     b1, b2, _, b4 = fit_logistic4(pred, mos, value_range=(1.0, 5.0))
     assert 1.0 <= b2 <= b1 <= 5.0 and b4 > 0
     assert np.corrcoef(logistic4(pred, b1, b2, _, b4), mos)[0, 1] > 0.99
+
+
+def test_within_srocc_averages_each_references_own_ranking() -> None:
+    # photo a: ranked perfectly; photo b: one swapped pair of 4 (SROCC 0.8); photo c: constant scores (0);
+    # photo d: two images only, and photo e: one MOS level only, are not rankable and do not count
+    mos = [5, 4, 3, 5, 4, 3, 2, 5, 4, 3, 5, 4, 3, 3, 3]
+    pred = [0.9, 0.5, 0.1, 4.0, 2.0, 3.0, 1.0, 2.0, 2.0, 2.0, 1.0, 2.0, 1.0, 2.0, 3.0]
+    refs = ["a"] * 3 + ["b"] * 4 + ["c"] * 3 + ["d"] * 2 + ["e"] * 3
+    result = within_srocc(np.array(pred), np.array(mos, float), refs)
+    assert result["within_references"] == 3
+    assert result["within_srocc"] == pytest.approx((1.0 + 0.8 + 0.0) / 3)
+    assert result["within_srocc_min"] == 0.0
+    assert stats.spearmanr(pred[3:7], mos[3:7]).statistic == pytest.approx(0.8)
+
+
+def test_within_srocc_ignores_how_references_compare_with_each_other() -> None:
+    # each photo's levels ranked right, but photo b scored far above photo a: overall SROCC suffers, within does not
+    mos = np.array([5.0, 3.0, 1.0, 5.0, 3.0, 1.0])
+    pred = np.array([3.0, 2.0, 1.0, 13.0, 12.0, 11.0])
+    assert within_srocc(pred, mos, ["a", "a", "a", "b", "b", "b"])["within_srocc"] == pytest.approx(1.0)
+    assert compute_metrics(pred, mos)["srocc"] < 0.6
+
+
+def test_within_srocc_without_rankable_references_is_nan() -> None:
+    result = within_srocc(np.array([1.0, 2.0]), np.array([1.0, 2.0]), ["a", "b"])
+    assert math.isnan(result["within_srocc"]) and result["within_references"] == 0
+    with pytest.raises(ValueError):
+        within_srocc(np.array([1.0, 2.0]), np.array([1.0, 2.0]), ["a"])

@@ -107,6 +107,10 @@ def test_eval_on_saved_test_split(short_run: Path, demo_dataset: Path) -> None:
     trained = json.loads((short_run / "metrics.json").read_text())
     assert record["n"] == trained["n"] and record["srocc"] == pytest.approx(trained["srocc"], abs=1e-6)
     assert plot_path.stat().st_size > 0
+    index = load_dataset("csv", csv_path=demo_dataset)
+    test_references = {index.reference(i) for i in index.subset(Split.load(tiny_run / "split.json").test)}
+    assert "within-image SROCC (mean)" in result.output
+    assert record["within_references"] == len(test_references) and -1 <= record["within_srocc"] <= 1
 
 
 def test_best_epoch_prefers_a_ranking_epoch_to_a_collapsed_one() -> None:
@@ -214,6 +218,23 @@ def test_paper_recipe_is_pretrained_and_fails_clearly_offline(tmp_path: Path, mo
     result = CliRunner().invoke(train_command, [*args[:args.index("--out")], "--out", str(tmp_path / "run")])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "cannot load ImageNet weights for resnet50" in result.output and "$TORCH_HOME" in result.output
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--config", "lite"], {"pretrained": True, "freeze_backbones": True, "lr": 1e-3}),  # the lite recipe
+    (["--config", "lite02", "--lr", "3e-4", "--train-backbones"],
+     {"pretrained": True, "freeze_backbones": False, "lr": 3e-4}),  # options given win over it
+    (["--config", "small"], {"pretrained": False, "freeze_backbones": False, "lr": 1e-4}),  # the paper's
+])
+def test_lite_configs_default_to_their_recipe(args: list[str], expected: dict[str, object], demo_dataset: Path,
+                                              tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[TrainSettings] = []
+    monkeypatch.setattr("qualitynet.trainer.distributed.run_training",
+                        lambda nproc, index, out, settings, resume: seen.append(settings))  # settings only, no run
+    result = CliRunner().invoke(train_command, ["--dataset", "csv", "--csv", str(demo_dataset), "--out",
+                                                str(tmp_path), *args])
+    assert result.exit_code == 0, result.output
+    assert {key: getattr(seen[0], key) for key in expected} == expected
 
 
 def test_help_shows_examples() -> None:
