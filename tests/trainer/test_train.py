@@ -108,7 +108,7 @@ def test_eval_on_saved_test_split(short_run: Path, demo_dataset: Path) -> None:
     assert record["n"] == trained["n"] and record["srocc"] == pytest.approx(trained["srocc"], abs=1e-6)
     assert plot_path.stat().st_size > 0
     index = load_dataset("csv", csv_path=demo_dataset)
-    test_references = {index.reference(i) for i in index.subset(Split.load(tiny_run / "split.json").test)}
+    test_references = {index.reference(i) for i in index.subset(Split.load(short_run / "split.json").test)}
     assert "within-image SROCC (mean)" in result.output
     assert record["within_references"] == len(test_references) and -1 <= record["within_srocc"] <= 1
 
