@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -16,7 +17,7 @@ from qualitynet.runtime.discovery import iter_inputs, path_key, read_file_list
 from qualitynet.runtime.ort_runner import PROVIDERS
 from qualitynet.runtime.output import ModelIdentity, open_output
 from qualitynet.runtime.pipeline import FAST_DECODE_DEFAULT, FAST_DECODE_HELP, with_decode_override
-from qualitynet.runtime.scorer import Scorer
+from qualitynet.runtime.scorer import DECODER_CHOICES, Scorer
 from qualitynet.runtime.summary import RunStats
 from qualitynet.runtime.writer import FORMATS, RecordWriter, format_for
 
@@ -56,6 +57,11 @@ def _open_writer(output: Path | None, fmt: str, resume: bool, overwrite: bool, m
 @click.option("--allow-other-model", is_flag=True,
               help="With --resume, append even when the earlier rows came from another model.")
 @click.option("--fast-decode/--exact-decode", default=FAST_DECODE_DEFAULT, help=FAST_DECODE_HELP)
+@click.option("--decoder", type=click.Choice(DECODER_CHOICES), default="pillow", show_default=True,
+              help="Who decodes: pillow (the model's record, in --workers processes), nvimgcodec (JPEGs on the GPU "
+                   "with nvJPEG, batched; pip install 'qualitynet[gpu-decode]') or nvimgcodec-cpu. nvJPEG's pixels "
+                   "differ slightly: the first batch is scored both ways and the run refused when the scores move "
+                   "too far.")
 @click.option("--files-from", type=click.File("r", encoding="utf-8", errors="surrogateescape"),
               help="Also score the paths listed in this file, one per line ('-' for stdin).")
 @click.option("--provider", type=click.Choice(["auto", *PROVIDERS]), default="auto", show_default=True,
@@ -78,7 +84,7 @@ def _open_writer(output: Path | None, fmt: str, resume: bool, overwrite: bool, m
 def main(model: Path, inputs: tuple[str, ...], output: Path | None, fmt: str | None, batch_size: int,
          workers: int | None, recursive: bool, resume: bool, retry_errors: bool, overwrite: bool,
          allow_other_model: bool,
-         fast_decode: bool | None, files_from: TextIO | None, provider: str, threads: int | None,
+         fast_decode: bool | None, decoder: str, files_from: TextIO | None, provider: str, threads: int | None,
          allow_plan_host_code: bool, ray_address: str | None, ray_actors: int | None, ray_gpus: float,
          quiet: bool, verbose: bool) -> None:
     """Score image files with MODEL (.plan or .onnx) and write path,score,error rows.
@@ -107,16 +113,22 @@ def main(model: Path, inputs: tuple[str, ...], output: Path | None, fmt: str | N
         raise click.UsageError("--resume needs --output (the file to continue)")
     if retry_errors and not resume:
         raise click.UsageError("--retry-errors applies only with --resume")
+    if decoder != "pillow" and ray_address is not None:
+        raise click.UsageError("--decoder applies without --ray (Ray's actors decode with Pillow)")
     fmt = format_for(output, fmt)
     with _open_scorer(model, ray_address, ray_actors, ray_gpus, provider=None if provider == "auto" else provider,
                       threads=threads, batch_size=batch_size, workers=workers, fast_decode=fast_decode,
-                      allow_host_code=allow_plan_host_code) as scorer:
+                      allow_host_code=allow_plan_host_code, decoder=decoder) as scorer:
         preprocess = with_decode_override(scorer.meta.preprocess, fast_decode)
         logger.info("%s", preprocess.describe())
-        writer, done = _open_writer(output, fmt, resume, overwrite, ModelIdentity.of(scorer.meta, model, preprocess),
-                                    allow_other_model, retry_errors)
+        identity = ModelIdentity.of(scorer.meta, model, preprocess, decoder)
+        writer, done = _open_writer(output, fmt, resume, overwrite, identity, allow_other_model, retry_errors)
         sources = itertools.chain(inputs, read_file_list(files_from) if files_from is not None else ())
-        todo = (p for p in iter_inputs(sources, recursive) if path_key(p) not in done)
+        todo: Iterator[str] = (p for p in iter_inputs(sources, recursive) if path_key(p) not in done)
+        if isinstance(scorer, Scorer) and decoder != "pillow":
+            sample = list(itertools.islice(todo, scorer.batch_size))
+            scorer.check_decoder(sample)
+            todo = itertools.chain(sample, todo)
         stats = RunStats()  # the rate counts from here: model loading excluded
         try:
             with progress(quiet=quiet, unit="img", desc="scoring") as bar:
@@ -130,10 +142,11 @@ def main(model: Path, inputs: tuple[str, ...], output: Path | None, fmt: str | N
 
 
 def _open_scorer(model: Path, ray_address: str | None, ray_actors: int | None, ray_gpus: float, *,
-                 workers: int | None, **options: Any) -> Scorer | RayScorer:
-    """This process's :class:`Scorer`, or with ``--ray`` the same scoring in a Ray actor pool."""
+                 workers: int | None, decoder: str, **options: Any) -> Scorer | RayScorer:
+    """This process's :class:`Scorer`, or with ``--ray`` the same scoring in a Ray actor pool (which decodes
+    with Pillow)."""
     if ray_address is None:
-        return Scorer(model, workers=workers, **options)
+        return Scorer(model, workers=workers, decoder=decoder, **options)
     from qualitynet.runtime.ray_scoring import RayScorer
 
     return RayScorer(model, address=ray_address or None, actors=ray_actors, gpus_per_actor=ray_gpus,

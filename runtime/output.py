@@ -59,9 +59,11 @@ class ModelIdentity:
     preprocessing: str = ""  # PreprocessCfg.describe() of the decode and view used; "" from older runs
 
     @classmethod
-    def of(cls, meta: ArtifactMeta, model_path: str | Path, preprocess: PreprocessCfg | None = None) -> ModelIdentity:
-        """The identity of a loaded artifact, scoring with ``preprocess`` (default: its record's)."""
-        described = (preprocess or meta.preprocess).describe()
+    def of(cls, meta: ArtifactMeta, model_path: str | Path, preprocess: PreprocessCfg | None = None,
+           decoder: str = "pillow") -> ModelIdentity:
+        """The identity of a loaded artifact, scoring with ``preprocess`` (default: its record's) decoded by
+        ``decoder`` (named only when it is not Pillow, so older runs' records still match)."""
+        described = (preprocess or meta.preprocess).describe() + ("" if decoder == "pillow" else f", by {decoder}")
         return cls(meta.checkpoint_sha256, meta.precision, meta.config_name, Path(model_path).name, described)
 
     def same_scores(self, other: ModelIdentity) -> bool:

@@ -45,7 +45,7 @@ from qualitynet.errors import QualityNetError
 from qualitynet.runtime.preprocess import file_to_inputs
 
 __all__ = ["FAST_DECODE_DEFAULT", "FAST_DECODE_HELP", "DecodePool", "Decoded", "decode_bytes", "decode_path",
-           "default_workers", "with_decode_override"]
+           "default_workers", "precheck", "with_decode_override"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def default_workers() -> int:
     return max(1, min(16, usable_cpus() - 1))
 
 
-def _precheck(path: str) -> str:
+def precheck(path: str) -> str:
     """Reasons Pillow would report poorly or never (a FIFO would block forever)."""
     try:
         info = os.stat(path)
@@ -109,7 +109,7 @@ def decode_path(path: str, cfg: PreprocessCfg, fast: bool | None = FAST_DECODE_D
     Returns:
         ``(path, inputs, "")`` on success, ``(path, None, reason)`` otherwise.
     """
-    reason = _precheck(path)
+    reason = precheck(path)
     if reason:
         return path, None, reason
     return _decode(path, path, with_decode_override(cfg, fast))

@@ -25,12 +25,22 @@ from qualitynet.artifact import ArtifactMeta
 from qualitynet.errors import QualityNetError
 from qualitynet.runtime.discovery import iter_folder
 from qualitynet.runtime.int8_fit import int8_concerns
-from qualitynet.runtime.pipeline import FAST_DECODE_DEFAULT, Decoded, DecodePool, default_workers, with_decode_override
+from qualitynet.runtime.nvimgcodec_decode import DecodeAgreement, NvImageCodecPool, decode_agreement
+from qualitynet.runtime.pipeline import (
+    FAST_DECODE_DEFAULT,
+    Decoded,
+    DecodePool,
+    decode_path,
+    default_workers,
+    with_decode_override,
+)
 from qualitynet.runtime.preprocess import image_to_inputs
 from qualitynet.runtime.runner import BaseRunner, runner_for
 from qualitynet.runtime.types import ScoreRecord
 
-__all__ = ["Scorer"]
+__all__ = ["DECODER_CHOICES", "Scorer"]
+
+DECODER_CHOICES = ("pillow", "nvimgcodec", "nvimgcodec-cpu")
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +59,9 @@ class Scorer:
             DCT-scaled / full JPEG decoding (see :func:`~qualitynet.runtime.pipeline.with_decode_override`).
         allow_host_code: let the full TensorRT run the lean runtime embedded in a plan built
             ``--version-compatible``: code from the plan file, so only for plans you trust.
+        decoder: ``pillow`` (the record's decode, in ``workers`` processes), ``nvimgcodec`` (JPEGs
+            decoded on the GPU by nvJPEG, batched) or ``nvimgcodec-cpu`` (nvImageCodec's CPU codec);
+            see :mod:`~qualitynet.runtime.nvimgcodec_decode` and :meth:`check_decoder`.
 
     With a crops view (see :class:`~qualitynet.artifact.PreprocessCfg`) an image's score is
     the mean of its crops' scores.
@@ -60,10 +73,14 @@ class Scorer:
 
     def __init__(self, model_path: str | Path, *, provider: str | None = None, threads: int | None = None,
                  batch_size: int = 32, workers: int | None = None, fast_decode: bool | None = FAST_DECODE_DEFAULT,
-                 allow_host_code: bool = False) -> None:
+                 allow_host_code: bool = False, decoder: str = "pillow") -> None:
+        if decoder not in DECODER_CHOICES:
+            raise QualityNetError(f"unknown decoder {decoder!r}; choose one of {', '.join(DECODER_CHOICES)}")
+        self.decoder = decoder
         self.batch_size = max(1, batch_size)
         self.workers = default_workers() if workers is None else workers
         self.fast_decode = fast_decode
+        self._pool: DecodePool | NvImageCodecPool | None = None
         self.runner: BaseRunner = runner_for(model_path, provider, threads, allow_host_code)
         self.runner.activate()
         try:
@@ -71,10 +88,15 @@ class Scorer:
         except QualityNetError as exc:
             self.runner.deactivate()
             raise QualityNetError(f"{model_path}: {exc}") from None
+        if decoder != "pillow":
+            try:
+                self._decode_pool()
+            except QualityNetError:
+                self.runner.deactivate()
+                raise
         if self.meta.precision == "int8":
             for concern in int8_concerns(self.meta.extra.get("int8", {})):
                 logger.warning("%s: %s", model_path, concern)
-        self._pool: DecodePool | None = None
 
     @property
     def meta(self) -> ArtifactMeta:
@@ -135,11 +157,35 @@ class Scorer:
         """Score every image file in a folder (see :func:`~qualitynet.runtime.discovery.iter_folder`)."""
         return self.score_paths(iter_folder(folder, recursive))
 
-    def _decode_pool(self) -> DecodePool:
+    def _decode_pool(self) -> DecodePool | NvImageCodecPool:
         if self._pool is None:
-            prefetch = 2 * self.batch_size + 2 * self.workers
-            self._pool = DecodePool(self.meta.preprocess, self.workers, self.fast_decode, prefetch)
+            if self.decoder == "pillow":
+                prefetch = 2 * self.batch_size + 2 * self.workers
+                self._pool = DecodePool(self.meta.preprocess, self.workers, self.fast_decode, prefetch)
+            else:
+                kind = "cpu" if self.decoder == "nvimgcodec-cpu" else "gpu"
+                self._pool = NvImageCodecPool(self.meta.preprocess, kind, batch=self.batch_size)
         return self._pool
+
+    def check_decoder(self, paths: list[str]) -> DecodeAgreement | None:
+        """With an nvImageCodec decoder: score ``paths`` decoded both ways and compare (None with Pillow).
+
+        Raises:
+            QualityNetError: the scores move more than the tolerance
+                (:data:`~qualitynet.runtime.nvimgcodec_decode.MAX_MEAN_SHIFT` of the MOS range).
+        """
+        pool = self._decode_pool()
+        if not isinstance(pool, NvImageCodecPool) or not paths:
+            return None
+        cfg = with_decode_override(self.meta.preprocess, self.fast_decode)
+        reference = [decode_path(path, cfg) for path in paths]
+        scale = self.meta.score_scale
+        agreement = decode_agreement(self.score_arrays, reference, pool.decode_many(paths), scale.high - scale.low)
+        logger.info("%s", agreement.describe())
+        if agreement.images and not agreement.passed:
+            raise QualityNetError(f"{agreement.describe()}: too far from the decode this model was verified with; "
+                                  "score with --decoder pillow")
+        return agreement
 
     def score_decoded(self, items: list[Decoded]) -> list[ScoreRecord]:
         """Score decoded items (:func:`~qualitynet.runtime.pipeline.decode_path` or ``decode_bytes``)
