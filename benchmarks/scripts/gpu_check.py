@@ -8,7 +8,10 @@ checkout first). With a CUDA device it measures, with ``iqa-bench``'s own harnes
 provider the installed build has (the CPU build's rows are bounded in batch size and time),
 and TensorRT where it is importable: the ``iqa-export --fp16`` build with a timing cache
 (written, reused, then a junk file), ``TrtRunner`` against ONNX Runtime at batch 1/8/11, the
-refusal of a plan whose sidecar names another GPU. What cannot run is listed with the reason.
+refusal of a plan whose sidecar names another GPU; and nvImageCodec's GPU decode
+(``iqa-run --decoder nvimgcodec``) against Pillow on 1024x768 and camera-size JPEGs: decode
+images/s, the scores' agreement (SROCC, max and mean abs on the MOS scale) and ``Scorer``'s end
+to end rate with each decoder. What cannot run is listed with the reason.
 
 Results: ``<out>/gpu-<device>.json`` and ``<out>/gpu-<device>.md``. Without a CUDA device it
 prints a "no CUDA device" report and exits 0, unless ``--device cpu`` asks for the CPU
@@ -70,6 +73,7 @@ class GpuCheck:
     settings: dict[str, Any]
     configs: dict[str, dict[str, Any]] = field(default_factory=dict)
     tensorrt: list[Check] = field(default_factory=list)
+    decode: list[Check] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -138,6 +142,65 @@ def _tensorrt_checks(checkpoint: Path, work: Path) -> list[Check]:
     return checks
 
 
+def _decode_checks(checkpoint: Path, work: Path, device: str, quick: bool) -> list[Check]:
+    """nvImageCodec (nvJPEG on the GPU; its CPU codec in the CPU rehearsal) against Pillow: decode rate,
+    score agreement and end to end, on 1024x768 and camera-size (4000x3000, grain) JPEGs."""
+    from scipy import stats
+
+    from qualitynet.export import export_onnx
+    from qualitynet.runtime.nvimgcodec_decode import NvImageCodecPool, nvimgcodec_missing
+    from qualitynet.runtime.pipeline import decode_path
+    from qualitynet.runtime.scorer import Scorer
+    from qualitynet.trainer.demo_data import make_photo_folder
+
+    if (missing := nvimgcodec_missing()) is not None:
+        return [Check("nvImageCodec decode", "skipped", missing)]
+    model = checkpoint.parent / "model.onnx"
+    if not model.exists():
+        export_onnx(checkpoint, model)
+    decoder, kind = ("nvimgcodec", "gpu") if device == "cuda" else ("nvimgcodec-cpu", "cpu")
+    checks = []
+    for label, size, count, grain in (("1024x768", (1024, 768), 16 if quick else 128, 0.0),
+                                      ("4000x3000 grain", (4000, 3000), 4 if quick else 32, 2.0)):
+        folder = work / f"decode-{size[0]}x{size[1]}"
+        if len(list(folder.glob("*.jpg"))) < count:
+            make_photo_folder(folder, count=count, size=size, grain=grain)
+        paths = sorted(str(p) for p in folder.glob("*.jpg"))[:count]
+        try:
+            with Scorer(model, workers=0, decoder=decoder, batch_size=16) as scorer:
+                cfg = scorer.meta.preprocess
+                pool = NvImageCodecPool(cfg, kind, batch=16)
+                figures: dict[str, Any] = {"images": count, "decoder": decoder}
+                start = time.perf_counter()
+                reference = [decode_path(p, cfg) for p in paths]
+                figures["pillow_decode_img_s"] = round(count / (time.perf_counter() - start), 1)
+                pool.decode_many(paths[:4])  # warm-up: the codec's first batch sets up its buffers
+                start = time.perf_counter()
+                candidate = [item for i in range(0, count, 16) for item in pool.decode_many(paths[i:i + 16])]
+                figures[f"{kind}_decode_img_s"] = round(count / (time.perf_counter() - start), 1)
+                ours = scorer.score_decoded(candidate)
+                theirs = scorer.score_decoded(reference)
+                a = np.array([r.score for r in theirs], float)
+                b = np.array([r.score for r in ours], float)
+                figures.update(srocc=round(float(stats.spearmanr(a, b).statistic), 5),
+                               max_abs_mos=round(float(np.abs(a - b).max()), 5),
+                               mean_abs_mos=round(float(np.abs(a - b).mean()), 5))
+                agreement = scorer.check_decoder(paths[:16])
+                start = time.perf_counter()
+                list(scorer.score_paths(paths))
+                figures[f"end_to_end_{decoder}_img_s"] = round(count / (time.perf_counter() - start), 1)
+            with Scorer(model, batch_size=16) as scorer:
+                scorer.warm_up()
+                start = time.perf_counter()
+                list(scorer.score_paths(paths))
+                figures["end_to_end_pillow_workers_img_s"] = round(count / (time.perf_counter() - start), 1)
+            checks.append(Check(f"decode {label}", "passed" if agreement and agreement.passed else "failed",
+                                agreement.describe() if agreement else "", figures))
+        except Exception as exc:  # noqa: BLE001 - a decode failure is a finding, not the end of the check
+            checks.append(Check(f"decode {label}", "failed", _error(exc)))
+    return checks
+
+
 def _refusal(plan: Path, folder: Path, runner_class: Any) -> Check:
     """Copy the plan with a sidecar naming another compute capability; loading it must be refused."""
     name = "plan whose sidecar names another GPU is refused"
@@ -177,6 +240,9 @@ def _markdown(check: GpuCheck) -> str:
     lines += ["", "## TensorRT", ""]
     lines += [f"- {c.name}: **{c.status}**" + (f" ({c.detail})" if c.detail else "")
               + (f" {json.dumps(c.figures)}" if c.figures else "") for c in check.tensorrt]
+    lines += ["", "## GPU decoding (nvImageCodec vs Pillow)", ""]
+    lines += [f"- {c.name}: **{c.status}**" + (f" ({c.detail})" if c.detail else "")
+              + (f" {json.dumps(c.figures)}" if c.figures else "") for c in check.decode]
     if check.skipped:
         lines += ["", "## Not measured", ""] + [f"- {reason}" for reason in check.skipped]
     return "\n".join(lines) + "\n"
@@ -223,6 +289,7 @@ def run(args: argparse.Namespace) -> int:
             continue
         if config == configs[0]:
             check.tensorrt = _tensorrt_checks(checkpoint, args.work)
+            check.decode = _decode_checks(checkpoint, args.work, device, args.quick)
         try:  # export here so that a failed FP16 check is a finding, not the end of the config's figures
             export_all(checkpoint, checkpoint.parent, fp16=True, require_tensorrt=False)
         except VerificationError as exc:  # the files are kept and fresh: run_bench reuses them
