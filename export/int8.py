@@ -210,9 +210,10 @@ def preprocess_for_quantization(fp32_path: Path, out_path: Path) -> Path:
     Raises:
         QualityNetError: ONNX Runtime cannot prepare the graph (names the file and the reason).
     """
+    source, target = fp32_path.resolve(), out_path.resolve()  # before the chdir: relative paths name the caller's
     try:
-        with _ort_quiet(), contextlib.chdir(out_path.parent):
-            quant_pre_process(str(fp32_path.resolve()), str(out_path.resolve()))
+        with _ort_quiet(), contextlib.chdir(target.parent):
+            quant_pre_process(str(source), str(target))
     except Exception as exc:  # noqa: BLE001 - shape inference raises bare Exceptions
         raise QualityNetError(f"{fp32_path}: ONNX Runtime cannot prepare it for quantization ({type(exc).__name__}: "
                               f"{str(exc).strip()[:200]}); re-export it with iqa-export") from None

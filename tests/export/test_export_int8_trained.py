@@ -146,6 +146,19 @@ def test_cli_report_is_merged_and_written_when_the_gate_fails(trained_checkpoint
     assert not list(Path.cwd().glob("*.data"))
 
 
+def test_a_model_named_relative_to_the_working_directory_is_prepared(trained_onnx: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """`iqa-export --int8 demo-output/run/model.pt` named the ONNX relative to the caller's folder, and the
+    preparation resolved it inside its scratch folder ("No such file or directory")."""
+    (tmp_path / "run").mkdir()
+    shutil.copy(trained_onnx, tmp_path / "run" / "model.onnx")
+    monkeypatch.chdir(tmp_path)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    prepared_model = preprocess_for_quantization(Path("run/model.onnx"), scratch / "pre.onnx")
+    assert prepared_model.is_file() and onnx.load(str(prepared_model)).graph.node
+
+
 # ---- photos held out by content and by group -----------------------------------------------------------------
 
 def test_gate_photos_held_out_by_content(photo_dir: Path, tmp_path: Path) -> None:
