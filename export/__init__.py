@@ -9,10 +9,10 @@ Example:
     >>> int8.int8["cpu"].figures()["srocc"]  # doctest: +SKIP
 """
 
+from qualitynet.export.exporter import export_all
 from qualitynet.export.fp16 import convert_fp16
 from qualitynet.export.int8 import Int8Settings
 from qualitynet.export.onnx import DEFAULT_OPSET, export_onnx
-from qualitynet.export.pipeline import export_all
 from qualitynet.export.tensorrt import build_engine
 from qualitynet.export.types import (
     Comparison,

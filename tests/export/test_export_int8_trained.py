@@ -36,7 +36,7 @@ from qualitynet.export.int8 import (
     sensitive_nodes,
     sqnr_db,
 )
-from qualitynet.export.int8_pipeline import check_held_out
+from qualitynet.export.int8_step import check_held_out
 from qualitynet.export.onnx import export_onnx, read_meta
 from qualitynet.runtime.int8_fit import X86_NO_VNNI, X86_VNNI, int8_class, int8_concerns
 from qualitynet.runtime.ort_runner import OrtRunner

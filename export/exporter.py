@@ -27,7 +27,7 @@ from qualitynet.export.int8 import Int8Settings
 from qualitynet.export.onnx import DEFAULT_OPSET, check_opset, export_onnx
 from qualitynet.export.tensorrt import build_engine, check_opset_for_tensorrt, tensorrt_version
 from qualitynet.export.types import ExportResult, TensorRTUnavailableError, VerificationError
-from qualitynet.export.verify import Reference, Scorer, load_photos, torch_scorer, verify
+from qualitynet.export.verify import Reference, ScoreFn, load_photos, torch_scorer, verify
 from qualitynet.runtime.ort_runner import OrtRunner
 from qualitynet.trainer.checkpoint import load_checkpoint, software_versions
 
@@ -66,7 +66,7 @@ def export_all(checkpoint_path: str | Path, out_dir: str | Path | None = None, *
             ``model.int8.trt.onnx`` (Q/DQ for TensorRT), each gated on held-out photos
             (``photos``; default bundled photos never used for calibration), and build
             ``model.int8.plan`` where TensorRT and a GPU are present (see
-            :func:`qualitynet.export.int8_pipeline.export_int8`).
+            :func:`qualitynet.export.int8_step.export_int8`).
 
     Returns:
         What was written and measured (also in ``result.report``).
@@ -83,7 +83,7 @@ def export_all(checkpoint_path: str | Path, out_dir: str | Path | None = None, *
     if fp16:
         check_opset_for_tensorrt(opset, tensorrt_version())
     if int8 is not None:
-        from qualitynet.export.int8_pipeline import check_held_out
+        from qualitynet.export.int8_step import check_held_out
 
         check_held_out(photos, int8.photos)
     checkpoint = load_checkpoint(checkpoint_path)
@@ -104,7 +104,7 @@ def export_all(checkpoint_path: str | Path, out_dir: str | Path | None = None, *
     with OrtRunner(result.onnx, provider="cpu") as runner:
         _check(result, "onnx", runner.infer, torch_reference, "fp32")
         if int8 is not None:
-            from qualitynet.export.int8_pipeline import export_int8
+            from qualitynet.export.int8_step import export_int8
 
             with _timed(result, "int8"):
                 export_int8(result, checkpoint.preprocess, photos, int8, profile, workspace, timing_cache, opt_level,
@@ -152,7 +152,7 @@ def _build_and_check(result: ExportResult, reference: Reference, plan: Path, pro
         _check(result, "plan", runner.infer, reference, meta.precision)
 
 
-def _check(result: ExportResult, key: str, candidate: Scorer, reference: Reference, precision: str) -> None:
+def _check(result: ExportResult, key: str, candidate: ScoreFn, reference: Reference, precision: str) -> None:
     """Verify one artifact, record it in the report, and raise if it fails."""
     path = {"onnx": result.onnx, "fp16_onnx": result.fp16_onnx, "plan": result.plan}[key]
     assert path is not None
