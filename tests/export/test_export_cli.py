@@ -14,6 +14,8 @@ from click.testing import CliRunner
 import qualitynet.export.exporter as exporter
 from qualitynet.export.cli import main
 
+from fake_tensorrt import FakeTensorRT
+
 
 def run(*args: str) -> tuple[int, str]:
     result = CliRunner().invoke(main, list(args))
@@ -96,7 +98,7 @@ def test_unwritable_out_dir_is_one_line(varied_checkpoint: Path, tmp_path: Path)
 def test_opset_checks(varied_checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     code, output = run("--opset", "21", str(varied_checkpoint))
     assert code == 1 and "opset 21 is not supported" in output
-    monkeypatch.setattr(exporter, "tensorrt_version", lambda: (8, 6, 1))
+    monkeypatch.setitem(sys.modules, "tensorrt", FakeTensorRT("8.6.1").module)
     code, output = run("--fp16", "--opset", "18", str(varied_checkpoint))
     assert code == 1 and output.count("\n") == 1
     assert "opset 18 cannot be parsed by the installed TensorRT 8.6.1" in output and "--opset 17" in output

@@ -213,7 +213,7 @@ def test_lite_graph_has_static_padding_and_prepares_for_quantization(tmp_path: P
 # ---- TensorRT records (no TensorRT needed) ---------------------------------------------------------------
 
 def test_pascal_calibration_cache_is_keyed(trained_onnx: Path, tmp_path: Path) -> None:
-    from qualitynet.export.tensorrt_int8 import calibration_cache_key, read_calibration_cache, write_calibration_cache
+    from qualitynet.export.trt_calibration import calibration_cache_key, read_calibration_cache, write_calibration_cache
 
     meta = read_meta(onnx.load(str(trained_onnx)))
     inputs = np.zeros((8, 3, 4, 4), np.float32)
