@@ -1,10 +1,11 @@
 """ONNX models -> TensorRT engines (``model.plan``, ``model.int8.plan``) with their ``.json`` sidecars.
 
-One builder, in Polygraphy's shape: :func:`network_from_onnx` parses a model,
-:func:`create_config` is the one place a builder config is made (precision, calibrator,
-profile, workspace, optimization level, timing cache, version compatibility), and
-:func:`save_engine` writes the plan, the timing cache and the sidecar. The FP16 and INT8
-engines are two short recipes on it, each following the installed TensorRT version:
+One builder, in Polygraphy's shape: :func:`open_builder` finds TensorRT's builder and the
+GPU, :func:`network_from_onnx` parses a model, :func:`create_config` is the one place a
+builder config is made (precision, calibrator, profile, workspace, optimization level, timing
+cache, version compatibility), and :func:`save_engine` writes the plan, the timing cache and
+the sidecar. The FP16 and INT8 engines are two short recipes on it, each following the
+installed TensorRT version:
 
 - FP16 (:func:`build_engine`). 10.x and 11.x: a strongly typed network parsed from the FP16
   ONNX model, whose FP32 islands (``export/fp16.py``'s block list) TensorRT must keep; strong
@@ -59,8 +60,9 @@ from qualitynet.runtime.trt_compat import INSTALL_HINT, release, tensorrt_status
 if TYPE_CHECKING:
     import tensorrt as trt
 
-__all__ = ["STRONG_TYPING_FROM", "WEAK_TYPING_DEPRECATED_IN", "BuildSettings", "build_engine", "build_int8_engine",
-           "check_opset_for_tensorrt", "create_config", "gpu_info", "network_from_onnx", "save_engine"]
+__all__ = ["STRONG_TYPING_FROM", "WEAK_TYPING_DEPRECATED_IN", "BuildSettings", "EngineBuilder", "build_engine",
+           "build_int8_engine", "check_opset_for_tensorrt", "create_config", "gpu_info", "network_from_onnx",
+           "open_builder", "save_engine"]
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +115,9 @@ class BuildSettings:
 
 
 @dataclass(frozen=True)
-class _Builder:
-    """TensorRT's builder on this machine's GPU: its version, the GPU, the logger and the builder itself."""
+class EngineBuilder:
+    """TensorRT's builder on this machine's GPU (:func:`open_builder`): its version, the GPU
+    ``(name, compute capability)``, the logger and TensorRT's ``Builder``."""
 
     version_text: str
     version: tuple[int, ...]
@@ -161,7 +164,7 @@ def cuda_versions() -> dict[str, str]:
     return {"cuda_driver": driver_version(), "tensorrt_cuda": tensorrt_cuda("tensorrt") or "unknown"}
 
 
-def network_from_onnx(b: _Builder, source: Path, strongly_typed: bool) -> trt.INetworkDefinition:
+def network_from_onnx(b: EngineBuilder, source: Path, strongly_typed: bool) -> trt.INetworkDefinition:
     """Parse an ONNX model into a new network (explicit batch on 8.6, strongly typed when asked).
 
     Raises:
@@ -177,7 +180,7 @@ def network_from_onnx(b: _Builder, source: Path, strongly_typed: bool) -> trt.IN
     return network
 
 
-def create_config(b: _Builder, meta: ArtifactMeta, settings: BuildSettings, *, fp16: bool = False,
+def create_config(b: EngineBuilder, meta: ArtifactMeta, settings: BuildSettings, *, fp16: bool = False,
                   int8: bool = False, obey_precision: bool = False,
                   calibrator: trt.IInt8Calibrator | None = None, inspect_layers: bool = False) -> trt.IBuilderConfig:
     """The builder config of an engine: the one place every build's settings meet TensorRT.
@@ -220,7 +223,7 @@ def create_config(b: _Builder, meta: ArtifactMeta, settings: BuildSettings, *, f
     return config
 
 
-def save_engine(b: _Builder, serialized: trt.IHostMemory, plan_path: Path, config: trt.IBuilderConfig,
+def save_engine(b: EngineBuilder, serialized: trt.IHostMemory, plan_path: Path, config: trt.IBuilderConfig,
                 settings: BuildSettings, meta: ArtifactMeta, extra: dict[str, object]) -> None:
     """Write a built plan, the timing cache (when one is used) and the plan's sidecar.
 
@@ -265,7 +268,7 @@ def build_engine(onnx_path: str | Path, fp16_onnx_path: str | Path | None, plan_
         QualityNetError: bad settings, the ONNX model does not parse or the build fails.
     """
     settings.validate()
-    b = _open_builder()
+    b = open_builder()
     gpu_name, capability = b.gpu
     fast_fp16 = _has_fast_fp16(capability)
     strongly_typed = b.version >= STRONG_TYPING_FROM
@@ -313,7 +316,7 @@ def build_int8_engine(onnx_path: str | Path, qdq_onnx_path: str | Path, plan_pat
         QualityNetError: bad settings, the model does not parse or the build fails.
     """
     settings.validate()
-    b = _open_builder()
+    b = open_builder()
     plan_path, source = Path(plan_path), Path(qdq_onnx_path)
     meta = read_meta(onnx.load(str(source), load_external_data=False), str(source))
     strongly_typed = b.version >= WEAK_TYPING_DEPRECATED_IN
@@ -343,7 +346,7 @@ def build_int8_engine(onnx_path: str | Path, qdq_onnx_path: str | Path, plan_pat
     return meta
 
 
-def _open_builder() -> _Builder:
+def open_builder() -> EngineBuilder:
     """TensorRT's builder on GPU 0, or why there is none.
 
     Raises:
@@ -358,10 +361,10 @@ def _open_builder() -> _Builder:
     gpu = gpu_info()
     _check_gpu_supported(version, gpu[1], gpu[0], trt.__version__)
     logger = trt.Logger(trt.Logger.INFO if log.isEnabledFor(logging.DEBUG) else trt.Logger.WARNING)
-    return _Builder(trt.__version__, version, gpu, logger, trt.Builder(logger))
+    return EngineBuilder(trt.__version__, version, gpu, logger, trt.Builder(logger))
 
 
-def _build(b: _Builder, network: trt.INetworkDefinition, config: trt.IBuilderConfig,
+def _build(b: EngineBuilder, network: trt.INetworkDefinition, config: trt.IBuilderConfig,
            plan_path: Path) -> tuple[trt.IHostMemory | None, float]:
     """The serialized engine (``None`` when TensorRT fails) and the seconds the build took."""
     log.info("building %s with TensorRT %s on %s (this takes minutes)", plan_path.name, b.version_text, b.gpu[0])
@@ -402,7 +405,7 @@ def _network_flags(version: tuple[int, ...], strongly_typed: bool) -> int:
     return 0
 
 
-def _optimization_profile(b: _Builder, meta: ArtifactMeta, profile: BatchProfile) -> trt.IOptimizationProfile:
+def _optimization_profile(b: EngineBuilder, meta: ArtifactMeta, profile: BatchProfile) -> trt.IOptimizationProfile:
     import tensorrt as trt
 
     cfg = meta.preprocess
@@ -466,7 +469,7 @@ def _fast_int8(builder: trt.Builder) -> bool | None:
         return None
 
 
-def _layer_precisions(b: _Builder, serialized: trt.IHostMemory) -> dict[str, int] | None:
+def _layer_precisions(b: EngineBuilder, serialized: trt.IHostMemory) -> dict[str, int] | None:
     """How many of the engine's layers write INT8 outputs, by the engine inspector (None if it cannot say)."""
     import tensorrt as trt
 
