@@ -25,6 +25,7 @@ from qualitynet.export.freshness import stale_reason
 from qualitynet.export.onnx import read_meta
 from qualitynet.runtime.ort_runner import OrtRunner
 from qualitynet.runtime.runner import BaseRunner, runner_for
+from qualitynet.runtime.trt_compat import tensorrt_status
 from qualitynet.trainer.checkpoint import Checkpoint
 
 __all__ = ["ORT_PROVIDERS", "TORCH_VARIANTS", "Skipped", "Subject", "SubjectSpec", "plan_subjects", "runner_threads",
@@ -201,14 +202,21 @@ def _available_ort_providers() -> list[str]:
     return [ORT_PROVIDERS[name] for name in ORT_PROVIDERS if name in onnxruntime.get_available_providers()]
 
 
-def tensorrt_missing() -> str | None:
-    """Why TensorRT engines cannot run here, or None when they can."""
-    try:
-        import tensorrt
-    except ImportError:
-        return "TensorRT is not installed (pip install tensorrt-cu12; see README, 'TensorRT')"
-    if not hasattr(tensorrt, "Runtime"):  # tensorrt-stubs alone leave an empty namespace package
-        return "TensorRT is not installed (only its type stubs are); see README, 'TensorRT'"
+def tensorrt_missing(plan: Path | None = None) -> str | None:
+    """Why ``plan`` cannot run here (``None``: why no engine can be built and run here), or None when it can.
+
+    A version-compatible plan runs on TensorRT's lean runtime; any other plan, and every build,
+    needs the full TensorRT (:func:`~qualitynet.runtime.trt_compat.tensorrt_status` says which is here).
+    """
+    status = tensorrt_status()
+    if plan is None:
+        if status.full is None:
+            return f"{status.full_missing}; see README, 'TensorRT'"
+    else:
+        try:
+            status.runtime_for(ArtifactMeta.read_sidecar(plan), plan)
+        except QualityNetError as exc:
+            return str(exc)
     if not torch.cuda.is_available():
         return "no CUDA device"
     return None
@@ -257,9 +265,8 @@ def plan_subjects(checkpoint: Checkpoint, onnx_paths: dict[str, Path], plan: Pat
 
             specs.append(SubjectSpec("onnxruntime", precision, provider, _timed_open(opener, probe), path,
                                      max_batch=cpu_max_batch if provider == "cpu" else None))
-    missing = tensorrt_missing()
-    if missing is None and plan is None:
-        missing = "no engine was built (see the export report)"
+    missing = tensorrt_missing(plan) if plan is not None else (
+        tensorrt_missing() or "no engine was built (see the export report)")
     precision = plan_precision(plan) if plan is not None else "fp16"
     if missing is None and plan is not None:
         specs.append(SubjectSpec("tensorrt", precision, "cuda", _timed_open(
@@ -294,7 +301,7 @@ def _int8_subjects(fp32: Path | None, threads: int, probe: np.ndarray,
             lambda: _runner_subject(runner_for(cpu_model, provider="cpu", threads=threads)), probe), cpu_model))
     else:
         skipped.append(Skipped("onnxruntime", "int8", "cpu", reason))
-    missing = tensorrt_missing() or _int8_unusable(plan, checkpoint_sha256)
+    missing = _int8_unusable(plan, checkpoint_sha256) or tensorrt_missing(plan)
     if missing is None:
         specs.append(SubjectSpec("tensorrt", "int8", "cuda", _timed_open(
             lambda: _runner_subject(runner_for(plan)), probe), plan))

@@ -9,11 +9,11 @@ Example:
     >>> int8.int8["cpu"].figures()["srocc"]  # doctest: +SKIP
 """
 
+from qualitynet.export.exporter import export_all
 from qualitynet.export.fp16 import convert_fp16
 from qualitynet.export.int8 import Int8Settings
 from qualitynet.export.onnx import DEFAULT_OPSET, export_onnx
-from qualitynet.export.pipeline import export_all
-from qualitynet.export.tensorrt import build_engine
+from qualitynet.export.tensorrt import BuildSettings, build_engine, build_int8_engine
 from qualitynet.export.types import (
     Comparison,
     ExportResult,
@@ -28,6 +28,7 @@ from qualitynet.export.verify import TOLERANCES, Reference, compare, load_photos
 __all__ = [
     "DEFAULT_OPSET",
     "TOLERANCES",
+    "BuildSettings",
     "Comparison",
     "ExportResult",
     "Int8Gate",
@@ -38,6 +39,7 @@ __all__ = [
     "Verification",
     "VerificationError",
     "build_engine",
+    "build_int8_engine",
     "compare",
     "convert_fp16",
     "export_all",

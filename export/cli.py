@@ -11,9 +11,9 @@ from qualitynet._cli import cli_errors, setup_logging
 from qualitynet.artifact import BatchProfile
 from qualitynet.errors import QualityNetError
 from qualitynet.export.calibration import DEFAULT_CALIB_COUNT
+from qualitynet.export.exporter import export_all
 from qualitynet.export.int8 import CALIBRATION_METHODS, DEFAULT_MEAN_ABS_FRACTION, DEFAULT_MIN_SROCC, Int8Settings
 from qualitynet.export.onnx import DEFAULT_OPSET
-from qualitynet.export.pipeline import export_all
 from qualitynet.export.types import ExportResult, TensorRTUnavailableError
 
 __all__ = ["main"]

@@ -1,8 +1,8 @@
 """Parity checks: does an exported model score real photos as its reference does?
 
-A *scorer* maps an NCHW float32 batch to unit-scale scores ``(N,)``: the runtime's runners
-(``OrtRunner.infer``, ``TrtRunner.infer``), so the export checks exactly what ``iqa-run``
-computes, or :func:`torch_scorer`. A :class:`Reference`
+A *score function* (:data:`ScoreFn`) maps an NCHW float32 batch to unit-scale scores
+``(N,)``: the runtime's runners (``OrtRunner.infer``, ``TrtRunner.infer``), so the export
+checks exactly what ``iqa-run`` computes, or :func:`torch_scorer`. A :class:`Reference`
 (PyTorch eager for the FP32 ONNX model; the FP32 ONNX model for the FP16 one and for
 TensorRT engines) scores the photos once. The candidate scores them at each batch size (1
 and all photos at once, so the dynamic batch axis is exercised), and each run is compared
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_PHOTOS",
     "Reference",
-    "Scorer",
+    "ScoreFn",
     "TOLERANCES",
     "compare",
     "load_photos",
@@ -55,7 +55,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Scorer = Callable[[np.ndarray], np.ndarray]
+ScoreFn = Callable[[np.ndarray], np.ndarray]
 
 # Per candidate precision, on the unit scale (1.0 = the model's whole MOS range). FP32 vs
 # PyTorch eager only differs in summation order: ~1e-5 expected on a trained model, while
@@ -111,7 +111,7 @@ def load_photos(photos: str | Path | Sequence[str | Path] | None, cfg: Preproces
     return np.concatenate(per_image), names
 
 
-def torch_scorer(model: torch.nn.Module) -> Scorer:
+def torch_scorer(model: torch.nn.Module) -> ScoreFn:
     """Score with a PyTorch module (in eval mode, as ``Checkpoint.build_model`` returns it)."""
     import torch
 
@@ -123,7 +123,7 @@ def torch_scorer(model: torch.nn.Module) -> Scorer:
     return score
 
 
-def run_batched(scorer: Scorer, inputs: np.ndarray, batch_size: int) -> np.ndarray:
+def run_batched(scorer: ScoreFn, inputs: np.ndarray, batch_size: int) -> np.ndarray:
     """Scores of all ``inputs``, fed ``batch_size`` at a time."""
     return np.concatenate([scorer(inputs[i:i + batch_size]) for i in range(0, len(inputs), batch_size)])
 
@@ -137,7 +137,7 @@ class Reference:
         inputs: preprocessed photos, ``(N, 3, H, W)`` float32.
     """
 
-    def __init__(self, name: str, scorer: Scorer, inputs: np.ndarray) -> None:
+    def __init__(self, name: str, scorer: ScoreFn, inputs: np.ndarray) -> None:
         self.name = name
         self.scorer = scorer
         self.inputs = inputs
@@ -212,7 +212,7 @@ def compare(reference: np.ndarray, candidate: np.ndarray, tolerance: Tolerance, 
     )
 
 
-def verify(candidate: Scorer, reference: Reference, candidate_name: str, precision: str = "fp32",
+def verify(candidate: ScoreFn, reference: Reference, candidate_name: str, precision: str = "fp32",
            tolerance: Tolerance | None = None, batch_sizes: Sequence[int] | None = None) -> Verification:
     """Score the reference's photos with ``candidate`` at each batch size and compare.
 

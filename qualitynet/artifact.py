@@ -65,6 +65,8 @@ CROP_ANCHORS: dict[str, tuple[float, float]] = {
 }
 # The usual five: the centre and the four corners.
 FIVE_CROPS = ("center", "top-left", "top-right", "bottom-left", "bottom-right")
+# A plan's typed TensorRT build flags, which older records kept in ``extra``.
+_PLAN_FLAGS = ("version_compatible", "exclude_lean_runtime")
 
 
 @dataclass(frozen=True)
@@ -289,7 +291,12 @@ class BatchProfile:
 
 @dataclass
 class ArtifactMeta:
-    """Everything a consumer of an exported model needs to know about it."""
+    """Everything a consumer of an exported model needs to know about it.
+
+    ``version_compatible`` and ``exclude_lean_runtime`` describe a TensorRT plan built so
+    (``iqa-export --version-compatible``): which TensorRT runtimes may load it. Records
+    written before they were fields carry them in ``extra``; :meth:`from_dict` moves them.
+    """
 
     config_name: str
     preprocess: PreprocessCfg
@@ -302,6 +309,8 @@ class ArtifactMeta:
     compute_capability: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     mos_mapping: MosMapping = field(default_factory=MosMapping)
+    version_compatible: bool = False
+    exclude_lean_runtime: bool = False
     format: str = ARTIFACT_FORMAT
 
     def validate(self, source: str = "metadata") -> None:
@@ -337,6 +346,8 @@ class ArtifactMeta:
             )
         try:
             profile = data.get("batch_profile")
+            extra = dict(data.get("extra", {}))
+            legacy = {name: extra.pop(name) for name in _PLAN_FLAGS if name in extra}
             meta = cls(
                 config_name=data["config_name"],
                 preprocess=PreprocessCfg.from_dict(data["preprocess"]),
@@ -347,8 +358,10 @@ class ArtifactMeta:
                 versions=dict(data.get("versions", {})),
                 gpu_name=data.get("gpu_name"),
                 compute_capability=data.get("compute_capability"),
-                extra=dict(data.get("extra", {})),
+                extra=extra,
                 mos_mapping=MosMapping.from_dict(data.get("mos_mapping") or {}),
+                version_compatible=bool(data.get("version_compatible", legacy.get("version_compatible", False))),
+                exclude_lean_runtime=bool(data.get("exclude_lean_runtime", legacy.get("exclude_lean_runtime", False))),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise QualityNetError(f"{source}: artifact record is incomplete or malformed ({exc})") from None

@@ -6,7 +6,7 @@ here imports torch, the trainer or the export stage: the artifact's metadata is 
 contract (:mod:`qualitynet.artifact`).
 
 Modules: ``discovery`` (which files), ``preprocess`` (image -> tensor, shared with the
-trainer), ``pipeline`` (decode worker processes), ``runner`` / ``ort_runner`` /
+trainer), ``decode_pool`` (decode worker processes), ``runner`` / ``ort_runner`` /
 ``trt_runner`` (backends), ``scorer`` (the Python API), ``writer``, ``output`` (the locked,
 resumable output file and its run record) and ``summary`` (output), ``cli`` (``iqa-run``).
 """

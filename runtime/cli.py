@@ -13,10 +13,10 @@ import click
 
 from qualitynet._cli import cli_errors, progress, setup_logging
 from qualitynet.errors import QualityNetError
+from qualitynet.runtime.decode_pool import FAST_DECODE_DEFAULT, FAST_DECODE_HELP, with_decode_override
 from qualitynet.runtime.discovery import iter_inputs, path_key, read_file_list
 from qualitynet.runtime.ort_runner import PROVIDERS
 from qualitynet.runtime.output import ModelIdentity, open_output
-from qualitynet.runtime.pipeline import FAST_DECODE_DEFAULT, FAST_DECODE_HELP, with_decode_override
 from qualitynet.runtime.scorer import DECODER_CHOICES, Scorer
 from qualitynet.runtime.summary import RunStats
 from qualitynet.runtime.writer import FORMATS, RecordWriter, format_for

@@ -7,6 +7,7 @@ cuda-python is imported on first use (``cuda.bindings.runtime``; ``cuda.cudart``
 from __future__ import annotations
 
 import ctypes
+import importlib
 import logging
 from functools import cache
 from types import ModuleType
@@ -29,10 +30,10 @@ def cudart() -> ModuleType:
         QualityNetError: cuda-python is not installed.
     """
     try:
-        from cuda.bindings import runtime
+        runtime = importlib.import_module("cuda.bindings.runtime")
     except ImportError:
         try:
-            from cuda import cudart as runtime  # type: ignore[no-redef]
+            runtime = importlib.import_module("cuda.cudart")  # cuda-python before 12.6.1
         except ImportError:
             raise QualityNetError(
                 "cuda-python is not installed; TensorRT plans need it: pip install 'qualitynet[tensorrt-cu12]' for a "

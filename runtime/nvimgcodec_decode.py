@@ -30,7 +30,7 @@ from PIL import Image
 
 from qualitynet.artifact import PreprocessCfg
 from qualitynet.errors import QualityNetError
-from qualitynet.runtime.pipeline import Decoded, decode_path, precheck
+from qualitynet.runtime.decode_pool import Decoded, decode_path, precheck
 from qualitynet.runtime.preprocess import image_to_inputs
 
 __all__ = ["KINDS", "MAX_MEAN_SHIFT", "DecodeAgreement", "NvImageCodecPool", "decode_agreement", "nvimgcodec_missing"]
@@ -64,7 +64,7 @@ def _backends(nvimgcodec: Any, kind: str) -> list[Any]:
 class NvImageCodecPool:
     """Decodes paths to a record's ``(K, 3, H, W)`` inputs with nvImageCodec, ``batch`` files per call.
 
-    The same interface as :class:`~qualitynet.runtime.pipeline.DecodePool` (``start``, ``imap``,
+    The same interface as :class:`~qualitynet.runtime.decode_pool.DecodePool` (``start``, ``imap``,
     ``close``), so :class:`~qualitynet.runtime.scorer.Scorer` takes either. Decoding runs in the
     calling process: nvImageCodec spreads a batch over its own threads and the GPU.
 

@@ -37,7 +37,7 @@ import numpy as np
 
 from qualitynet.artifact import ArtifactMeta
 from qualitynet.errors import QualityNetError
-from qualitynet.runtime.pipeline import FAST_DECODE_DEFAULT, decode_bytes
+from qualitynet.runtime.decode_pool import FAST_DECODE_DEFAULT, decode_bytes
 from qualitynet.runtime.ray_connect import connect
 from qualitynet.runtime.runner import runner_for
 from qualitynet.runtime.scorer import Scorer

@@ -23,10 +23,7 @@ from PIL import Image
 
 from qualitynet.artifact import ArtifactMeta
 from qualitynet.errors import QualityNetError
-from qualitynet.runtime.discovery import iter_folder
-from qualitynet.runtime.int8_fit import int8_concerns
-from qualitynet.runtime.nvimgcodec_decode import DecodeAgreement, NvImageCodecPool, decode_agreement
-from qualitynet.runtime.pipeline import (
+from qualitynet.runtime.decode_pool import (
     FAST_DECODE_DEFAULT,
     Decoded,
     DecodePool,
@@ -34,6 +31,9 @@ from qualitynet.runtime.pipeline import (
     default_workers,
     with_decode_override,
 )
+from qualitynet.runtime.discovery import iter_folder
+from qualitynet.runtime.int8_fit import int8_concerns
+from qualitynet.runtime.nvimgcodec_decode import DecodeAgreement, NvImageCodecPool, decode_agreement
 from qualitynet.runtime.preprocess import image_to_inputs
 from qualitynet.runtime.runner import BaseRunner, runner_for
 from qualitynet.runtime.types import ScoreRecord
@@ -56,7 +56,7 @@ class Scorer:
             ``batch_size // crops`` images, at least one).
         workers: decode processes; ``None`` for every core but one, 0 to decode in this process.
         fast_decode: None decodes as the model's record says; True/False override it with
-            DCT-scaled / full JPEG decoding (see :func:`~qualitynet.runtime.pipeline.with_decode_override`).
+            DCT-scaled / full JPEG decoding (see :func:`~qualitynet.runtime.decode_pool.with_decode_override`).
         allow_host_code: let the full TensorRT run the lean runtime embedded in a plan built
             ``--version-compatible``: code from the plan file, so only for plans you trust.
         decoder: ``pillow`` (the record's decode, in ``workers`` processes), ``nvimgcodec`` (JPEGs
@@ -188,7 +188,7 @@ class Scorer:
         return agreement
 
     def score_decoded(self, items: list[Decoded]) -> list[ScoreRecord]:
-        """Score decoded items (:func:`~qualitynet.runtime.pipeline.decode_path` or ``decode_bytes``)
+        """Score decoded items (:func:`~qualitynet.runtime.decode_pool.decode_path` or ``decode_bytes``)
         in one batch; an item that failed to decode, or a non-finite output, gives an error record.
 
         Each item holds an image's ``(K, 3, H, W)`` inputs; its score is the mean of their K scores.

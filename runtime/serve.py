@@ -37,7 +37,7 @@ from PIL import Image
 
 from qualitynet.artifact import PreprocessCfg
 from qualitynet.errors import QualityNetError
-from qualitynet.runtime.pipeline import FAST_DECODE_DEFAULT, Decoded, decode_bytes
+from qualitynet.runtime.decode_pool import FAST_DECODE_DEFAULT, Decoded, decode_bytes
 from qualitynet.runtime.scorer import Scorer
 
 __all__ = ["DEFAULT_MAX_PIXELS", "ERROR_SCORE", "ScoreServer", "ServeSettings", "check_python", "libpython_version",

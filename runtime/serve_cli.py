@@ -17,8 +17,8 @@ import click
 
 from qualitynet._cli import cli_errors, setup_logging
 from qualitynet.errors import QualityNetError
+from qualitynet.runtime.decode_pool import FAST_DECODE_DEFAULT, FAST_DECODE_HELP
 from qualitynet.runtime.ort_runner import PROVIDERS
-from qualitynet.runtime.pipeline import FAST_DECODE_DEFAULT, FAST_DECODE_HELP
 from qualitynet.runtime.serve import DEFAULT_MAX_PIXELS
 
 __all__ = ["TOKEN_ENV", "main"]

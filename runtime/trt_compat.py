@@ -1,5 +1,8 @@
 """The GPU-free half of the TensorRT backend: finding TensorRT, checking a plan, planning batches.
 
+:func:`tensorrt_status` is the one answer to "which TensorRT is installed" (the full TensorRT
+with its builder, the lean runtime, both or neither) for the export, the runtime and the benchmark.
+
 Nothing here touches CUDA, so all of it is tested on machines without a GPU; the engine is
 passed in as an object with TensorRT's name-based API (``num_io_tensors``,
 ``get_tensor_name``, ``get_tensor_mode``, ``get_tensor_profile_shape``), valid on TensorRT
@@ -12,6 +15,7 @@ import importlib
 import importlib.metadata
 import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -24,17 +28,19 @@ if TYPE_CHECKING:
 
 __all__ = [
     "HOST_CODE_OPTION",
+    "INSTALL_HINT",
+    "TensorRTStatus",
     "batch_limits",
     "check_plan_compat",
     "find_io_tensors",
-    "import_tensorrt",
-    "installed_runtimes",
     "io_tensor_names",
     "plan_chunks",
     "rebuild_hint",
+    "release",
     "same_release",
     "select_runtime",
     "tensorrt_cuda",
+    "tensorrt_status",
 ]
 
 logger = logging.getLogger(__name__)
@@ -50,20 +56,74 @@ def rebuild_hint(precision: str | None = None) -> str:
     flag, onnx_model = _REBUILD.get(precision or "fp16", _REBUILD["fp16"])
     return (f"rebuild the plan on this machine with `iqa-export {flag} model.pt` (TensorRT engines are tied to "
             f"the GPU and TensorRT version that built them); meanwhile `iqa-run {onnx_model} ...` works anywhere")
+
+
 HOST_CODE_OPTION = "--allow-plan-host-code"
+INSTALL_HINT = (
+    "install TensorRT's builder from NVIDIA's package index: pip install tensorrt-cu12 (CUDA 12) or "
+    "tensorrt-cu13 (CUDA 13) for Turing or newer GPUs, or pip install tensorrt==8.6.1 (CUDA 12, Python <= 3.11) "
+    "for Pascal GPUs such as the Quadro P5000; plus cuda-python of the same CUDA major: pip install "
+    "'qualitynet[tensorrt-cu12]' or 'qualitynet[tensorrt-cu13]' (see the README)"
+)
 # The full TensorRT, and the lean runtime (8.6/10.x: tensorrt_lean; 11.x also tensorrt_lean_bindings).
-_FULL = ("tensorrt",)
+_FULL = "tensorrt"
 _LEAN = ("tensorrt_lean", "tensorrt_lean_bindings")
 _CUDA_SUFFIX = re.compile(r"(?:^tensorrt.*|^nvidia-cuda-runtime)[-_]cu(\d+)(?:[-_]|$)")
-_NOT_INSTALLED = (
-    "TensorRT is not installed: a .plan needs it (pip install tensorrt-cu12, or tensorrt==8.6.1 on Pascal GPUs, "
-    "plus pip install 'qualitynet[tensorrt-cu12]' for cuda-python; see the README); or score the ONNX model instead"
-)
+_NOT_INSTALLED = f"TensorRT is not installed: a .plan needs it ({INSTALL_HINT}); or score the ONNX model instead"
 
 
-def _first_runtime(names: tuple[str, ...]) -> ModuleType | None:
-    """The first importable module of ``names`` with a ``Runtime`` (the type stubs' bare ``tensorrt`` has none)."""
-    for name in names:
+@dataclass(frozen=True)
+class TensorRTStatus:
+    """Which TensorRT this machine has: the full TensorRT (builder and runtime), the lean runtime
+    (runs version-compatible plans only), both or neither.
+
+    Attributes:
+        full: the full ``tensorrt`` module, ``None`` when absent.
+        lean: the lean runtime module, ``None`` when absent.
+        full_missing: why there is no full TensorRT ("" when there is one).
+    """
+
+    full: ModuleType | None
+    lean: ModuleType | None
+    full_missing: str = ""
+
+    @property
+    def flavour(self) -> str:
+        """``full``, ``lean`` (the lean runtime only) or ``none``."""
+        return "full" if self.full is not None else "lean" if self.lean is not None else "none"
+
+    @property
+    def builder_version(self) -> tuple[int, ...] | None:
+        """The full TensorRT's version, e.g. ``(10, 13, 0)``; ``None`` when there is no builder."""
+        return None if self.full is None else release(self.full.__version__)
+
+    def runtime_for(self, meta: ArtifactMeta, plan: Path, allow_host_code: bool = False) -> ModuleType:
+        """The TensorRT module that may load ``plan`` (see :func:`select_runtime`).
+
+        Raises:
+            QualityNetError: no installed runtime may load the plan; the message says what to do.
+        """
+        return select_runtime(meta, plan, self.full, self.lean, allow_host_code)
+
+
+def tensorrt_status() -> TensorRTStatus:
+    """Find the installed TensorRT flavours (imported here; cheap after the first call)."""
+    try:
+        full: ModuleType | None = importlib.import_module(_FULL)
+    except (ImportError, OSError) as exc:  # OSError: the wheel is there but libnvinfer is not
+        full, missing = None, f"TensorRT is not installed ({exc})"
+    else:
+        # tensorrt-stubs installs a 'tensorrt' folder of type stubs only: no builder there.
+        if not hasattr(full, "Builder"):
+            full, missing = None, "the installed 'tensorrt' has no builder (only type stubs or a runtime)"
+        else:
+            missing = ""
+    return TensorRTStatus(full, _first_lean_runtime(), missing)
+
+
+def _first_lean_runtime() -> ModuleType | None:
+    """The first importable lean runtime module with a ``Runtime``."""
+    for name in _LEAN:
         try:
             module = importlib.import_module(name)
         except (ImportError, OSError):  # OSError: the bindings are there but their libraries are not
@@ -71,23 +131,6 @@ def _first_runtime(names: tuple[str, ...]) -> ModuleType | None:
         if hasattr(module, "Runtime"):
             return module
     return None
-
-
-def import_tensorrt() -> ModuleType:
-    """The installed TensorRT runtime module: full ``tensorrt``, else the lean runtime.
-
-    Raises:
-        QualityNetError: neither is installed; the message says what to install.
-    """
-    module = _first_runtime(_FULL) or _first_runtime(_LEAN)
-    if module is None:
-        raise QualityNetError(_NOT_INSTALLED)
-    return module
-
-
-def installed_runtimes() -> tuple[ModuleType | None, ModuleType | None]:
-    """``(full TensorRT, lean runtime)`` modules, each ``None`` when not installed."""
-    return _first_runtime(_FULL), _first_runtime(_LEAN)
 
 
 def select_runtime(meta: ArtifactMeta, plan: Path, full: ModuleType | None, lean: ModuleType | None,
@@ -101,17 +144,16 @@ def select_runtime(meta: ArtifactMeta, plan: Path, full: ModuleType | None, lean
     ``--exclude-lean-runtime`` as well needs the lean runtime.
 
     Args:
-        meta: the plan's sidecar (``extra["version_compatible"]``, ``extra["exclude_lean_runtime"]``).
+        meta: the plan's sidecar (``version_compatible``, ``exclude_lean_runtime``).
         plan: the plan's path, for the messages.
-        full: the full ``tensorrt`` module, ``None`` when absent (see :func:`installed_runtimes`).
+        full: the full ``tensorrt`` module, ``None`` when absent (see :func:`tensorrt_status`).
         lean: the lean runtime module, ``None`` when absent.
         allow_host_code: the user trusts the plan file (``--allow-plan-host-code``).
 
     Raises:
         QualityNetError: no installed runtime may load the plan; the message says what to do.
     """
-    version_compatible = bool(meta.extra.get("version_compatible"))
-    if not version_compatible:
+    if not meta.version_compatible:
         if full is not None:
             return full
         if lean is not None:
@@ -126,7 +168,7 @@ def select_runtime(meta: ArtifactMeta, plan: Path, full: ModuleType | None, lean
         return lean  # of another release, check_plan_compat refuses it with both versions
     if full is None:
         raise QualityNetError(_NOT_INSTALLED)
-    if meta.extra.get("exclude_lean_runtime"):
+    if meta.exclude_lean_runtime:
         raise QualityNetError(
             f"{plan}: it was built with --exclude-lean-runtime, so it runs only on TensorRT's lean runtime of the "
             f"version that built it ({built}), which is not installed (its wheel from NVIDIA's index: "
@@ -166,7 +208,8 @@ def tensorrt_cuda(module_name: str) -> str | None:
     return None
 
 
-def _release(version: str) -> tuple[int, ...]:
+def release(version: str) -> tuple[int, ...]:
+    """``"10.13.0.35"`` -> ``(10, 13, 0)``: major, minor, patch (digits of each part; 0 where none)."""
     parts = []
     for part in version.split(".")[:3]:
         digits = "".join(c for c in part if c.isdigit())
@@ -180,7 +223,7 @@ def same_release(built: str, installed: str, version_compatible: bool = False) -
     Plans are tied to major.minor.patch; a plan built with version compatibility runs on the
     same major version at or above the one that built it.
     """
-    have, need = _release(installed), _release(built)
+    have, need = release(installed), release(built)
     if version_compatible:
         return have[:1] == need[:1] and have >= need
     return have == need
@@ -192,7 +235,7 @@ def check_plan_compat(meta: ArtifactMeta, plan: Path, tensorrt_version: str, com
 
     Args:
         meta: the plan's sidecar record (``versions["tensorrt"]``, ``compute_capability``,
-            ``gpu_name``; ``extra["version_compatible"]`` when built so).
+            ``gpu_name``, ``version_compatible``).
         plan: the plan's path, for the message.
         tensorrt_version: the TensorRT present here.
         compute_capability: this GPU's, as ``"major.minor"``.
@@ -215,7 +258,7 @@ def check_plan_compat(meta: ArtifactMeta, plan: Path, tensorrt_version: str, com
             f"it was built for compute capability {meta.compute_capability} ({meta.gpu_name or 'unknown GPU'}) "
             f"but this GPU is {compute_capability} ({gpu_name or 'unknown'})"
         )
-    if not same_release(built_version, tensorrt_version, bool(meta.extra.get("version_compatible")) and not lean):
+    if not same_release(built_version, tensorrt_version, meta.version_compatible and not lean):
         problems.append(f"it was built with TensorRT {built_version} but TensorRT {tensorrt_version} is installed")
     if problems:
         raise QualityNetError(f"{plan}: refused, {'; and '.join(problems)}; {rebuild_hint(meta.precision)}")

@@ -29,11 +29,10 @@ from qualitynet.runtime.trt_compat import (
     batch_limits,
     check_plan_compat,
     find_io_tensors,
-    installed_runtimes,
     io_tensor_names,
     plan_chunks,
     rebuild_hint,
-    select_runtime,
+    tensorrt_status,
 )
 
 if TYPE_CHECKING:
@@ -74,7 +73,7 @@ class TrtRunner(BaseRunner):
 
     def activate_impl(self) -> ArtifactMeta:
         meta = ArtifactMeta.read_sidecar(self.model_path)
-        trt = select_runtime(meta, self.model_path, *installed_runtimes(), allow_host_code=self.allow_host_code)
+        trt = tensorrt_status().runtime_for(meta, self.model_path, self.allow_host_code)
         rt = cudart()
         capability, gpu_name = device_properties(self.device)  # before TensorRT touches CUDA
         check_plan_compat(meta, self.model_path, trt.__version__, capability, gpu_name, lean=trt.__name__ != "tensorrt")

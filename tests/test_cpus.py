@@ -44,7 +44,7 @@ def test_no_cgroup_files_means_no_limit(tmp_path: Path) -> None:
 _PROBE = """
 import json
 from qualitynet.cpus import usable_cpus
-from qualitynet.runtime.pipeline import default_workers as decode_workers
+from qualitynet.runtime.decode_pool import default_workers as decode_workers
 from qualitynet.trainer.data import default_workers as loader_workers
 from qualitynet.trainer.distributed import rank_threads
 print(json.dumps({"usable": usable_cpus(), "decode_workers": decode_workers(), "loader_workers": loader_workers(),

@@ -148,8 +148,8 @@ def _decode_checks(checkpoint: Path, work: Path, device: str, quick: bool) -> li
     from scipy import stats
 
     from qualitynet.export import export_onnx
+    from qualitynet.runtime.decode_pool import decode_path
     from qualitynet.runtime.nvimgcodec_decode import NvImageCodecPool, nvimgcodec_missing
-    from qualitynet.runtime.pipeline import decode_path
     from qualitynet.runtime.scorer import Scorer
     from qualitynet.trainer.demo_data import make_photo_folder
 

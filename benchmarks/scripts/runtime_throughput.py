@@ -41,7 +41,8 @@ from script_fixtures import REPO, photos
 from qualitynet.bench.naive import naive_loop
 from qualitynet.bench.run import ensure_artifacts, warm_page_cache
 from qualitynet.cpus import usable_cpus
-from qualitynet.runtime import Scorer, pipeline
+from qualitynet.runtime import Scorer
+from qualitynet.runtime import decode_pool as pipeline
 from qualitynet.trainer.checkpoint import load_checkpoint, save_untrained_checkpoint
 
 

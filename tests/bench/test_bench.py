@@ -222,3 +222,23 @@ def test_compare_results_puts_old_and_new_side_by_side(tmp_path: Path) -> None:
     assert table[2] == ("| model-only | torch-eager | fp32 | 8 | 400.0 → 500.0 | 2.50 → 2.00 | 20.00 → 16.00 "
                         "| 1.00x → 1.00x |")
     assert table[3].startswith("| model-only | onnxruntime | fp32 | 8 | - → 900.0 |") and "- → 1.80x" in table[3]
+
+
+def test_a_plan_the_lean_runtime_can_run_is_not_skipped_for_want_of_tensorrt(tmp_path: Path) -> None:
+    """The benchmark asks the runtime's own TensorRT status which runtime loads a plan: a version-compatible plan
+    of the lean runtime's release is held back here only by the missing GPU; a plain one needs the full TensorRT."""
+    from qualitynet.artifact import ArtifactMeta, PreprocessCfg, ScoreScale
+    from qualitynet.bench.subjects import tensorrt_missing
+    from qualitynet.runtime.trt_compat import tensorrt_status
+
+    lean = tensorrt_status().lean
+    if lean is None or tensorrt_status().full is not None:
+        pytest.skip("checks a machine with TensorRT's lean runtime and no full TensorRT")
+    plan = tmp_path / "model.plan"
+    plan.write_bytes(b"plan")
+    meta = ArtifactMeta("tiny", PreprocessCfg(), ScoreScale(), versions={"tensorrt": lean.__version__},
+                        compute_capability="8.6", version_compatible=True)
+    meta.write_sidecar(plan)
+    assert tensorrt_missing(plan) == (None if torch.cuda.is_available() else "no CUDA device")
+    dataclasses.replace(meta, version_compatible=False).write_sidecar(plan)
+    assert "built without --version-compatible" in str(tensorrt_missing(plan))

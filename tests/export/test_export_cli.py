@@ -11,8 +11,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import qualitynet.export.pipeline as pipeline
+import qualitynet.export.exporter as exporter
 from qualitynet.export.cli import main
+
+from fake_tensorrt import FakeTensorRT
 
 
 def run(*args: str) -> tuple[int, str]:
@@ -58,8 +60,8 @@ def test_fp32_export_exits_0_with_a_summary(varied_checkpoint: Path, photo_dir: 
 
 def test_failed_verification_exits_1_and_keeps_the_files(
         varied_checkpoint: Path, photo_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = pipeline.torch_scorer
-    monkeypatch.setattr(pipeline, "torch_scorer", lambda model: real(model.train()))  # BatchNorm in train mode
+    real = exporter.torch_scorer
+    monkeypatch.setattr(exporter, "torch_scorer", lambda model: real(model.train()))  # BatchNorm in train mode
     torch.manual_seed(0)
     code, output = run("--out-dir", str(tmp_path), "--photos", str(photo_dir), str(varied_checkpoint))
     assert code == 1
@@ -96,7 +98,7 @@ def test_unwritable_out_dir_is_one_line(varied_checkpoint: Path, tmp_path: Path)
 def test_opset_checks(varied_checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     code, output = run("--opset", "21", str(varied_checkpoint))
     assert code == 1 and "opset 21 is not supported" in output
-    monkeypatch.setattr(pipeline, "tensorrt_version", lambda: (8, 6, 1))
+    monkeypatch.setitem(sys.modules, "tensorrt", FakeTensorRT("8.6.1").module)
     code, output = run("--fp16", "--opset", "18", str(varied_checkpoint))
     assert code == 1 and output.count("\n") == 1
     assert "opset 18 cannot be parsed by the installed TensorRT 8.6.1" in output and "--opset 17" in output

@@ -38,7 +38,7 @@ from qualitynet.export.int8 import (
     quantize_and_gate,
     tensorrt_target,
 )
-from qualitynet.export.int8_pipeline import check_held_out, gate_inputs
+from qualitynet.export.int8_step import check_held_out, gate_inputs
 from qualitynet.export.onnx import read_meta, save_with_meta
 from qualitynet.runtime.ort_runner import OrtRunner
 from qualitynet.runtime.scorer import Scorer

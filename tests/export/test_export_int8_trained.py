@@ -36,7 +36,7 @@ from qualitynet.export.int8 import (
     sensitive_nodes,
     sqnr_db,
 )
-from qualitynet.export.int8_pipeline import check_held_out
+from qualitynet.export.int8_step import check_held_out
 from qualitynet.export.onnx import export_onnx, read_meta
 from qualitynet.runtime.int8_fit import X86_NO_VNNI, X86_VNNI, int8_class, int8_concerns
 from qualitynet.runtime.ort_runner import OrtRunner
@@ -226,7 +226,7 @@ def test_lite_graph_has_static_padding_and_prepares_for_quantization(tmp_path: P
 # ---- TensorRT records (no TensorRT needed) ---------------------------------------------------------------
 
 def test_pascal_calibration_cache_is_keyed(trained_onnx: Path, tmp_path: Path) -> None:
-    from qualitynet.export.tensorrt_int8 import calibration_cache_key, read_calibration_cache, write_calibration_cache
+    from qualitynet.export.trt_calibration import calibration_cache_key, read_calibration_cache, write_calibration_cache
 
     meta = read_meta(onnx.load(str(trained_onnx)))
     inputs = np.zeros((8, 3, 4, 4), np.float32)

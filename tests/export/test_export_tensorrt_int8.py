@@ -1,16 +1,14 @@
-"""The INT8 TensorRT build, checked three ways where no GPU is present (as for FP16).
+"""The INT8 TensorRT build, checked where no GPU is present (as for FP16).
 
-1. ``mypy --strict`` against ``tensorrt-stubs`` (the calibrator subclass included).
-2. A recording stand-in for ``tensorrt``: the Q/DQ model on every version, the INT8 flag
+1. The recording stand-in for ``tensorrt`` (``tests/fake_tensorrt.py``): the Q/DQ model on every version, the INT8 flag
    only where weak typing still exists (8.6-10.11), strong typing on 10.12+/11, and on 8.6
    with compute capability 6.1 the fall-back to the entropy calibrator when the explicit
    build is refused, with its calibration cache.
-3. The real build, marked ``trt``: runs where TensorRT's builder and a GPU exist.
+2. The real build, marked ``trt``: runs where TensorRT's builder and a GPU exist.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 import types
 from pathlib import Path
@@ -20,127 +18,15 @@ import numpy as np
 import pytest
 
 import qualitynet.export.tensorrt as trt_export
-import qualitynet.export.tensorrt_int8 as trt_int8
+import qualitynet.export.trt_calibration as trt_calibration
 from qualitynet.artifact import ArtifactMeta, BatchProfile
 from qualitynet.export import export_all
 from qualitynet.export.int8 import Int8Settings
 from qualitynet.export.onnx import read_meta, save_with_meta
-from qualitynet.export.tensorrt import INSTALL_HINT, gpu_info, tensorrt_version
+from qualitynet.export.tensorrt import BuildSettings, build_int8_engine, gpu_info
+from qualitynet.runtime.trt_compat import INSTALL_HINT, tensorrt_status
 
-from trt_stubs import mypy_errors
-
-
-def test_int8_build_type_checks_against_the_stubs(tmp_path: Path) -> None:
-    errors, output = mypy_errors(["export/tensorrt_int8.py"], tmp_path, strict=True)
-    assert errors == [], output
-
-
-class _Standin:
-    """A ``tensorrt`` module for one version that records the build; ``refuse_qdq`` fails explicit builds."""
-
-    def __init__(self, version: str, refuse_qdq: bool = False) -> None:
-        self.calls: list[tuple[str, Any]] = []
-        self.module = self._module(version, refuse_qdq)
-
-    def values(self, name: str) -> list[Any]:
-        return [value for key, value in self.calls if key == name]
-
-    def _module(self, version: str, refuse_qdq: bool) -> types.ModuleType:
-        rec = self.calls.append
-        major_minor = tuple(int(p) for p in version.split(".")[:2])
-        trt = types.ModuleType("tensorrt")
-        trt.__version__ = version  # type: ignore[attr-defined]
-        flags = {**({"EXPLICIT_BATCH": 0} if major_minor < (11, 0) else {}),
-                 **({"STRONGLY_TYPED": 1} if (9, 0) <= major_minor < (11, 0) else {})}
-
-        class Config:
-            def set_flag(self, flag: str) -> None:
-                rec(("set_flag", flag))
-
-            def set_memory_pool_limit(self, pool: str, size: int) -> None:
-                pass
-
-            def __setattr__(self, name: str, value: Any) -> None:
-                rec((name, value))
-
-            def add_optimization_profile(self, profile: Any) -> int:
-                return 0
-
-            def set_calibration_profile(self, profile: Any) -> bool:
-                rec(("calibration_profile", profile))
-                return True
-
-        class Profile:
-            def set_shape(self, name: str, *shapes: Any) -> None:
-                rec(("set_shape", shapes))
-
-        class Builder:
-            def __init__(self, logger: Any) -> None:
-                self.parsed: list[str] = []
-
-            def create_network(self, network_flags: int) -> list[str]:
-                rec(("network_flags", network_flags))
-                return self.parsed
-
-            def create_builder_config(self) -> Config:
-                return Config()
-
-            def create_optimization_profile(self) -> Profile:
-                return Profile()
-
-            def build_serialized_network(self, network: list[str], config: Config) -> bytes | None:
-                calibrator = next((v for k, v in reversed(self_calls) if k == "int8_calibrator"), None)
-                if network[-1].endswith(".trt.onnx"):
-                    return None if refuse_qdq else b"qdq-plan"
-                assert calibrator is not None
-                calibrator.write_calibration_cache(b"calibration-table")
-                return b"calibrated-plan"
-
-        self_calls = self.calls
-
-        class OnnxParser:
-            num_errors = 0
-
-            def __init__(self, network: list[str], logger: Any) -> None:
-                self.network = network
-
-            def parse_from_file(self, path: str) -> bool:
-                rec(("parsed", Path(path).name))
-                self.network.append(path)
-                return True
-
-        class IInt8EntropyCalibrator2:
-            def __init__(self) -> None:
-                rec(("calibrator", type(self).__name__))
-
-        class Logger:
-            WARNING, INFO = 2, 3
-
-            def __init__(self, severity: int) -> None:
-                pass
-
-        trt.Logger, trt.Builder, trt.OnnxParser = Logger, Builder, OnnxParser  # type: ignore[attr-defined]
-        trt.IInt8EntropyCalibrator2 = IInt8EntropyCalibrator2  # type: ignore[attr-defined]
-        trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(**flags)  # type: ignore[attr-defined]
-        builder_flags = ["TF32"] if major_minor >= (11, 0) else ["FP16", "INT8", "TF32"]
-        trt.BuilderFlag = types.SimpleNamespace(**{k: k for k in builder_flags})  # type: ignore[attr-defined]
-        trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")  # type: ignore[attr-defined]
-        trt.Dims4 = lambda *dims: dims  # type: ignore[attr-defined]
-        trt.ProfilingVerbosity = types.SimpleNamespace(DETAILED="DETAILED")  # type: ignore[attr-defined]
-        trt.LayerInformationFormat = types.SimpleNamespace(JSON="JSON")  # type: ignore[attr-defined]
-        layers = {"Layers": [{"Name": "conv", "Outputs": [{"Format/Datatype": "Row major linear INT8 format"}]},
-                             {"Name": "head", "Outputs": [{"Format/Datatype": "Row major linear FP32 format"}]}]}
-
-        class Runtime:  # deserializes into an engine whose inspector describes two layers
-            def __init__(self, logger: Any) -> None:
-                pass
-
-            def deserialize_cuda_engine(self, plan: bytes) -> Any:
-                inspector = types.SimpleNamespace(get_engine_information=lambda fmt: json.dumps(layers))
-                return types.SimpleNamespace(create_engine_inspector=lambda: inspector)
-
-        trt.Runtime = Runtime  # type: ignore[attr-defined]
-        return trt
+from fake_tensorrt import FakeTensorRT
 
 
 class _DeviceBuffer:
@@ -175,10 +61,10 @@ def qdq_models(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def _build(monkeypatch: pytest.MonkeyPatch, models: tuple[Path, Path], tmp_path: Path, version: str,
-           capability: str = "8.9", refuse_qdq: bool = False) -> tuple[ArtifactMeta, _Standin]:
-    standin = _Standin(version, refuse_qdq)
+           capability: str = "8.9", refuse_qdq: bool = False) -> tuple[ArtifactMeta, FakeTensorRT]:
+    standin = FakeTensorRT(version, refuse=(models[1].name,) if refuse_qdq else ())
     monkeypatch.setitem(sys.modules, "tensorrt", standin.module)
-    monkeypatch.setattr(trt_int8, "gpu_info", lambda device=0: ("Test GPU", capability))
+    monkeypatch.setattr(trt_export, "gpu_info", lambda device=0: ("Test GPU", capability))
     monkeypatch.setattr(trt_export, "cuda_versions", lambda: {"cuda_driver": "12.4", "tensorrt_cuda": "12"})
     import qualitynet.runtime.gpu as gpu
 
@@ -186,8 +72,8 @@ def _build(monkeypatch: pytest.MonkeyPatch, models: tuple[Path, Path], tmp_path:
     monkeypatch.setattr(gpu, "cudart", lambda: types.SimpleNamespace(cudaStreamSynchronize=lambda s: (0,)))
     monkeypatch.setattr(gpu, "cuda_call", lambda result: None)
     calibration = np.random.default_rng(0).standard_normal((20, 3, 32, 32)).astype(np.float32)
-    meta = trt_int8.build_int8_engine(models[0], models[1], tmp_path / "model.int8.plan", calibration,
-                                      BatchProfile(1, 8, 16))
+    meta = build_int8_engine(models[0], models[1], tmp_path / "model.int8.plan", calibration,
+                             BuildSettings(BatchProfile(1, 8, 16)))
     return meta, standin
 
 
@@ -204,7 +90,7 @@ def test_each_version_builds_the_qdq_model(monkeypatch: pytest.MonkeyPatch, qdq_
     assert standin.values("parsed") == ["model.int8.trt.onnx"]
     assert standin.values("network_flags") == [network_flags] and standin.values("set_flag") == builder_flags
     assert standin.values("calibrator") == []
-    assert (tmp_path / "model.int8.plan").read_bytes() == b"qdq-plan"
+    assert (tmp_path / "model.int8.plan").read_bytes() == b"serialized-plan"
     sidecar = ArtifactMeta.read_sidecar(tmp_path / "model.int8.plan")
     assert sidecar == meta and meta.precision == "int8" and meta.extra["quantization"] == "explicit Q/DQ"
     assert meta.extra["typing"] == typing and meta.versions["tensorrt"] == version
@@ -218,7 +104,7 @@ def test_pascal_falls_back_to_the_entropy_calibrator(monkeypatch: pytest.MonkeyP
     assert standin.values("set_flag") == ["INT8", "INT8"]
     assert standin.values("calibrator") == ["EntropyCalibrator"]
     assert len(standin.values("calibration_profile")) == 1
-    assert standin.values("set_shape")[-1] == ((8, 3, 32, 32),) * 3  # the calibration profile: full batches
+    assert standin.values("set_shape")[-1] == ("image", ((8, 3, 32, 32),) * 3)  # the calibration profile: full batches
     assert (tmp_path / "model.int8.plan").read_bytes() == b"calibrated-plan"
     assert (tmp_path / "model.int8.plan.calib").read_bytes() == b"calibration-table"
     assert meta.extra["quantization"].startswith("implicit, entropy calibrator 2")
@@ -237,7 +123,7 @@ def test_refused_qdq_elsewhere_is_an_error(monkeypatch: pytest.MonkeyPatch, qdq_
 
 
 def test_entropy_calibrator_feeds_full_batches_and_caches(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    standin = _Standin("8.6.1")
+    standin = FakeTensorRT("8.6.1")
     monkeypatch.setitem(sys.modules, "tensorrt", standin.module)
     import qualitynet.runtime.gpu as gpu
 
@@ -246,8 +132,8 @@ def test_entropy_calibrator_feeds_full_batches_and_caches(monkeypatch: pytest.Mo
     monkeypatch.setattr(gpu, "cuda_call", lambda result: None)
     inputs = np.arange(20 * 3 * 2 * 2, dtype=np.float32).reshape(20, 3, 2, 2)
     cache = tmp_path / "model.int8.plan.calib"
-    calibrator: Any = trt_int8._entropy_calibrator(inputs, cache, {"checkpoint_sha256": "a" * 64})
-    assert calibrator.get_batch_size() == trt_int8.CALIBRATION_BATCH
+    calibrator: Any = trt_calibration.entropy_calibrator(inputs, cache, {"checkpoint_sha256": "a" * 64})
+    assert calibrator.get_batch_size() == trt_calibration.CALIBRATION_BATCH
     assert calibrator.read_calibration_cache() is None
     first = calibrator.get_batch(["image"])
     assert first == [1234] and np.array_equal(calibrator.buffer.host, inputs[:8].ravel())
@@ -258,7 +144,7 @@ def test_entropy_calibrator_feeds_full_batches_and_caches(monkeypatch: pytest.Mo
 
 
 def _trt_missing() -> str | None:
-    if tensorrt_version() is None:
+    if tensorrt_status().builder_version is None:
         return f"TensorRT's builder is not installed ({INSTALL_HINT})"
     try:
         gpu_info()

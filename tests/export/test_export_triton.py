@@ -48,9 +48,9 @@ def test_fp16_without_tensorrt_still_writes_the_onnx_repository(varied_checkpoin
                                                                  tmp_path: Path) -> None:
     """The engine cannot be built here, yet model.onnx is written and verified: the repository gets it,
     the missing TensorRT model is explained, and the exit status still says the engine failed."""
-    from qualitynet.export.tensorrt import tensorrt_version
+    from qualitynet.runtime.trt_compat import tensorrt_status
 
-    if tensorrt_version() is not None:
+    if tensorrt_status().full is not None:
         pytest.skip("TensorRT is installed here: the engine would be built")
     repo = tmp_path / "repo"
     result = CliRunner().invoke(main, ["--fp16", "--out-dir", str(tmp_path / "out"), "--photos", str(photo_dir),

@@ -28,7 +28,7 @@ from click.testing import CliRunner
 
 from qualitynet.artifact import FIVE_CROPS, ONNX_METADATA_KEY, PreprocessCfg
 from qualitynet.runtime.cli import main
-from qualitynet.runtime.pipeline import decode_bytes, decode_path
+from qualitynet.runtime.decode_pool import decode_bytes, decode_path
 from qualitynet.runtime.ray_scoring import ScoreActor
 from qualitynet.runtime.scorer import Scorer
 from qualitynet.trainer.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -64,7 +64,7 @@ def jpegs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def models(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, Path]]:
     """``record -> (model.pt, model.onnx)``: the tiny weights under each record, exported and verified."""
-    from qualitynet.export.pipeline import export_all
+    from qualitynet.export.exporter import export_all
 
     base = load_checkpoint(tiny_checkpoint)
     records = {

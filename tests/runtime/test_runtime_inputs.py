@@ -16,8 +16,8 @@ from PIL import Image
 
 from qualitynet.artifact import PreprocessCfg
 from qualitynet.runtime.cli import main
+from qualitynet.runtime.decode_pool import DecodePool, decode_path
 from qualitynet.runtime.discovery import iter_folder, iter_inputs, looks_like_image
-from qualitynet.runtime.pipeline import DecodePool, decode_path
 
 from runtime_helpers import bomb_png
 

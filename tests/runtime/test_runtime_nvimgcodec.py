@@ -14,8 +14,8 @@ from click.testing import CliRunner
 from qualitynet.artifact import FIVE_CROPS
 from qualitynet.errors import QualityNetError
 from qualitynet.runtime.cli import main as run_main
+from qualitynet.runtime.decode_pool import decode_path
 from qualitynet.runtime.nvimgcodec_decode import NvImageCodecPool, decode_agreement, nvimgcodec_missing
-from qualitynet.runtime.pipeline import decode_path
 from qualitynet.runtime.scorer import Scorer
 
 from runtime_helpers import photo_paths

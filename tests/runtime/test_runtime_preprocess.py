@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from qualitynet.artifact import PreprocessCfg, ScoreScale
-from qualitynet.runtime.pipeline import DecodePool, decode_path
+from qualitynet.runtime.decode_pool import DecodePool, decode_path
 from qualitynet.runtime.preprocess import image_to_tensor, load_rgb
 from qualitynet.trainer.data import IqaDataset
 from qualitynet.trainer.datasets import DatasetIndex

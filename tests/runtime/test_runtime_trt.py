@@ -29,16 +29,17 @@ from qualitynet.runtime.trt_compat import (
     batch_limits,
     check_plan_compat,
     find_io_tensors,
-    import_tensorrt,
     plan_chunks,
     same_release,
     select_runtime,
     tensorrt_cuda,
+    tensorrt_status,
 )
 from qualitynet.runtime.trt_runner import TrtRunner
 
+from fake_tensorrt import FakeTensorRT
 from runtime_helpers import photo_paths
-from trt_stubs import mypy_errors, other_capability
+from trt_stubs import other_capability
 
 RUNTIME_DIR = Path(runtime_pkg.__file__).parent
 TRT_FILES = ("trt_runner.py", "trt_compat.py", "gpu.py")
@@ -106,21 +107,32 @@ def test_version_compatible_plans_run_on_newer_minor_versions() -> None:
     assert same_release("10.13.0", "10.14.1", version_compatible=True)
     assert not same_release("10.13.0", "10.12.0", version_compatible=True)
     assert not same_release("10.13.0", "11.0.0", version_compatible=True)
-    check_plan_compat(_meta(extra={"version_compatible": True}), Path("m.plan"), "10.15.0", "8.6")
+    check_plan_compat(_meta(version_compatible=True), Path("m.plan"), "10.15.0", "8.6")
     with pytest.raises(QualityNetError, match="TensorRT 10.15.0 is installed"):  # the lean runtime: its own release
-        check_plan_compat(_meta(extra={"version_compatible": True}), Path("m.plan"), "10.15.0", "8.6", lean=True)
-    check_plan_compat(_meta(extra={"version_compatible": True}), Path("m.plan"), "10.13.0.1", "8.6", lean=True)
+        check_plan_compat(_meta(version_compatible=True), Path("m.plan"), "10.15.0", "8.6", lean=True)
+    check_plan_compat(_meta(version_compatible=True), Path("m.plan"), "10.13.0.1", "8.6", lean=True)
+
+
+def test_sidecars_written_before_the_typed_fields_still_load(tmp_path: Path) -> None:
+    """Older sidecars kept the version-compatibility flags in ``extra``: they load as the typed fields."""
+    plan = tmp_path / "m.plan"
+    record = _meta(extra={"typing": "strong"}).to_dict()
+    for name in ("version_compatible", "exclude_lean_runtime"):
+        del record[name]
+    record["extra"] = {**record["extra"], "version_compatible": True, "exclude_lean_runtime": True}
+    (tmp_path / "m.plan.json").write_text(json.dumps(record))
+    meta = ArtifactMeta.read_sidecar(plan)
+    assert meta.version_compatible is True and meta.exclude_lean_runtime is True
+    assert meta.extra == {"typing": "strong"}
+    assert ArtifactMeta.from_json(meta.to_json()) == meta  # written back with the typed fields only
 
 
 # ---- which TensorRT module may load which plan -------------------------------------------------
 
 def _full_module(version: str = "10.13.0.35") -> types.ModuleType:
-    full = types.ModuleType("tensorrt")
-    full.Runtime, full.__version__ = object, version  # type: ignore[attr-defined]
-    return full
+    return FakeTensorRT(version).module
 
 
-_VC = {"version_compatible": True}
 
 
 def test_plain_plan_needs_the_full_tensorrt() -> None:
@@ -135,20 +147,21 @@ def test_plain_plan_needs_the_full_tensorrt() -> None:
 def test_version_compatible_plan_prefers_the_lean_runtime_of_its_release() -> None:
     full, lean = _full_module(), pytest.importorskip("tensorrt_lean")
     built_by_this_release = {"tensorrt": lean.__version__}
-    for extra in (_VC, {**_VC, "exclude_lean_runtime": True}):
-        assert select_runtime(_meta(extra=extra, versions=built_by_this_release), Path("m.plan"), full, lean) is lean
-        assert select_runtime(_meta(extra=extra), Path("m.plan"), None, lean) is lean  # check_plan_compat refuses
+    for exclude in (False, True):
+        flags = {"version_compatible": True, "exclude_lean_runtime": exclude}
+        assert select_runtime(_meta(**flags, versions=built_by_this_release), Path("m.plan"), full, lean) is lean
+        assert select_runtime(_meta(**flags), Path("m.plan"), None, lean) is lean  # check_plan_compat refuses
     # a lean runtime of another release cannot run it; the full TensorRT may (with the user's permission)
-    assert select_runtime(_meta(extra=_VC), Path("m.plan"), full, lean, allow_host_code=True) is full
+    assert select_runtime(_meta(version_compatible=True), Path("m.plan"), full, lean, allow_host_code=True) is full
 
 
 def test_embedded_lean_runtime_on_the_full_tensorrt_needs_the_users_permission() -> None:
     full = _full_module()
     with pytest.raises(QualityNetError, match=r"embeds TensorRT's lean runtime.*pass --allow-plan-host-code"):
-        select_runtime(_meta(extra=_VC), Path("m.plan"), full, None)
-    assert select_runtime(_meta(extra=_VC), Path("m.plan"), full, None, allow_host_code=True) is full
+        select_runtime(_meta(version_compatible=True), Path("m.plan"), full, None)
+    assert select_runtime(_meta(version_compatible=True), Path("m.plan"), full, None, allow_host_code=True) is full
     with pytest.raises(QualityNetError, match=r"--exclude-lean-runtime.*lean runtime of the version that built it"):
-        select_runtime(_meta(extra={**_VC, "exclude_lean_runtime": True}), Path("m.plan"), full, None,
+        select_runtime(_meta(version_compatible=True, exclude_lean_runtime=True), Path("m.plan"), full, None,
                        allow_host_code=True)
 
 
@@ -191,11 +204,15 @@ def test_find_io_tensors_by_name_based_api() -> None:
 
 # ---- against the real lean runtime bindings and the stubs ------------------------------------
 
-def test_import_tensorrt_falls_back_to_the_lean_runtime() -> None:
-    module = import_tensorrt()
-    assert hasattr(module, "Runtime") and hasattr(module, "__version__")
-    if module.__name__ != "tensorrt":
-        assert module.__name__.startswith("tensorrt_lean")
+def test_tensorrt_status_finds_the_lean_runtime_beside_the_stubs() -> None:
+    """Here the stubs' bare 'tensorrt' is no TensorRT, and the real lean runtime is one."""
+    lean = pytest.importorskip("tensorrt_lean")
+    status = tensorrt_status()
+    assert status.lean is not None and status.lean.__name__.startswith("tensorrt_lean") and hasattr(lean, "Runtime")
+    if status.full is None:
+        assert status.flavour == "lean" and status.builder_version is None and status.full_missing
+    vc_plan = _meta(versions={"tensorrt": status.lean.__version__}, version_compatible=True)
+    assert status.runtime_for(vc_plan, Path("m.plan")) is status.lean
 
 
 def _used_attributes(source: str, names: set[str]) -> set[tuple[str, str]]:
@@ -244,13 +261,6 @@ def test_no_bindings_api() -> None:
     for removed in ("get_binding", "binding_is_input", "execute_v2", "execute_async_v2", "num_bindings",
                     "max_batch_size"):
         assert removed not in source
-
-
-def test_runtime_type_checks_against_tensorrt_stubs(tmp_path: Path) -> None:
-    """mypy over the whole runtime, the TensorRT backend against tensorrt-stubs."""
-    files = [str(p.relative_to(RUNTIME_DIR.parent)) for p in sorted(RUNTIME_DIR.glob("*.py"))]
-    errors, output = mypy_errors(files, tmp_path)
-    assert errors == [], output
 
 
 # ---- the runner against a recording stand-in for TensorRT and cuda-python ---------------------
@@ -327,106 +337,34 @@ class _FakeCudart:
         return (self._status(),)
 
 
-def _fake_trt_module(cuda: _FakeCudart, outputs: tuple[str, ...], rec: list[Any]) -> types.ModuleType:
-    """A ``tensorrt`` whose engine has input ``image`` and ``outputs`` (``quality``: the image's mean,
-    the others its mean + 1), and whose context, like TensorRT's, fails to execute unless every I/O
-    tensor has an address."""
-    names = ("image", *outputs)
-
-    class Context:
-        def __init__(self) -> None:
-            self.addresses: dict[str, int] = {}
-            self.batch = 0
-
-        def set_tensor_address(self, name: str, address: int) -> bool:
-            self.addresses[name] = address
-            return True
-
-        def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
-            self.batch = shape[0]
-            return True
-
-        def execute_async_v3(self, stream: int) -> bool:
-            if set(self.addresses) != set(names):
-                rec.append(("unbound", sorted(set(names) - set(self.addresses))))
-                return False
-            images = np.frombuffer(cuda.device[self.addresses["image"]], np.float32)[: self.batch * 3 * 96 * 96]
-            means = images.reshape(self.batch, -1).mean(axis=1)
-            for name in outputs:
-                value = means if name == "quality" else means + 1
-                cuda.device[self.addresses[name]][: value.nbytes] = value.astype(np.float32).tobytes()
-            return True
-
-    class Engine:
-        num_io_tensors = len(names)
-
-        def get_tensor_name(self, index: int) -> str:
-            return names[index]
-
-        def get_tensor_mode(self, name: str) -> str:
-            return "in" if name == "image" else "out"
-
-        def get_tensor_profile_shape(self, name: str, profile: int) -> list[tuple[int, ...]]:
-            return [(1, 3, 96, 96), (4, 3, 96, 96), (8, 3, 96, 96)]
-
-        def get_tensor_shape(self, name: str) -> tuple[int, ...]:
-            return (-1, 3, 96, 96) if name == "image" else (-1, 1)
-
-        def get_tensor_dtype(self, name: str) -> str:
-            return "float"
-
-        def create_execution_context(self) -> Context:
-            return Context()
-
-    class Runtime:
-        def __init__(self, logger: Any) -> None:
-            self.engine_host_code_allowed = False
-
-        def deserialize_cuda_engine(self, data: bytes) -> Engine:
-            rec.append(("host_code", self.engine_host_code_allowed))
-            return Engine()
-
-    class Logger:
-        WARNING = 2
-
-        def __init__(self, severity: int) -> None:
-            pass
-
-    trt = types.ModuleType("tensorrt")
-    trt.__version__ = "10.13.0.35"  # type: ignore[attr-defined]
-    trt.Runtime, trt.Logger = Runtime, Logger  # type: ignore[attr-defined]
-    trt.TensorIOMode = types.SimpleNamespace(INPUT="in", OUTPUT="out")  # type: ignore[attr-defined]
-    trt.nptype = lambda dtype: np.float32  # type: ignore[attr-defined]
-    return trt
-
-
 @pytest.fixture()
 def fake_plan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """``make(outputs, **extra)``: a plan whose sidecar has ``extra``, loaded by the stand-ins; returns
-    (plan, cuda, records). The lean runtime is hidden so that the stand-in is the only TensorRT."""
+    """``make(outputs, **flags)``: a plan whose sidecar has these fields, loaded by the stand-ins; returns
+    (plan, cuda, the TensorRT stand-in). The lean runtime is hidden so that the stand-in is the only TensorRT."""
 
-    def make(outputs: tuple[str, ...] = ("quality",), **extra: Any) -> tuple[Path, _FakeCudart, list[Any]]:
-        cuda, rec = _FakeCudart(), []
-        monkeypatch.setitem(sys.modules, "tensorrt", _fake_trt_module(cuda, outputs, rec))
+    def make(outputs: tuple[str, ...] = ("quality",), **flags: Any) -> tuple[Path, _FakeCudart, FakeTensorRT]:
+        cuda = _FakeCudart()
+        fake = FakeTensorRT("10.13.0.35", outputs=outputs, device=cuda.device)
+        monkeypatch.setitem(sys.modules, "tensorrt", fake.module)
         for lean in ("tensorrt_lean", "tensorrt_lean_bindings"):
             monkeypatch.setitem(sys.modules, lean, None)
         monkeypatch.setattr(gpu, "cudart", lambda: cuda)
         monkeypatch.setattr(trt_runner, "cudart", lambda: cuda)
         plan = tmp_path / "model.plan"
         plan.write_bytes(b"plan")
-        _meta(extra=extra).write_sidecar(plan)
-        return plan, cuda, rec
+        _meta(**flags).write_sidecar(plan)
+        return plan, cuda, fake
 
     return make
 
 
 def test_every_output_gets_a_buffer_and_the_score_output_is_read(fake_plan: Any) -> None:
-    plan, cuda, rec = fake_plan(("features", "quality", "logits"))
+    plan, cuda, fake = fake_plan(("features", "quality", "logits"))
     batch = np.random.default_rng(0).random((11, 3, 96, 96), dtype=np.float32)  # 8 + 3: two runs
     with TrtRunner(plan) as runner:
         scores = runner.infer(batch)
         assert len(cuda.device) == 4  # the input and the three outputs
-    assert ("unbound", ["features", "logits"]) not in rec
+    assert fake.values("unbound") == []
     np.testing.assert_allclose(scores, batch.reshape(11, -1).mean(axis=1), rtol=1e-6)
     assert not cuda.device and not cuda.host and not cuda.streams  # all freed
 
@@ -446,13 +384,13 @@ def test_deactivate_frees_everything_after_a_sticky_cuda_error(fake_plan: Any) -
 
 
 def test_embedded_lean_runtime_runs_on_the_full_tensorrt_only_when_allowed(fake_plan: Any) -> None:
-    plan, _, rec = fake_plan(version_compatible=True)
+    plan, _, fake = fake_plan(version_compatible=True)
     with pytest.raises(QualityNetError, match="--allow-plan-host-code"):
         TrtRunner(plan).activate()
-    assert not rec  # refused before deserialising
+    assert not fake.values("host_code")  # refused before deserialising
     with TrtRunner(plan, allow_host_code=True) as runner:
         assert runner.infer(np.ones((1, 3, 96, 96), np.float32)) == pytest.approx([1.0])
-    assert rec == [("host_code", True)]
+    assert fake.values("host_code") == [True]
 
 
 # ---- no GPU here: clean errors, no crash -------------------------------------------------------
@@ -472,11 +410,7 @@ def _cuda_device_count() -> int:
 
 
 def _full_tensorrt() -> bool:
-    try:
-        import tensorrt
-    except ImportError:
-        return False
-    return hasattr(tensorrt, "Builder")
+    return tensorrt_status().full is not None
 
 
 requires_trt = pytest.mark.skipif(
@@ -489,7 +423,7 @@ requires_trt = pytest.mark.skipif(
 def test_plan_on_a_machine_without_gpu_is_a_clean_error(tmp_path: Path) -> None:
     plan = tmp_path / "model.plan"
     plan.write_bytes(b"\0" * 16)
-    _meta(extra=_VC).write_sidecar(plan)  # a plan the lean runtime installed here may load
+    _meta(version_compatible=True).write_sidecar(plan)  # a plan the lean runtime installed here may load
     with pytest.raises(QualityNetError, match="no usable CUDA GPU"):
         TrtRunner(plan).activate()
 

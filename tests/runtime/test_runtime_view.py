@@ -14,7 +14,7 @@ from PIL import Image
 
 from qualitynet.artifact import FIVE_CROPS, ArtifactMeta, PreprocessCfg, ScoreScale
 from qualitynet.errors import QualityNetError
-from qualitynet.runtime.pipeline import with_decode_override
+from qualitynet.runtime.decode_pool import with_decode_override
 from qualitynet.runtime.preprocess import crop_boxes, file_to_inputs, image_to_inputs, image_to_tensor, load_rgb
 from qualitynet.trainer.checkpoint import load_checkpoint
 from qualitynet.trainer.demo_data import demo_photo

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from qualitynet.artifact import ArtifactMeta, BatchProfile, PreprocessCfg, file_sha256
+from qualitynet.artifact import ArtifactMeta, PreprocessCfg, file_sha256
 from qualitynet.errors import QualityNetError
 from qualitynet.export.calibration import (
     CALIBRATION_SOURCES,
@@ -43,6 +43,7 @@ from qualitynet.export.int8 import (
     work_dir,
 )
 from qualitynet.export.onnx import read_meta
+from qualitynet.export.tensorrt import BuildSettings, build_int8_engine
 from qualitynet.export.types import ExportResult, Int8Gate, TensorRTUnavailableError, VerificationError
 from qualitynet.export.verify import Reference, load_photos
 from qualitynet.runtime.discovery import iter_folder
@@ -144,8 +145,7 @@ def gate_inputs(held_out: HeldOut, cfg: PreprocessCfg) -> tuple[np.ndarray, list
 
 
 def export_int8(result: ExportResult, cfg: PreprocessCfg, photos: Photos | None, settings: Int8Settings,
-                profile: BatchProfile, workspace: int, timing_cache: str | Path | None, opt_level: int,
-                write_report: Callable[[ExportResult], None]) -> None:
+                build: BuildSettings, write_report: Callable[[ExportResult], None]) -> None:
     """Write and gate ``<stem>.int8.onnx`` and ``<stem>.int8.trt.onnx``; build ``<stem>.int8.plan`` if possible.
 
     Args:
@@ -154,7 +154,7 @@ def export_int8(result: ExportResult, cfg: PreprocessCfg, photos: Photos | None,
         photos: the gate's held-out photos: a folder, files or a dataset CSV (``None``:
             bundled ones never used for calibration).
         settings: calibration and gate settings.
-        profile / workspace / timing_cache / opt_level: as for the FP16 engine.
+        build: the engine's build settings (as for the FP16 engine, without version compatibility).
         write_report: writes ``result`` to its report file; called after each graph and
             however the step ends (an error is recorded as ``int8.error``).
 
@@ -163,7 +163,7 @@ def export_int8(result: ExportResult, cfg: PreprocessCfg, photos: Photos | None,
             (both graphs are written and gated first; files and figures kept).
     """
     try:
-        _export_int8(result, cfg, photos, settings, profile, workspace, timing_cache, opt_level, write_report)
+        _export_int8(result, cfg, photos, settings, build, write_report)
     except BaseException as exc:
         if not isinstance(exc, VerificationError):
             result.int8_info["error"] = f"{type(exc).__name__}: {exc}"
@@ -173,8 +173,7 @@ def export_int8(result: ExportResult, cfg: PreprocessCfg, photos: Photos | None,
 
 
 def _export_int8(result: ExportResult, cfg: PreprocessCfg, photos: Photos | None, settings: Int8Settings,
-                 profile: BatchProfile, workspace: int, timing_cache: str | Path | None, opt_level: int,
-                 write_report: Callable[[ExportResult], None]) -> None:
+                 build: BuildSettings, write_report: Callable[[ExportResult], None]) -> None:
     stem = result.onnx.name.removesuffix(".onnx")
     out = result.onnx.parent
     result.int8_info["incomplete"] = True
@@ -200,8 +199,7 @@ def _export_int8(result: ExportResult, cfg: PreprocessCfg, photos: Photos | None
                 fp32_path=result.onnx if target.name == "cpu" else None)
             write_report(result)
         if result.int8["tensorrt"]:
-            _build_engine(result, calib, out / f"{stem}.int8.plan", profile, workspace, timing_cache, opt_level,
-                          reference, settings)
+            _build_engine(result, calib, out / f"{stem}.int8.plan", build, reference, settings)
     del result.int8_info["incomplete"]
     failed = [gate for gate in result.int8.values() if not gate]
     if failed:
@@ -221,16 +219,12 @@ def _failure(gate: Int8Gate) -> str:
             "held-out photos")
 
 
-def _build_engine(result: ExportResult, calib: np.ndarray, plan: Path, profile: BatchProfile, workspace: int,
-                  timing_cache: str | Path | None, opt_level: int, reference: Reference,
+def _build_engine(result: ExportResult, calib: np.ndarray, plan: Path, build: BuildSettings, reference: Reference,
                   settings: Int8Settings) -> None:
     """Build the INT8 engine where TensorRT and a GPU are present and gate it like the ONNX graphs."""
-    from qualitynet.export.tensorrt_int8 import build_int8_engine
-
     assert result.int8_trt_onnx is not None
     try:
-        build_int8_engine(result.onnx, result.int8_trt_onnx, plan, calib, profile, workspace, timing_cache,
-                          opt_level)
+        build_int8_engine(result.onnx, result.int8_trt_onnx, plan, calib, build)
     except TensorRTUnavailableError as exc:
         result.int8_info["engine_skipped"] = str(exc)
         log.info("no INT8 TensorRT engine: %s; %s runs on ONNX Runtime meanwhile", exc, result.int8_onnx)

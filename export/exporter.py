@@ -9,6 +9,7 @@ the checks cover exactly what ``iqa-run`` computes, metadata reading included.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -25,10 +26,11 @@ from qualitynet.export.fp16 import convert_fp16
 from qualitynet.export.freshness import stale_reason
 from qualitynet.export.int8 import Int8Settings
 from qualitynet.export.onnx import DEFAULT_OPSET, check_opset, export_onnx
-from qualitynet.export.tensorrt import build_engine, check_opset_for_tensorrt, tensorrt_version
+from qualitynet.export.tensorrt import BuildSettings, build_engine, check_opset_for_tensorrt
 from qualitynet.export.types import ExportResult, TensorRTUnavailableError, VerificationError
-from qualitynet.export.verify import Reference, Scorer, load_photos, torch_scorer, verify
+from qualitynet.export.verify import Reference, ScoreFn, load_photos, torch_scorer, verify
 from qualitynet.runtime.ort_runner import OrtRunner
+from qualitynet.runtime.trt_compat import tensorrt_status
 from qualitynet.trainer.checkpoint import load_checkpoint, software_versions
 
 __all__ = ["export_all"]
@@ -66,7 +68,7 @@ def export_all(checkpoint_path: str | Path, out_dir: str | Path | None = None, *
             ``model.int8.trt.onnx`` (Q/DQ for TensorRT), each gated on held-out photos
             (``photos``; default bundled photos never used for calibration), and build
             ``model.int8.plan`` where TensorRT and a GPU are present (see
-            :func:`qualitynet.export.int8_pipeline.export_int8`).
+            :func:`qualitynet.export.int8_step.export_int8`).
 
     Returns:
         What was written and measured (also in ``result.report``).
@@ -80,10 +82,12 @@ def export_all(checkpoint_path: str | Path, out_dir: str | Path | None = None, *
     checkpoint_path = Path(checkpoint_path)
     out = ensure_writable_dir(Path(out_dir) if out_dir is not None else checkpoint_path.parent)
     check_opset(opset)
+    settings = BuildSettings(profile, workspace, Path(timing_cache) if timing_cache is not None else None, opt_level,
+                             version_compatible, exclude_lean_runtime)
     if fp16:
-        check_opset_for_tensorrt(opset, tensorrt_version())
+        check_opset_for_tensorrt(opset, tensorrt_status().builder_version)
     if int8 is not None:
-        from qualitynet.export.int8_pipeline import check_held_out
+        from qualitynet.export.int8_step import check_held_out
 
         check_held_out(photos, int8.photos)
     checkpoint = load_checkpoint(checkpoint_path)
@@ -104,10 +108,11 @@ def export_all(checkpoint_path: str | Path, out_dir: str | Path | None = None, *
     with OrtRunner(result.onnx, provider="cpu") as runner:
         _check(result, "onnx", runner.infer, torch_reference, "fp32")
         if int8 is not None:
-            from qualitynet.export.int8_pipeline import export_int8
+            from qualitynet.export.int8_step import export_int8
 
             with _timed(result, "int8"):
-                export_int8(result, checkpoint.preprocess, photos, int8, profile, workspace, timing_cache, opt_level,
+                export_int8(result, checkpoint.preprocess, photos, int8,
+                            dataclasses.replace(settings, version_compatible=False, exclude_lean_runtime=False),
                             _write_report)
         if not fp16:
             return result
@@ -118,20 +123,16 @@ def export_all(checkpoint_path: str | Path, out_dir: str | Path | None = None, *
         log.info("wrote %s in %.1f s", fp16_path, result.seconds["fp16"])
         with OrtRunner(fp16_path, provider="cpu") as fp16_runner:
             _check(result, "fp16_onnx", fp16_runner.infer, onnx_reference, "fp16")
-        _build_and_check(result, onnx_reference, out / f"{stem}.plan", profile, workspace, timing_cache,
-                         opt_level, require_tensorrt,
-                         {"version_compatible": version_compatible, "exclude_lean_runtime": exclude_lean_runtime})
+        _build_and_check(result, onnx_reference, out / f"{stem}.plan", settings, require_tensorrt)
     return result
 
 
-def _build_and_check(result: ExportResult, reference: Reference, plan: Path, profile: BatchProfile,
-                     workspace: int, timing_cache: str | Path | None, opt_level: int, require_tensorrt: bool,
-                     compatibility: dict[str, bool]) -> None:
+def _build_and_check(result: ExportResult, reference: Reference, plan: Path, settings: BuildSettings,
+                     require_tensorrt: bool) -> None:
     assert result.fp16_onnx is not None
     try:
         with _timed(result, "tensorrt"):
-            meta = build_engine(result.onnx, result.fp16_onnx, plan, profile, workspace, timing_cache, opt_level,
-                                **compatibility)
+            meta = build_engine(result.onnx, result.fp16_onnx, plan, settings)
     except TensorRTUnavailableError as exc:
         result.tensorrt_skipped = str(exc)
         _write_report(result)
@@ -152,7 +153,7 @@ def _build_and_check(result: ExportResult, reference: Reference, plan: Path, pro
         _check(result, "plan", runner.infer, reference, meta.precision)
 
 
-def _check(result: ExportResult, key: str, candidate: Scorer, reference: Reference, precision: str) -> None:
+def _check(result: ExportResult, key: str, candidate: ScoreFn, reference: Reference, precision: str) -> None:
     """Verify one artifact, record it in the report, and raise if it fails."""
     path = {"onnx": result.onnx, "fp16_onnx": result.fp16_onnx, "plan": result.plan}[key]
     assert path is not None
