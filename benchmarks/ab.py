@@ -6,7 +6,7 @@ import tree laid out as the installed package and run with that tree first on ``
 onnxruntime, Pillow, the model, the photos, the options) is shared. Alternating spreads a busy
 machine's noise over both sides.
 
-    python benchmarks/scripts/iqa_run_ab.py --old 93c0a79 --new WORKTREE --repeats 5
+    iqa-bench ab --old HEAD~3 --new WORKTREE --repeats 5      # in a git checkout
 
 Prints one JSON object (also written to ``<out-dir>/iqa_run_ab.json``): per run the wall-clock
 img/s of the whole process (start-up and model load included) and the rate ``iqa-run`` reports
@@ -17,9 +17,7 @@ generated 1024x768 JPEGs, made once.
 
 from __future__ import annotations
 
-import argparse
 import io
-import json
 import os
 import re
 import shutil
@@ -31,20 +29,34 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+from qualitynet.bench.fixtures import photo_folder, untrained_onnx
+from qualitynet.bench.record import measurement
+from qualitynet.errors import QualityNetError
+
+__all__ = ["compare_versions", "import_tree"]
+
 # Import name -> folder, as pyproject.toml's package-dir maps them.
 LAYOUT = {"qualitynet": "qualitynet", "qualitynet/runtime": "runtime", "qualitynet/trainer": "trainer",
           "qualitynet/export": "export", "qualitynet/bench": "benchmarks"}
 _RATE = re.compile(r"\(([\d.]+) img/s\)")
 
 
+def _checkout() -> Path:
+    """The git checkout the current directory is in."""
+    found = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, check=False)
+    if found.returncode != 0:
+        raise QualityNetError(f"{Path.cwd()}: not inside a git checkout of the toolkit; run iqa-bench ab from one")
+    return Path(found.stdout.strip())
+
+
 def import_tree(ref: str, into: Path) -> Path:
     """The package as ``ref`` (a git ref, or ``WORKTREE``) has it, laid out for ``PYTHONPATH``."""
     source = into / "source"
+    repo = _checkout()
     if ref == "WORKTREE":
-        shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".venv", ".git", "runs", "__pycache__"))
+        shutil.copytree(repo, source, ignore=shutil.ignore_patterns(".venv", ".git", "runs", "__pycache__"))
     else:
-        archive = subprocess.run(["git", "-C", str(REPO), "archive", ref, *set(LAYOUT.values())],
+        archive = subprocess.run(["git", "-C", str(repo), "archive", ref, *set(LAYOUT.values())],
                                  capture_output=True, check=True).stdout
         with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
             tar.extractall(source, filter="data")
@@ -69,47 +81,26 @@ def one_run(tree: Path, model: Path, folder: Path, out: Path, extra: list[str]) 
     return {"wall_img_per_s": round(rows / seconds, 1), "reported_img_per_s": float(reported[-1]) if reported else 0.0}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--old", required=True, help="git ref of the baseline (e.g. the commit before a change)")
-    parser.add_argument("--new", default="WORKTREE", help="git ref, or WORKTREE for the files as they are")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per version, alternated")
-    parser.add_argument("--count", type=int, default=200, help="photos (1024x768 JPEGs)")
-    parser.add_argument("--out-dir", type=Path, default=REPO / "runs" / "bench-runtime")
-    parser.add_argument("extra", nargs="*", help="more iqa-run options, after --, e.g. -- --workers 1")
-    args = parser.parse_args()
+def compare_versions(old: str, new: str, repeats: int, count: int, out: Path, extra: list[str]) -> None:
+    """Alternate ``repeats`` runs of each version; the report is ``out/iqa_run_ab.json``.
 
-    from qualitynet.export import export_onnx
-    from qualitynet.trainer.checkpoint import save_untrained_checkpoint
-    from qualitynet.trainer.demo_data import make_photo_folder
-
-    out = args.out_dir
-    folder = out / f"photos_ab_{args.count}"
-    if len(list(folder.glob("*.jpg"))) < args.count:
-        make_photo_folder(folder, count=args.count, size=(1024, 768))
-    model = out / "small" / "model.onnx"
-    if not model.exists():
-        model.parent.mkdir(parents=True, exist_ok=True)
-        export_onnx(save_untrained_checkpoint(model.parent / "model.pt", "small"), model)
-
+    Args:
+        old: git ref of the baseline.
+        new: git ref, or ``WORKTREE`` for the files as they are.
+        repeats: runs per version.
+        count: photos (1024x768 JPEGs, made under ``out`` once).
+        out: working folder.
+        extra: more ``iqa-run`` options.
+    """
+    folder = Path(photo_folder(out / f"photos_ab_{count}", count)[0]).parent  # iqa-run scores the whole folder
+    model = untrained_onnx(out)
     runs: dict[str, list[dict[str, float]]] = {"old": [], "new": []}
-    with tempfile.TemporaryDirectory() as scratch:
-        trees = {side: import_tree(ref, Path(scratch) / side) for side, ref in (("old", args.old), ("new", args.new))}
-        one_run(trees["new"], model, folder, Path(scratch) / "warm.csv", args.extra)  # page cache, forkserver files
-        for _ in range(args.repeats):
+    with measurement(out / "iqa_run_ab.json", machine=False) as report, tempfile.TemporaryDirectory() as scratch:
+        trees = {side: import_tree(ref, Path(scratch) / side) for side, ref in (("old", old), ("new", new))}
+        one_run(trees["new"], model, folder, Path(scratch) / "warm.csv", extra)  # page cache, forkserver files
+        for _ in range(repeats):
             for side in ("old", "new"):
-                runs[side].append(one_run(trees[side], model, folder, Path(scratch) / f"{side}.csv", args.extra))
-    report = {
-        "old": args.old, "new": args.new, "photos": args.count, "options": args.extra,
-        "load_average": [round(x, 2) for x in os.getloadavg()], "runs": runs,
-        "median": {side: {key: statistics.median(r[key] for r in rows) for key in rows[0]}
-                   for side, rows in runs.items()},
-    }
-    text = json.dumps(report, indent=2)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "iqa_run_ab.json").write_text(text + "\n")
-    print(text)
-
-
-if __name__ == "__main__":
-    main()
+                runs[side].append(one_run(trees[side], model, folder, Path(scratch) / f"{side}.csv", extra))
+        report.update({"old": old, "new": new, "photos": count, "options": extra, "runs": runs,
+                       "median": {side: {key: statistics.median(r[key] for r in rows) for key in rows[0]}
+                                  for side, rows in runs.items()}})

@@ -1,11 +1,8 @@
 """End-to-end throughput of ``iqa-run`` (ONNX Runtime, CPU) against a naive PyTorch loop, decode-only
 rates, and the effect of fast (JPEG draft) decoding on scores.
 
-Run from the repository root (needs the dev extras; the runtime itself does not use torch):
-
-    python benchmarks/scripts/runtime_throughput.py --out-dir runs/bench-runtime
-
-Figures, printed as one JSON object (and written to ``<out-dir>/runtime_throughput.json``):
+``iqa-bench runtime --out-dir runs/bench-runtime`` (needs the dev extras; the runtime itself does
+not use torch). Figures, printed as one JSON object (and written to ``<out-dir>/runtime_throughput.json``):
 
 - ``iqa_run``: wall time of the ``iqa-run`` process on the folder (start-up and model load
   included) and its img/s; ``naive``: the same folder scored one image at a time with Pillow,
@@ -22,10 +19,6 @@ but the fast-decode figures do: pass ``--checkpoint`` to measure them with a tra
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import platform
 import subprocess
 import sys
 import time
@@ -36,13 +29,15 @@ import onnxruntime
 import PIL
 import torch
 from scipy.stats import spearmanr
-from script_fixtures import REPO, photos
 
+from qualitynet.bench.fixtures import photo_folder, untrained_checkpoint
 from qualitynet.bench.naive import naive_loop
+from qualitynet.bench.record import measurement
 from qualitynet.bench.run import ensure_artifacts, warm_page_cache
-from qualitynet.cpus import usable_cpus
 from qualitynet.runtime import Scorer, pipeline
-from qualitynet.trainer.checkpoint import load_checkpoint, save_untrained_checkpoint
+from qualitynet.trainer.checkpoint import load_checkpoint
+
+__all__ = ["iqa_run", "measure_runtime"]
 
 
 def iqa_run(model: Path, folder: Path, out: Path, threads: int, extra: list[str]) -> dict[str, object]:
@@ -82,55 +77,38 @@ def fast_decode_effect(model: Path, paths: list[str]) -> dict[str, float]:
             "max_shift_over_std": round(float(shift.max() / scores[False].std()), 4)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out-dir", type=Path, default=REPO / "runs" / "bench-runtime")
-    parser.add_argument("--count", type=int, default=200)
-    parser.add_argument("--threads", type=int, default=usable_cpus(),
-                        help="intra-op threads of torch and ONNX Runtime (default: the CPUs this process may use)")
-    parser.add_argument("--checkpoint", type=Path, help="a trained model.pt (default: random-weight 'small')")
-    args = parser.parse_args()
-    out = args.out_dir
-    out.mkdir(parents=True, exist_ok=True)
-    paths = photos(out / "photos_1024x768", args.count, (1024, 768))
-    big = photos(out / "photos_2048x1536", max(50, args.count // 4), (2048, 1536))
-    checkpoint = args.checkpoint or out / "small" / "model.pt"
-    if not checkpoint.exists():
-        checkpoint.parent.mkdir(exist_ok=True)
-        save_untrained_checkpoint(checkpoint, "small")
+def measure_runtime(out: Path, count: int, threads: int, checkpoint: Path | None = None) -> None:
+    """Measure everything the module docstring lists; photos and the model are made under ``out`` once.
+
+    Args:
+        out: working folder; the report is ``out/runtime_throughput.json``.
+        count: 1024x768 JPEGs (and a quarter as many, at least 50, of 2048x1536).
+        threads: intra-op threads of torch and ONNX Runtime.
+        checkpoint: a trained model.pt (default: the random-weight ``small`` config).
+    """
+    paths = photo_folder(out / "photos_1024x768", count)
+    big = photo_folder(out / "photos_2048x1536", max(50, count // 4), (2048, 1536))
+    checkpoint = checkpoint or untrained_checkpoint(out / "small" / "model.pt", "small")
     onnx_path = ensure_artifacts(checkpoint)[0]["fp32"]  # exported again when missing or stale
     cfg = load_checkpoint(checkpoint).preprocess
-    torch.set_num_threads(args.threads)
-
-    report: dict[str, object] = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "usable_cpus": usable_cpus(),
-                    "python": platform.python_version()},
-        "versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "pillow": PIL.__version__},
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-        "checkpoint": str(checkpoint), "input": f"{cfg.height}x{cfg.width}", "threads": args.threads,
-        "decode_workers_default": pipeline.default_workers(),
-    }
-    warm_page_cache(paths)  # neither contender pays for the first disk read
-    report["naive_img_per_s"] = round(naive_loop(str(checkpoint), paths).timing.throughput_img_s, 2)
-    folder = Path(paths[0]).parent
-    for mode in ("exact", "fast"):
-        run = iqa_run(onnx_path, folder, out / "scores.csv", args.threads, [f"--{mode}-decode"])
-        report[f"iqa_run_{mode}"] = run
-        report[f"ratio_{mode}"] = round(float(run["img_per_s"]) / float(report["naive_img_per_s"]), 2)  # type: ignore[arg-type]
-    report["decode"] = {
-        f"{name}_{'fast' if fast else 'exact'}_workers{workers}": decode_rate(files, cfg, workers, fast)
-        for name, files in (("1024x768", paths), ("2048x1536", big))
-        for workers in (0, pipeline.default_workers()) for fast in (False, True)
-    }
-    report["fast_decode"] = {"decode_side": cfg.natural_decode_side(),
-                             "1024x768": fast_decode_effect(onnx_path, paths),
-                             "2048x1536": fast_decode_effect(onnx_path, big)}
-    report["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    text = json.dumps(report, indent=2)
-    (out / "runtime_throughput.json").write_text(text + "\n")
-    print(text)
-
-
-if __name__ == "__main__":
-    main()
+    torch.set_num_threads(threads)
+    with measurement(out / "runtime_throughput.json", threads) as report:
+        report.update({"versions": {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+                                    "pillow": PIL.__version__},
+                       "checkpoint": str(checkpoint), "input": f"{cfg.height}x{cfg.width}", "threads": threads,
+                       "decode_workers_default": pipeline.default_workers()})
+        warm_page_cache(paths)  # neither contender pays for the first disk read
+        report["naive_img_per_s"] = round(naive_loop(str(checkpoint), paths).timing.throughput_img_s, 2)
+        folder = Path(paths[0]).parent
+        for mode in ("exact", "fast"):
+            run = iqa_run(onnx_path, folder, out / "scores.csv", threads, [f"--{mode}-decode"])
+            report[f"iqa_run_{mode}"] = run
+            report[f"ratio_{mode}"] = round(float(run["img_per_s"]) / float(report["naive_img_per_s"]), 2)  # type: ignore[arg-type]
+        report["decode"] = {
+            f"{name}_{'fast' if fast else 'exact'}_workers{workers}": decode_rate(files, cfg, workers, fast)
+            for name, files in (("1024x768", paths), ("2048x1536", big))
+            for workers in (0, pipeline.default_workers()) for fast in (False, True)
+        }
+        report["fast_decode"] = {"decode_side": cfg.natural_decode_side(),
+                                 "1024x768": fast_decode_effect(onnx_path, paths),
+                                 "2048x1536": fast_decode_effect(onnx_path, big)}
