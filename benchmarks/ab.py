@@ -26,11 +26,10 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import time
 from pathlib import Path
 
 from qualitynet.bench.fixtures import photo_folder, untrained_onnx
-from qualitynet.bench.record import measurement
+from qualitynet.bench.record import measurement, time_iqa_run
 from qualitynet.errors import QualityNetError
 
 __all__ = ["compare_versions", "import_tree"]
@@ -68,17 +67,13 @@ def import_tree(ref: str, into: Path) -> Path:
 
 def one_run(tree: Path, model: Path, folder: Path, out: Path, extra: list[str]) -> dict[str, float]:
     """Score the folder once with the code in ``tree``."""
-    out.unlink(missing_ok=True)
-    Path(str(out) + ".iqa-run.json").unlink(missing_ok=True)
     env = {**os.environ, "PYTHONPATH": str(tree)}
     command = [sys.executable, "-c", "from qualitynet.runtime.cli import main; main()", str(model), str(folder),
                "-o", str(out), *extra]
-    start = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
-    seconds = time.perf_counter() - start
-    rows = out.read_bytes().count(b"\n") - 1
-    reported = _RATE.findall(result.stderr)
-    return {"wall_img_per_s": round(rows / seconds, 1), "reported_img_per_s": float(reported[-1]) if reported else 0.0}
+    run = time_iqa_run(command, out, env)
+    reported = _RATE.findall(run["summary"])
+    return {"wall_img_per_s": round(run["img_per_s"], 1),
+            "reported_img_per_s": float(reported[-1]) if reported else 0.0}
 
 
 def compare_versions(old: str, new: str, repeats: int, count: int, out: Path, extra: list[str]) -> None:

@@ -19,7 +19,6 @@ but the fast-decode figures do: pass ``--checkpoint`` to measure them with a tra
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ from scipy.stats import spearmanr
 
 from qualitynet.bench.fixtures import photo_folder, untrained_checkpoint
 from qualitynet.bench.naive import naive_loop
-from qualitynet.bench.record import measurement
+from qualitynet.bench.record import measurement, time_iqa_run
 from qualitynet.bench.run import ensure_artifacts, warm_page_cache
 from qualitynet.runtime import Scorer, pipeline
 from qualitynet.trainer.checkpoint import load_checkpoint
@@ -42,16 +41,9 @@ __all__ = ["iqa_run", "measure_runtime"]
 
 def iqa_run(model: Path, folder: Path, out: Path, threads: int, extra: list[str]) -> dict[str, object]:
     """Wall-clock img/s of the ``iqa-run`` process (start-up and model load included)."""
-    out.unlink(missing_ok=True)
     command = [str(Path(sys.executable).parent / "iqa-run"), str(model), str(folder), "-o", str(out),
                "--threads", str(threads), *extra]
-    start = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, check=True)
-    seconds = time.perf_counter() - start
-    rows = out.read_text().count("\n") - 1
-    summary = [line for line in result.stderr.splitlines() if line.startswith("scored")]
-    return {"command": " ".join(command[1:]), "images": rows, "seconds": round(seconds, 2),
-            "img_per_s": round(rows / seconds, 2), "summary": summary[-1] if summary else ""}
+    return {"command": " ".join(command[1:]), **time_iqa_run(command, out)}
 
 
 def decode_rate(paths: list[str], cfg: object, workers: int, fast: bool, batch_size: int = 32) -> float:
