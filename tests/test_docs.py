@@ -12,6 +12,7 @@ import tomllib
 from click.testing import CliRunner
 
 from qualitynet.docs_cli import commands, reference
+from qualitynet.docs_examples import MARKER, regenerate
 
 REPO = Path(__file__).resolve().parents[1]
 CLI_MD = REPO / "docs" / "cli.md"
@@ -92,3 +93,16 @@ def test_every_relative_link_resolves(page: Path) -> None:
         elif anchor and resolved.suffix == ".md" and anchor not in _anchors(resolved):
             broken.append(target)
     assert not broken, f"{page.relative_to(REPO)}: broken links {broken}"
+
+
+def test_example_outputs_are_regenerated_from_the_commands_they_show() -> None:
+    page = ("intro\n<!-- example -->\n```console\n$ echo one; echo two >&2\nstale\n$ printf ''\nold\n```\n\n"
+            "```console\n$ echo untouched\nkept\n```\n")
+    assert regenerate(page) == ("intro\n<!-- example -->\n```console\n$ echo one; echo two >&2\none\ntwo\n"
+                                "$ printf ''\n```\n\n```console\n$ echo untouched\nkept\n```\n")
+
+
+def test_every_marked_example_shows_a_command() -> None:
+    for page in PAGES:
+        blocks = page.read_text(encoding="utf-8").split(MARKER + "\n")[1:]
+        assert all(block.startswith("```console\n$ ") for block in blocks), page
