@@ -8,7 +8,22 @@ EXTRAS=dev source scripts/setup-venv.sh
 # serves) and the lean runtime bindings (real, importable without a GPU).
 .venv/bin/pip install --quiet --disable-pip-version-check --no-deps tensorrt-stubs==10.13.0.35.1
 .venv/bin/pip install --quiet --disable-pip-version-check tensorrt-lean-cu13==11.4.0.106
-# The Triton serving tests need a venv of the system's Python (scripts/test-serve.sh); they run
-# first so that the whole suite's summary is the last line.
-[ "$#" -gt 0 ] || bash scripts/test-serve.sh
-.venv/bin/python -m pytest "$@"
+# With arguments, only pytest runs, with them. Without, the whole suite: lint and type checking
+# once each, as pyproject.toml configures them ([tool.ruff], [tool.mypy]: what to check, and the
+# cache in .mypy_cache), then the Triton serving tests, which need a venv of the system's Python
+# (scripts/test-serve.sh), then pytest, so that its summary is the last line. A failed step does
+# not hide the others; the exit status is 1 if any failed.
+if [ "$#" -gt 0 ]; then
+    exec .venv/bin/python -m pytest "$@"
+fi
+failed=()
+echo "== lint: ruff check" >&2
+.venv/bin/python -m ruff check . || failed+=(ruff)
+echo "== type check: mypy" >&2
+.venv/bin/python -m mypy || failed+=(mypy)
+bash scripts/test-serve.sh || failed+=(test-serve)
+.venv/bin/python -m pytest || failed+=(pytest)
+if [ "${#failed[@]}" -gt 0 ]; then
+    echo "scripts/test.sh: failed: ${failed[*]}" >&2
+    exit 1
+fi

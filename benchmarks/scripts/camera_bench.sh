@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # BENCHMARKS.md's camera-size end-to-end rows: iqa-bench on 4000x3000 JPEGs with camera-like grain
 # (quality 90, generated offline into $WORK) beside the 1024x768 ones, for the small, lite and
-# paper configs, into benchmarks/results/camera-<config>-cpu.{md,json}. The models are the ones
+# paper configs, into results/camera-<config>-cpu.{md,json}. The models are the ones
 # cpu_tables.sh and lite_bench.sh use (run those first). Only the end-to-end rows matter here, so
 # model-only points are kept short (--batch-sizes 1, few iterations).
 set -euo pipefail
@@ -9,7 +9,7 @@ cd "$(dirname "$0")/../.."
 WORK="${WORK:-runs/bench-cpu}"
 PHOTOS="$WORK/camera_4000x3000"
 COUNT="${COUNT:-24}"
-RESULTS=benchmarks/results
+RESULTS=results
 BIN=.venv/bin
 START=$SECONDS
 "$BIN/python" - "$PHOTOS" "$COUNT" <<'PY'

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check (issue 10): one command on a machine with an NVIDIA GPU, a few minutes, offline.
-#   bash benchmarks/scripts/gpu_check.sh            # -> benchmarks/results/gpu-<device>.{json,md}
+#   bash benchmarks/scripts/gpu_check.sh            # -> results/gpu-<device>.{json,md}
 #   bash benchmarks/scripts/gpu_check.sh --device cpu --quick --out /tmp/x   # CPU rehearsal
 # Needs only python3 with torch, onnx, onnxruntime, numpy, pillow, click, tqdm, psutil, scipy,
 # scikit-image (no network): the toolkit is installed from this checkout with --no-deps, or, if
@@ -39,7 +39,7 @@ if ! installed_here; then
         "$PYTHON" -c "import qualitynet.bench.run"
     fi
 fi
-"$PYTHON" benchmarks/scripts/gpu_check.py "$@"
-if [ -n "${OUT:-}" ] && compgen -G "benchmarks/results/gpu-*" > /dev/null; then
-    cp benchmarks/results/gpu-* "$OUT/"
+"$PYTHON" -m qualitynet.bench.cli gpu-check "$@"
+if [ -n "${OUT:-}" ] && compgen -G "results/gpu-*" > /dev/null; then
+    cp results/gpu-* "$OUT/"
 fi

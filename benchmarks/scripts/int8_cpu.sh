@@ -5,7 +5,7 @@
 # `bash scripts/demo.sh`), DATA_DIR to the dataset it was trained on (demo-output/data); the
 # gate's held-out photos are the run's TEST split (split.json next to the checkpoint), never
 # used for calibration (the default calibration: bundled photos plus crops). NAME (default:
-# the checkpoint's config) names the results. Writes into benchmarks/results/:
+# the checkpoint's config) names the results. Writes into results/:
 #   int8-NAME-gate.md      per calibration method: SROCC and max abs error vs FP32 on the
 #                          held-out photos, sensitive nodes kept, ORT CPU speed-up at batch 8
 #   int8-NAME-acttypes.md  ORT CPU img/s of the CPU graph's candidates: uint8 vs int8 activations
@@ -21,7 +21,7 @@ BIN=.venv/bin
 [ -f "$CHECKPOINT" ] || { echo "$CHECKPOINT not found; run 'bash scripts/demo.sh' first (it trains the small model)" >&2; exit 1; }
 NAME="${3:-$("$BIN/python" -c "import sys; from qualitynet.trainer.checkpoint import load_checkpoint; print(load_checkpoint(sys.argv[1]).model_config.name)" "$CHECKPOINT")}"
 WORK="${WORK:-runs/int8-$NAME}"
-RESULTS=benchmarks/results
+RESULTS=results
 mkdir -p "$WORK/heldout" "$RESULTS"
 "$BIN/python" - "$CHECKPOINT" "$DATA" "$WORK" <<'PY'
 import json

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The lite config's accuracy on the demo data (README, "The lite config"): backbone pairs
+# The lite config's accuracy on the demo data (docs/models.md, "The lite config"): backbone pairs
 # Lite0+Lite1 (`lite`) and Lite0+Lite2 (`lite02`) with frozen backbones, and `lite` fine-tuned
 # end to end. Each run's test split is 3 scenes never seen in training (the demo's held-out
 # photos); metrics.json holds the figures after and before the MOS mapping.
@@ -21,16 +21,4 @@ timed() {  # NAME ARGS...: train into $OUT/NAME, record the wall time
 timed lite-frozen --config lite --freeze-backbones --epochs 60 --lr 1e-3
 timed lite02-frozen --config lite02 --freeze-backbones --epochs 60 --lr 1e-3
 timed lite-finetuned --config lite --train-backbones --lr 1e-4 --epochs "$FINE_TUNE_EPOCHS"
-"$BIN/python" - "$OUT" <<'PY'
-import json, sys
-from pathlib import Path
-out = Path(sys.argv[1])
-print("| run | test SROCC | PLCC | RMSE | raw SROCC | raw RMSE | mapping | best epoch | train time |")
-print("|---|---|---|---|---|---|---|---|---|")
-for name in ("lite-frozen", "lite02-frozen", "lite-finetuned"):
-    m = json.loads((out / name / "metrics.json").read_text())
-    raw = m["before_mos_mapping"]
-    seconds = (out / name / "seconds").read_text().strip()
-    print(f"| {name} | {m['srocc']:.3f} | {m['plcc']:.3f} | {m['rmse']:.3f} | {raw['srocc']:.3f} | {raw['rmse']:.3f} "
-          f"| {m['mos_mapping']['kind']} | {m['best_epoch']} | {seconds} s |")
-PY
+"$BIN/iqa-bench" runs-table "$OUT/lite-frozen" "$OUT/lite02-frozen" "$OUT/lite-finetuned"

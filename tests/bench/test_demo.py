@@ -7,9 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from qualitynet.bench.demo import format_summary, main, run_demo
+from qualitynet.bench.demo import format_summary, run_demo
 from qualitynet.bench.naive import naive_loop
 from qualitynet.runtime.scorer import Scorer
 from qualitynet.trainer.checkpoint import load_checkpoint
@@ -52,8 +51,3 @@ def test_demo_chain_hand_offs(tmp_path: Path) -> None:
     # every held-out reference image is ranked within itself (its pristine and distorted versions)
     assert "within image   SROCC" in summary and -1 <= result.heldout_within_srocc <= 1
     assert result.heldout_references == len({path.name.rsplit("_", 2)[0] for path in (tmp_path / "heldout").iterdir()})
-
-
-def test_demo_help() -> None:
-    result = CliRunner().invoke(main, ["--help"])
-    assert result.exit_code == 0 and "Example:" in result.output and "iqa-demo --out demo-output" in result.output

@@ -23,17 +23,6 @@ def run(*args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
-def test_help_ends_with_an_example() -> None:
-    code, output = run("--help")
-    assert code == 0
-    assert "--fp16" in output and "--timing-cache" in output and "--opt-level" in output
-    description = output.split("Options:")[0].rstrip().splitlines()
-    assert [line.strip() for line in description[-3:]] == [
-        "Example:", "iqa-export runs/koniq/model.pt",
-        "iqa-export --fp16 --batch 1:32:128 --timing-cache trt.cache runs/koniq/model.pt",
-    ]
-
-
 def test_without_tensorrt_the_onnx_files_are_written_and_the_exit_says_what_to_install(
         varied_checkpoint: Path, photo_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # `import tensorrt` fails, as where it is not installed

@@ -287,5 +287,3 @@ def test_cli_refuses_calibration_photos_as_gate_photos(varied_checkpoint: Path, 
                                  str(photo_dir), "--calib-photos", str(photo_dir)])
     assert clash.exit_code == 1 and "both calibration and gate photos" in clash.output
     assert "Traceback" not in clash.output
-    help_text = runner.invoke(main, ["--help"]).output
-    assert "--calib-method" in help_text and "--calib-photos train/" in help_text

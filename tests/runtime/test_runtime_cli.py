@@ -26,18 +26,6 @@ def _csv_paths(path: Path) -> list[str]:
         return [row["path"] for row in csv.DictReader(handle)]
 
 
-def test_help_ends_with_an_example_block() -> None:
-    result = _run("--help")
-    assert result.exit_code == 0
-    description = result.output.split("Options:")[0]
-    assert description.rstrip().splitlines()[-4].strip() == "Example:"
-    assert "iqa-run model.plan photos/ -o scores.csv" in description
-    for option in ("--output", "--format", "--batch-size", "--workers", "--no-recursive", "--resume",
-                   "--fast-decode", "--exact-decode", "--files-from", "--provider", "--quiet",
-                   "--allow-plan-host-code"):
-        assert option in result.output
-
-
 @pytest.mark.parametrize(("args", "message"), [
     ([], "at least one folder"),
     (["photos", "--resume"], "--resume needs --output"),

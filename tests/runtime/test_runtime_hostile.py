@@ -326,10 +326,3 @@ def test_large_images_are_reported_once_in_the_tools_words(onnx_models: tuple[Pa
         assert result.returncode == 0, result.stderr
         assert "DecompressionBombWarning" not in result.stderr and "warnings.warn" not in result.stderr
         assert result.stderr.count("decompression-bomb warning limit") == 1, result.stderr
-
-
-def test_readme_says_how_to_open_scores_safely_in_a_spreadsheet() -> None:
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    section = " ".join(readme.split("## Score: `iqa-run`", 1)[1].split("\n## ", 1)[0].split())
-    assert "formula" in section and "column type *Text*" in section
-

@@ -9,9 +9,9 @@ Set-up, once (PyPI's ``perf-analyzer`` wheels need glibc 2.38; the binary inside
     cd /tmp/pa && unzip -o 'tritonclient-2.40.0-*.whl' 'tritonclient-2.40.0.data/data/bin/perf_analyzer' \
         && unzip -o 'nvidia_cuda_runtime_cu12-*.whl' 'nvidia/cuda_runtime/lib/*'
 
-Then, from the repository root in the serve venv (``scripts/test-serve.sh`` makes ``.venv-serve``)::
+Then, in the serve venv (``scripts/test-serve.sh`` makes ``.venv-serve``)::
 
-    .venv-serve/bin/python benchmarks/scripts/perf_analyzer_load.py \\
+    .venv-serve/bin/iqa-bench perf-analyzer \\
         --perf-analyzer /tmp/pa/tritonclient-2.40.0.data/data/bin/perf_analyzer \\
         --cuda-runtime /tmp/pa/nvidia/cuda_runtime/lib --out-dir runs/bench-perf-analyzer
 
@@ -34,7 +34,6 @@ load average and versions, and prints it.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import csv
 import json
@@ -43,17 +42,32 @@ import platform
 import secrets
 import struct
 import subprocess
-import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from qualitynet.bench.fixtures import free_port
+from qualitynet.bench.record import load_average, measurement
+from qualitynet.bench.serve_load import prepare
 
-from script_fixtures import REPO, free_port  # noqa: E402
-from serve_load import prepare  # noqa: E402
+__all__ = ["PerfAnalyzerSettings", "input_data", "measure_perf_analyzer"]
 
-from qualitynet.bench.machine import machine_info  # noqa: E402
-from qualitynet.runtime.serve import ScoreServer, ServeSettings  # noqa: E402
+
+@dataclass(frozen=True)
+class PerfAnalyzerSettings:
+    """Where ``perf_analyzer`` is and how hard and how long it drives the server (``iqa-bench perf-analyzer``)."""
+
+    perf_analyzer: Path
+    cuda_runtime: Path
+    out_dir: Path
+    concurrency: tuple[int, ...] = (1, 2, 4, 8, 16)
+    protocols: tuple[str, ...] = ("http", "grpc")
+    requests: int = 50
+    max_trials: int = 6
+    stability: float = 50
+    timeout: float = 240
+    images: int = 16
+    max_batch_size: int = 32
 
 
 def input_data(images: list[bytes], path: Path) -> Path:
@@ -63,7 +77,7 @@ def input_data(images: list[bytes], path: Path) -> Path:
     return path
 
 
-def _run_level(args: argparse.Namespace, protocol: str, url: str, token: str | None, concurrency: int,
+def _run_level(args: PerfAnalyzerSettings, protocol: str, url: str, token: str | None, concurrency: int,
                data: Path, out: Path) -> dict[str, object]:
     report = out / f"{protocol}-c{concurrency}.csv"
     command = [str(args.perf_analyzer), "-m", "qualitynet", "-u", url, "-i", protocol, "-b", "1",
@@ -73,12 +87,12 @@ def _run_level(args: argparse.Namespace, protocol: str, url: str, token: str | N
     if token is not None:
         command += ["-H", f"triton-access-token:{token}"]
     env = {**os.environ, "LD_LIBRARY_PATH": f"{args.cuda_runtime}:{os.environ.get('LD_LIBRARY_PATH', '')}"}
-    load = os.getloadavg()
+    load = load_average()
     started = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=args.timeout, check=False)
     row: dict[str, object] = {"protocol": protocol, "concurrency": concurrency,
                               "seconds": round(time.perf_counter() - started, 1),
-                              "load_average": [round(x, 2) for x in load]}
+                              "load_average": load}
     if result.returncode != 0 or not report.exists():
         row["error"] = (result.stdout + result.stderr).strip()[-1500:]
         return row
@@ -93,45 +107,27 @@ def _run_level(args: argparse.Namespace, protocol: str, url: str, token: str | N
     return row
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--perf-analyzer", type=Path, required=True, help="the perf_analyzer binary")
-    parser.add_argument("--cuda-runtime", type=Path, required=True, help="folder holding libcudart.so.12")
-    parser.add_argument("--out-dir", type=Path, default=REPO / "runs" / "bench-perf-analyzer")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16])
-    parser.add_argument("--protocols", nargs="+", default=["http", "grpc"], choices=["http", "grpc"])
-    parser.add_argument("--requests", type=int, default=50, help="requests per measurement window")
-    parser.add_argument("--max-trials", type=int, default=6, help="measurement windows per level at most")
-    parser.add_argument("--stability", type=float, default=50,
-                        help="%% within which 3 windows' throughput and mean latency must agree (10 is perf_analyzer's "
-                             "default; a loaded shared machine never gets there)")
-    parser.add_argument("--timeout", type=float, default=240, help="seconds per perf_analyzer run at most")
-    parser.add_argument("--images", type=int, default=16, help="distinct JPEGs cycled through")
-    parser.add_argument("--max-batch-size", type=int, default=32)
-    args = parser.parse_args()
+def measure_perf_analyzer(args: PerfAnalyzerSettings) -> None:
+    """Every protocol at every concurrency; the report is ``<out_dir>/perf_analyzer.json``."""
+    from qualitynet.runtime.serve import ScoreServer, ServeSettings
+
     out = args.out_dir
     model, images = prepare(out)
     data = input_data(images[: args.images], out / "input-data.json")
     version = subprocess.run([str(args.perf_analyzer), "--version"], capture_output=True, text=True, check=False,
                              env={**os.environ, "LD_LIBRARY_PATH": str(args.cuda_runtime)}).stdout.strip()
-    report: dict[str, object] = {"machine": machine_info(threads=0), "python": platform.python_version(),
-                                 "perf_analyzer": version, "images": f"{len(images[: args.images])} JPEGs 1024x768",
-                                 "max_batch_size": args.max_batch_size, "rows": []}
-    for protocol in args.protocols:
-        token = secrets.token_urlsafe(32) if protocol == "http" else None  # 2.40 sends no gRPC headers
-        settings = ServeSettings(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
-                                 max_batch_size=args.max_batch_size, access_token=token,
-                                 open_admin_endpoints=token is None)
-        with ScoreServer(model, settings) as server:
-            url = server.url if protocol == "http" else f"127.0.0.1:{settings.grpc_port}"
-            for concurrency in args.concurrency:
-                row = _run_level(args, protocol, url, server.access_token, concurrency, data, out)
-                print(json.dumps(row), flush=True)
-                report["rows"].append(row)  # type: ignore[attr-defined]
-    text = json.dumps(report, indent=2)
-    (out / "perf_analyzer.json").write_text(text + "\n")
-    print(text)
-
-
-if __name__ == "__main__":
-    main()
+    with measurement(out / "perf_analyzer.json") as report:
+        report.update({"python": platform.python_version(), "perf_analyzer": version,
+                       "images": f"{len(images[: args.images])} JPEGs 1024x768",
+                       "max_batch_size": args.max_batch_size, "rows": []})
+        for protocol in args.protocols:
+            token = secrets.token_urlsafe(32) if protocol == "http" else None  # 2.40 sends no gRPC headers
+            settings = ServeSettings(http_port=free_port(), grpc_port=free_port(), metrics_port=free_port(),
+                                     max_batch_size=args.max_batch_size, access_token=token,
+                                     open_admin_endpoints=token is None)
+            with ScoreServer(model, settings) as server:
+                url = server.url if protocol == "http" else f"127.0.0.1:{settings.grpc_port}"
+                for concurrency in args.concurrency:
+                    row = _run_level(args, protocol, url, server.access_token, concurrency, data, out)
+                    print(json.dumps(row), flush=True)
+                    report["rows"].append(row)

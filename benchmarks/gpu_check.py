@@ -1,7 +1,7 @@
 """The GPU check: every GPU figure this project needs, in one run of a few minutes.
 
-Run it through ``benchmarks/scripts/gpu_check.sh`` (which installs the toolkit from the
-checkout first). With a CUDA device it measures, with ``iqa-bench``'s own harness
+Run it as ``iqa-bench gpu-check``, or through ``benchmarks/scripts/gpu_check.sh`` (which
+installs the toolkit from the checkout first). With a CUDA device it measures, with ``iqa-bench``'s own harness
 (:func:`qualitynet.bench.run.run_bench`), the ``small`` and ``qualitynet`` configs (and
 ``lite`` where that config exists) with untrained weights: PyTorch eager FP32, FP16 autocast
 + channels_last, CUDA graphs and ``torch.compile`` (where they work), ONNX Runtime on every
@@ -20,11 +20,9 @@ rehearsal (``--quick``: the ``tiny`` config, tiny iteration counts; the same cod
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -34,6 +32,7 @@ import numpy as np
 import torch
 
 from qualitynet.artifact import ArtifactMeta
+from qualitynet.bench.fixtures import untrained_checkpoint
 from qualitynet.bench.machine import machine_info
 from qualitynet.bench.report import format_table
 from qualitynet.bench.run import BenchReport, BenchSettings, run_bench
@@ -42,10 +41,11 @@ from qualitynet.errors import QualityNetError
 from qualitynet.export import export_all, load_photos
 from qualitynet.export.types import VerificationError
 from qualitynet.runtime.ort_runner import OrtRunner
-from qualitynet.trainer.checkpoint import load_checkpoint, save_untrained_checkpoint
+from qualitynet.trainer.checkpoint import load_checkpoint
 from qualitynet.trainer.model import MODEL_CONFIGS
 
-REPO = Path(__file__).resolve().parents[2]
+__all__ = ["run_gpu_check"]
+
 GPU_CONFIGS = ("small", "qualitynet", "lite")
 # torch.compile of the paper model takes minutes per batch shape: beyond this check's budget.
 COMPILE_CONFIGS = ("small", "tiny")
@@ -85,14 +85,6 @@ def _slug(text: str) -> str:
 
 def _error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {' '.join(str(exc).split())[:400]}"
-
-
-def _checkpoint(work: Path, config: str) -> Path:
-    path = work / config / "model.pt"
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_untrained_checkpoint(path, config)
-    return path
 
 
 def _tensorrt_checks(checkpoint: Path, work: Path) -> list[Check]:
@@ -248,24 +240,31 @@ def _markdown(check: GpuCheck) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run(args: argparse.Namespace) -> int:
-    """The whole check; returns the exit status."""
+def run_gpu_check(device: str, quick: bool, out: Path, work: Path, budget: float) -> None:
+    """The whole check.
+
+    Args:
+        device: ``auto`` (the GPU, or a "no CUDA device" report) or ``cpu`` (the rehearsal).
+        quick: the ``tiny`` config and tiny iteration counts.
+        out: where ``gpu-<device>.json`` and ``.md`` go.
+        work: where checkpoints and exports are made.
+        budget: seconds after which no further config is started.
+    """
     started = time.perf_counter()
-    device = args.device
     if device == "auto":
         if not torch.cuda.is_available():
             print("GPU check: no CUDA device (torch.cuda.is_available() is False; torch "
                   f"{torch.__version__}, CUDA build {torch.version.cuda or 'none'}); nothing measured. "
                   "Run it on a machine with an NVIDIA GPU, or --device cpu --quick for the CPU rehearsal.")
-            return 0
+            return
         device = "cuda"
-    configs = ("tiny",) if args.quick else tuple(c for c in GPU_CONFIGS if c in MODEL_CONFIGS)
+    configs = ("tiny",) if quick else tuple(c for c in GPU_CONFIGS if c in MODEL_CONFIGS)
     name = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
     check = GpuCheck(device=name, machine=machine_info(torch.get_num_threads()),
-                     settings={"quick": args.quick, "device": device, "configs": list(configs)})
+                     settings={"quick": quick, "device": device, "configs": list(configs)})
     check.skipped += [f"config {c!r}: not defined in this checkout" for c in GPU_CONFIGS
-                      if not args.quick and c not in MODEL_CONFIGS]
-    stem = args.out / f"gpu-{_slug(name)}{'-quick' if args.quick else ''}"
+                      if not quick and c not in MODEL_CONFIGS]
+    stem = out / f"gpu-{_slug(name)}{'-quick' if quick else ''}"
     if device == "cuda":
         check.notes.append("peak device MiB: device-wide memory in use (every allocator and the CUDA context), "
                            "sampled after each timed batch; points run one after another in one process.")
@@ -277,25 +276,25 @@ def run(args: argparse.Namespace) -> int:
                            f"{', '.join(providers)}): its rows run on the CPU, not the GPU; the paper config's "
                            f"are limited to batch <= {PAPER_CPU_MAX_BATCH}.")
     for config in configs:
-        if time.perf_counter() - started > args.budget:
-            check.skipped.append(f"config {config!r}: the {args.budget:.0f} s budget was spent before it")
+        if time.perf_counter() - started > budget:
+            check.skipped.append(f"config {config!r}: the {budget:.0f} s budget was spent before it")
             continue
         print(f"[gpu_check] {config}: checkpoint, export, benchmark ({time.perf_counter() - started:.0f} s so far)",
               flush=True)
         try:
-            checkpoint = _checkpoint(args.work, config)
+            checkpoint = untrained_checkpoint(work / config / "model.pt", config)
         except Exception as exc:  # noqa: BLE001 - e.g. a config whose weights do not import
             check.skipped.append(f"config {config!r}: its checkpoint could not be made ({_error(exc)})")
             continue
         if config == configs[0]:
-            check.tensorrt = _tensorrt_checks(checkpoint, args.work)
-            check.decode = _decode_checks(checkpoint, args.work, device, args.quick)
+            check.tensorrt = _tensorrt_checks(checkpoint, work)
+            check.decode = _decode_checks(checkpoint, work, device, quick)
         try:  # export here so that a failed FP16 check is a finding, not the end of the config's figures
             export_all(checkpoint, checkpoint.parent, fp16=True, require_tensorrt=False)
         except VerificationError as exc:  # the files are kept and fresh: run_bench reuses them
             check.notes.append(f"config {config!r}: {_error(exc)}")
         try:
-            report: BenchReport = run_bench(checkpoint, _settings(config, args.quick, device))
+            report: BenchReport = run_bench(checkpoint, _settings(config, quick, device))
         except Exception as exc:  # noqa: BLE001 - one config failing must not lose the others' figures
             check.skipped.append(f"config {config!r}: the benchmark failed ({_error(exc)})")
         else:
@@ -303,7 +302,6 @@ def run(args: argparse.Namespace) -> int:
         _write(check, stem, started)  # after every config, so a run cut short keeps what it measured
     print(_markdown(check))
     print(f"[gpu_check] wrote {stem}.json and {stem}.md in {check.seconds:.0f} s")
-    return 0
 
 
 def _write(check: GpuCheck, stem: Path, started: float) -> None:
@@ -316,18 +314,3 @@ def _write(check: GpuCheck, stem: Path, started: float) -> None:
     stem.with_suffix(".json").write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     stem.with_suffix(".md").write_text(_markdown(check), encoding="utf-8")
 
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", choices=("auto", "cpu"), default="auto",
-                        help="auto: the GPU, or a 'no CUDA device' report; cpu: rehearse on the CPU")
-    parser.add_argument("--quick", action="store_true", help="tiny config, tiny iteration counts")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
-    parser.add_argument("--work", type=Path, default=REPO / "runs" / "gpu-check")
-    parser.add_argument("--budget", type=float, default=360.0,
-                        help="seconds after which no further config is started")
-    sys.exit(run(parser.parse_args()))
-
-
-if __name__ == "__main__":
-    main()

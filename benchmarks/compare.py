@@ -1,6 +1,5 @@
-"""Old and new figures of two ``iqa-bench --json`` reports, side by side, as a Markdown table.
-
-    python benchmarks/scripts/compare_results.py OLD.json NEW.json
+"""Old and new figures of two ``iqa-bench --json`` reports, side by side, as a Markdown table
+(``iqa-bench compare OLD.json NEW.json``).
 
 Rows are matched on mode, backend, precision, device and batch size; a row present in only
 one report shows ``-`` on the other side. Reports written before the per-image column existed
@@ -9,10 +8,11 @@ get it computed from img/s.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any
+
+__all__ = ["compare"]
 
 Key = tuple[str, str, str, str, int]
 
@@ -49,14 +49,3 @@ def compare(old: Path, new: Path) -> str:
                      f"{pair('speedup', 2, 'x')} |")
     return "\n".join(lines)
 
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("old", type=Path)
-    parser.add_argument("new", type=Path)
-    args = parser.parse_args()
-    print(compare(args.old, args.new))
-
-
-if __name__ == "__main__":
-    main()
