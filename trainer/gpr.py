@@ -31,7 +31,7 @@ from torch import nn
 
 from qualitynet.errors import QualityNetError
 from qualitynet.trainer.checkpoint import Checkpoint, save_checkpoint, software_versions
-from qualitynet.trainer.data import IqaDataset, ScoredDataset, default_workers
+from qualitynet.trainer.data import IqaDataset, ScoredDataset, default_workers, predict
 from qualitynet.trainer.datasets import DatasetIndex, check_images, make_split
 from qualitynet.trainer.deepfeat import (
     DeepFeatConfig,
@@ -48,10 +48,12 @@ from qualitynet.trainer.metrics import compute_metrics, format_value, json_metri
 from qualitynet.trainer.registry import ModelSpec, factory_reference
 from qualitynet.trainer.train import TrainResult, TrainSettings, resolve_device, score_run
 
-__all__ = ["GprFit", "ViewFeatures", "candidate_features", "fit_gpr", "train_gpr"]
+__all__ = ["TUNE_POINTS", "GprFit", "ViewFeatures", "candidate_features", "fit_gpr", "gpr_kernel", "train_gpr"]
 
 log = logging.getLogger(__name__)
 
+# The hyper-parameters are tuned on at most this many training images (see fit_gpr).
+TUNE_POINTS = 400
 # (backbone, its extractor over every candidate layer, each split's features (N, views, [crops,] C))
 BackboneFeatures = dict[str, tuple[PooledLayers, dict[str, torch.Tensor]]]
 
@@ -87,27 +89,45 @@ class GprFit:
         return module
 
 
-def fit_gpr(features: np.ndarray, targets: np.ndarray, seed: int = 0, restarts: int = 1) -> GprFit:
-    """Fit ``C * Matern(nu=2.5) + White`` to ``(features, targets)`` by maximising the marginal likelihood.
+def gpr_kernel(features: int) -> Any:
+    """The covariance before fitting: ``ConstantKernel(1) * Matern(sqrt(C), nu=2.5) + WhiteKernel(0.1)``.
+
+    For ``C`` features scaled to unit root-mean-square deviation, ``sqrt(C)`` is the order of
+    the distance between two points. Bounds: constant 1e-3-1e3, length 0.01-100 x ``sqrt(C)``,
+    noise 1e-6-10 (on standardised targets).
+    """
+    from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
+
+    root = math.sqrt(features)
+    return (ConstantKernel(1.0, (1e-3, 1e3)) * Matern(root, (1e-2 * root, 1e2 * root), nu=2.5)
+            + WhiteKernel(0.1, (1e-6, 1e1)))
+
+
+def fit_gpr(features: np.ndarray, targets: np.ndarray, seed: int = 0, restarts: int = 1,
+            tune_points: int = TUNE_POINTS) -> GprFit:
+    """Fit ``C * Matern(nu=2.5) + White`` (:func:`gpr_kernel`) to ``(features, targets)``, its
+    hyper-parameters by maximising the log marginal likelihood.
 
     Features are centred and divided by one number, their root-mean-square deviation (not per
     dimension: that would give nearly constant channels, and their rounding in FP16 or INT8
     exports, the weight of informative ones), and targets standardised, before fitting. One
-    isotropic length scale (starting at ``sqrt(C)``, the typical distance of the scaled
-    points), the constant and the noise level are the hyper-parameters.
+    isotropic length scale, the constant and the noise level are the hyper-parameters; they
+    maximise the marginal likelihood of at most ``tune_points`` training images (a seeded
+    random subset: each optimiser step costs O(N^3), minutes at N = 1,000 on two CPU cores),
+    and the process is then conditioned on every training image.
 
     Args:
         features: ``(N, C)``, one row per training image.
         targets: ``(N,)``.
-        seed: the optimiser restarts' random starting points.
+        seed: the subset and the optimiser restarts' random starting points.
         restarts: extra optimiser runs from random hyper-parameters.
+        tune_points: the subset's size.
 
     Raises:
         QualityNetError: fewer than 3 points, or features or targets that are not finite.
     """
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.gaussian_process import GaussianProcessRegressor
-    from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
 
     x = np.asarray(features, np.float64)
     y = np.asarray(targets, np.float64).ravel()
@@ -118,15 +138,16 @@ def fit_gpr(features: np.ndarray, targets: np.ndarray, seed: int = 0, restarts: 
     spread = np.full(x.shape[1], float(np.sqrt(np.mean((x - center) ** 2))) or 1.0)
     z = (x - center) / spread
     y_mean, y_std = float(y.mean()), float(y.std()) or 1.0
-    root = math.sqrt(x.shape[1])
-    kernel = (ConstantKernel(1.0, (1e-3, 1e3)) * Matern(root, (1e-2 * root, 1e2 * root), nu=2.5)
-              + WhiteKernel(0.1, (1e-6, 1e1)))
-    process = GaussianProcessRegressor(kernel, n_restarts_optimizer=restarts, random_state=seed)
+    standard = (y - y_mean) / y_std
+    rng = np.random.default_rng(seed)
+    subset = np.sort(rng.choice(len(z), tune_points, replace=False)) if len(z) > tune_points else np.arange(len(z))
+    tuned = GaussianProcessRegressor(gpr_kernel(x.shape[1]), n_restarts_optimizer=restarts, random_state=seed)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
-        process.fit(z, (y - y_mean) / y_std)
+        tuned.fit(z[subset], standard[subset])
     for warning in caught:
         log.info("Gaussian process fit: %s", str(warning.message).splitlines()[0])
+    process = GaussianProcessRegressor(tuned.kernel_, optimizer=None).fit(z, standard)
     fitted = process.kernel_
     constant, length = float(fitted.k1.k1.constant_value), float(fitted.k1.k2.length_scale)
     return GprFit(center, 1.0 / (spread * length), z / length, process.alpha_ * constant * y_std, y_mean, str(fitted),
@@ -182,14 +203,6 @@ def candidate_features(config: DeepFeatConfig, parts: dict[str, IqaDataset], pre
     return found
 
 
-def _validation_metrics(fit: GprFit, views: torch.Tensor, dataset: IqaDataset) -> dict[str, float]:
-    with torch.no_grad():
-        unit = fit.regressor()(views).mean(dim=-1)  # over the flips
-    pred = unit.reshape(len(dataset), -1).mean(dim=1).double().numpy()  # over the crops, if any
-    return compute_metrics(dataset.scale.to_mos(pred), dataset.scale.to_mos(_targets(dataset).double().numpy()),
-                           logistic_fit=False)
-
-
 def _refuse(settings: TrainSettings, resume: str | Path | None, world: World | None) -> None:
     name = settings.config
     if resume:
@@ -238,10 +251,10 @@ def train_gpr(index: DatasetIndex, out_dir: str | Path, settings: TrainSettings,
     for backbone, (extractor, split_features) in features.items():
         for layer, span in extractor.offsets().items():
             fit_started = time.perf_counter()
-            fit = fit_gpr(_image_rows(split_features["train"][..., span].cpu()), targets, settings.seed)
-            val_views = split_features["val"][..., span]
-            val = _validation_metrics(fit, val_views.transpose(1, 2) if parts["val"].crops else val_views,
-                                      parts["val"])
+            fit = fit_gpr(_image_rows(split_features["train"][..., span]), targets, settings.seed)
+            model = DeepFeatGpr(extractor.keep(layer), fit.regressor(), config.flips).eval()
+            val_set = ViewFeatures(split_features["val"][..., span], parts["val"])
+            val = compute_metrics(*predict(_CachedScorer(model), val_set, settings.batch_size), logistic_fit=False)
             row = {"backbone": backbone, "layer": layer, "features": span.stop - span.start,
                    "kernel": fit.kernel, "log_marginal_likelihood": fit.log_marginal_likelihood,
                    "fit_seconds": round(time.perf_counter() - fit_started, 2),
@@ -251,22 +264,21 @@ def train_gpr(index: DatasetIndex, out_dir: str | Path, settings: TrainSettings,
                      format_value(val["plcc"], 3), fit.kernel)
             rank = (_finite(val["srocc"]), _finite(val["plcc"]))
             if best is None or rank > best[0]:
-                best = (rank, extractor.keep(layer), fit, row, val)
+                best = (rank, model, span, row, val)
     (out / "candidates.json").write_text(json.dumps(candidates, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     assert best is not None  # every config has a candidate
-    _, layers, fit, chosen, val = best
-    model = DeepFeatGpr(layers.cpu(), fit.regressor(), config.flips).eval()
+    _, model, span, chosen, val = best
+    model.cpu()
     spec = ModelSpec(config.name, factory_reference(deepfeat_gpr),
-                     {"backbone": chosen["backbone"], "layer": chosen["layer"], "train_points": len(fit.points),
+                     {"backbone": chosen["backbone"], "layer": chosen["layer"], "train_points": len(targets),
                       "features": chosen["features"], "flips": config.flips})
     kept = Checkpoint(spec, {k: v.detach().cpu() for k, v in model.state_dict().items()}, preprocess,
                       index.score_scale, index.name, {f"val_{k}": v for k, v in val.items()},
                       software_versions())
     save_checkpoint(out / "model.pt", kept)
     log.info("kept %s %s (validation SROCC %s)", chosen["backbone"], chosen["layer"], chosen["val_srocc"])
-    backbone_features = features[chosen["backbone"]][1]
-    span = features[chosen["backbone"]][0].offsets()[chosen["layer"]]
-    cached = {name: ViewFeatures(backbone_features[name][..., span], parts[name]) for name in ("val", "test")}
+    chosen_features = features[chosen["backbone"]][1]
+    cached = {name: ViewFeatures(chosen_features[name][..., span], parts[name]) for name in ("val", "test")}
     test_metrics, raw_metrics = score_run(out, kept, _CachedScorer(model), dict(cached), settings.batch_size, "cpu",
                                           0, {"best_epoch": 1, "chosen": {k: chosen[k] for k in ("backbone", "layer")}})
     return TrainResult(out, 1, 1, False, test_metrics, time.perf_counter() - started, raw_metrics)

@@ -3,12 +3,14 @@
 Run it through ``benchmarks/scripts/gpu_check.sh`` (which installs the toolkit from the
 checkout first). With a CUDA device it measures, with ``iqa-bench``'s own harness
 (:func:`qualitynet.bench.run.run_bench`), the ``small`` and ``qualitynet`` configs (and
-``lite`` where that config exists) with untrained weights: PyTorch eager FP32, FP16 autocast
-+ channels_last, CUDA graphs and ``torch.compile`` (where they work), ONNX Runtime on every
-provider the installed build has (the CPU build's rows are bounded in batch size and time),
-and TensorRT where it is importable: the ``iqa-export --fp16`` build with a timing cache
-(written, reused, then a junk file), ``TrtRunner`` against ONNX Runtime at batch 1/8/11, the
-refusal of a plan whose sidecar names another GPU. What cannot run is listed with the reason.
+``lite`` and ``deepfeat-lite`` where those configs exist) with untrained weights (a Gaussian
+process has no untrained state: ``deepfeat-lite`` is fitted on a small generated demo set):
+PyTorch eager FP32, FP16 autocast + channels_last, CUDA graphs and ``torch.compile`` (where
+they work), ONNX Runtime on every provider the installed build has (the CPU build's rows are
+bounded in batch size and time), and TensorRT where it is importable: the ``iqa-export
+--fp16`` build with a timing cache (written, reused, then a junk file), ``TrtRunner`` against
+ONNX Runtime at batch 1/8/11, the refusal of a plan whose sidecar names another GPU. What
+cannot run is listed with the reason.
 
 Results: ``<out>/gpu-<device>.json`` and ``<out>/gpu-<device>.md``. Without a CUDA device it
 prints a "no CUDA device" report and exits 0, unless ``--device cpu`` asks for the CPU
@@ -40,10 +42,14 @@ from qualitynet.export import export_all, load_photos
 from qualitynet.export.types import VerificationError
 from qualitynet.runtime.ort_runner import OrtRunner
 from qualitynet.trainer.checkpoint import load_checkpoint, save_untrained_checkpoint
+from qualitynet.trainer.datasets import load_dataset
+from qualitynet.trainer.deepfeat import DEEPFEAT_CONFIGS
+from qualitynet.trainer.demo_data import DEMO_SOURCES, make_demo_dataset
 from qualitynet.trainer.model import MODEL_CONFIGS
+from qualitynet.trainer.train import TrainSettings, train
 
 REPO = Path(__file__).resolve().parents[2]
-GPU_CONFIGS = ("small", "qualitynet", "lite")
+GPU_CONFIGS = ("small", "qualitynet", "lite", "deepfeat-lite")
 # torch.compile of the paper model takes minutes per batch shape: beyond this check's budget.
 COMPILE_CONFIGS = ("small", "tiny")
 # The paper model on ONNX Runtime's CPU provider: ~1 s per batch of 8 on 16 cores.
@@ -87,7 +93,12 @@ def _checkpoint(work: Path, config: str) -> Path:
     path = work / config / "model.pt"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_untrained_checkpoint(path, config)
+        if config in DEEPFEAT_CONFIGS:  # fitted in seconds on 102 generated images (6 photos x 17 versions)
+            data = make_demo_dataset(work / "demo-data", sources=DEMO_SOURCES[:6], crops=1, scales=(1.0,))
+            settings = TrainSettings(config=config, pretrained=True, freeze_backbones=True, quiet=True, workers=0)
+            train(load_dataset("csv", csv_path=data), path.parent, settings)
+        else:
+            save_untrained_checkpoint(path, config)
     return path
 
 
@@ -193,12 +204,13 @@ def run(args: argparse.Namespace) -> int:
                   "Run it on a machine with an NVIDIA GPU, or --device cpu --quick for the CPU rehearsal.")
             return 0
         device = "cuda"
-    configs = ("tiny",) if args.quick else tuple(c for c in GPU_CONFIGS if c in MODEL_CONFIGS)
+    known = {*MODEL_CONFIGS, *DEEPFEAT_CONFIGS}
+    configs = ("tiny",) if args.quick else tuple(c for c in GPU_CONFIGS if c in known)
     name = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
     check = GpuCheck(device=name, machine=machine_info(torch.get_num_threads()),
                      settings={"quick": args.quick, "device": device, "configs": list(configs)})
     check.skipped += [f"config {c!r}: not defined in this checkout" for c in GPU_CONFIGS
-                      if not args.quick and c not in MODEL_CONFIGS]
+                      if not args.quick and c not in known]
     stem = args.out / f"gpu-{_slug(name)}{'-quick' if args.quick else ''}"
     if device == "cuda":
         check.notes.append("peak device MiB: device-wide memory in use (every allocator and the CUDA context), "

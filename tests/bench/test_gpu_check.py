@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -11,6 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from qualitynet.trainer.checkpoint import load_checkpoint
+
+from conftest import DEEPFEAT_TEST
 from trt_stubs import REPO
 
 SCRIPT = REPO / "benchmarks" / "scripts" / "gpu_check.sh"
@@ -58,3 +62,15 @@ def test_quick_gpu_run_measures_the_torch_variants(tmp_path: Path) -> None:
     torch_points = [p for p in report["points"] if p["backend"].startswith("torch")]
     assert {p["backend"] for p in torch_points} >= {"torch-eager", "torch-cudagraph"}
     assert all(p["device_p50_ms"] and p["device_p50_ms"] <= p["latency_p50_ms"] for p in torch_points)
+
+
+def test_deep_features_config_is_fitted_for_the_check(tmp_path: Path) -> None:
+    """A Gaussian process has no untrained state: the check fits one on generated demo images."""
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks" / "scripts" / "gpu_check.py")
+    assert spec is not None and spec.loader is not None
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    assert "deepfeat-lite" in gpu_check.GPU_CONFIGS
+    checkpoint = load_checkpoint(gpu_check._checkpoint(tmp_path, DEEPFEAT_TEST.name))
+    assert checkpoint.spec.factory == "qualitynet.trainer.deepfeat:deepfeat_gpr"
+    assert checkpoint.spec.kwargs["train_points"] >= 50 and checkpoint.mos_mapping.fitted_on == "val"
