@@ -189,8 +189,9 @@ def train_command(dataset: str, data_root: Path | None, csv_path: Path | None, p
     result = run_training(nproc, index, out_dir, settings, resume)
     if result is None:  # another rank of a torchrun job: rank 0 reports
         return
-    click.echo(f"{'interrupted; ' if result.interrupted else ''}best epoch {result.best_epoch} of "
-               f"{result.epochs_run}, {result.seconds:.0f} s. Test split:", err=True)
+    run = "Gaussian process fitted" if settings.config in DEEPFEAT_CONFIGS else \
+        f"{'interrupted; ' if result.interrupted else ''}best epoch {result.best_epoch} of {result.epochs_run}"
+    click.echo(f"{run}, {result.seconds:.0f} s. Test split:", err=True)
     click.echo(format_mapped_metrics(result.test_metrics, result.raw_test_metrics))
     click.echo(f"model: {result.out_dir / 'model.pt'}", err=True)
     if result.collapsed:

@@ -171,6 +171,13 @@ class Matern52Mean(nn.Module):
     is the process's ``alpha`` times the constant kernel and the target's scale.
     """
 
+    center: torch.Tensor
+    inv_scale: torch.Tensor
+    points_t: torch.Tensor
+    points_sq: torch.Tensor
+    weights: torch.Tensor
+    offset: torch.Tensor
+
     def __init__(self, train_points: int, features: int) -> None:
         super().__init__()
         self.register_buffer("center", torch.zeros(features))

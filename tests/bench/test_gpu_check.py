@@ -64,11 +64,13 @@ def test_quick_gpu_run_measures_the_torch_variants(tmp_path: Path) -> None:
     assert all(p["device_p50_ms"] and p["device_p50_ms"] <= p["latency_p50_ms"] for p in torch_points)
 
 
-def test_deep_features_config_is_fitted_for_the_check(tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_deep_features_config_is_fitted_for_the_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A Gaussian process has no untrained state: the check fits one on generated demo images."""
     spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks" / "scripts" / "gpu_check.py")
     assert spec is not None and spec.loader is not None
     gpu_check = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "gpu_check", gpu_check)  # its dataclasses look their module up
     spec.loader.exec_module(gpu_check)
     assert "deepfeat-lite" in gpu_check.GPU_CONFIGS
     checkpoint = load_checkpoint(gpu_check._checkpoint(tmp_path, DEEPFEAT_TEST.name))

@@ -128,7 +128,7 @@ def _subset(demo_dataset: Path, folder: Path, per_group: int = 3) -> Path:
 
 
 def test_crops_view_is_fitted_and_scored_per_crop(demo_dataset: Path, tmp_path: Path) -> None:
-    index = load_dataset("csv", csv_path=_subset(demo_dataset, tmp_path / "data"))
+    index = load_dataset("csv", csv_path=_subset(demo_dataset, tmp_path / "data", per_group=2))
     settings = TrainSettings(config=DEEPFEAT_TEST.name, batch_size=16, workers=0, quiet=True, device="cpu",
                              pretrained=True, freeze_backbones=True, view="crops", short_side=112)
     result = train(index, tmp_path / "run", settings)
@@ -153,6 +153,7 @@ def test_paper_config_offline_says_how_to_get_the_weights(demo_dataset: Path, tm
     assert not (tmp_path / "run" / "model.pt").exists()
 
 
+@pytest.mark.slow
 def test_paper_config_fits_resnet50_features(demo_dataset: Path, tmp_path: Path) -> None:
     csv_path = _subset(demo_dataset, tmp_path / "data", per_group=2)
     args = ["--dataset", "csv", "--csv", str(csv_path), "--config", "deepfeat", "--no-pretrained", "--view", "resize",
