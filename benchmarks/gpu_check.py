@@ -3,15 +3,17 @@
 Run it as ``iqa-bench gpu-check``, or through ``benchmarks/scripts/gpu_check.sh`` (which
 installs the toolkit from the checkout first). With a CUDA device it measures, with ``iqa-bench``'s own harness
 (:func:`qualitynet.bench.run.run_bench`), the ``small`` and ``qualitynet`` configs (and
-``lite`` where that config exists) with untrained weights: PyTorch eager FP32, FP16 autocast
-+ channels_last, CUDA graphs and ``torch.compile`` (where they work), ONNX Runtime on every
-provider the installed build has (the CPU build's rows are bounded in batch size and time),
-and TensorRT where it is importable: the ``iqa-export --fp16`` build with a timing cache
-(written, reused, then a junk file), ``TrtRunner`` against ONNX Runtime at batch 1/8/11, the
-refusal of a plan whose sidecar names another GPU; and nvImageCodec's GPU decode
-(``iqa-run --decoder nvimgcodec``) against Pillow on 1024x768 and camera-size JPEGs: decode
-images/s, the scores' agreement (SROCC, max and mean abs on the MOS scale) and ``Scorer``'s end
-to end rate with each decoder. What cannot run is listed with the reason.
+``lite`` and ``deepfeat-lite`` where those configs exist) with untrained weights (a Gaussian
+process has no untrained state: ``deepfeat-lite`` is fitted on a small generated demo set):
+PyTorch eager FP32, FP16 autocast + channels_last, CUDA graphs and ``torch.compile`` (where
+they work), ONNX Runtime on every provider the installed build has (the CPU build's rows are
+bounded in batch size and time), and TensorRT where it is importable: the ``iqa-export
+--fp16`` build with a timing cache (written, reused, then a junk file), ``TrtRunner`` against
+ONNX Runtime at batch 1/8/11, the refusal of a plan whose sidecar names another GPU; and
+nvImageCodec's GPU decode (``iqa-run --decoder nvimgcodec``) against Pillow on 1024x768 and
+camera-size JPEGs: decode images/s, the scores' agreement (SROCC, max and mean abs on the MOS
+scale) and ``Scorer``'s end to end rate with each decoder. What cannot run is listed with the
+reason.
 
 Results: ``<out>/gpu-<device>.json`` and ``<out>/gpu-<device>.md``. Without a CUDA device it
 prints a "no CUDA device" report and exits 0, unless ``--device cpu`` asks for the CPU
@@ -42,11 +44,15 @@ from qualitynet.export import export_all, load_photos
 from qualitynet.export.types import VerificationError
 from qualitynet.runtime.ort_runner import OrtRunner
 from qualitynet.trainer.checkpoint import load_checkpoint
+from qualitynet.trainer.datasets import load_dataset
+from qualitynet.trainer.deepfeat import DEEPFEAT_CONFIGS
+from qualitynet.trainer.demo_data import DEMO_SOURCES, make_demo_dataset
 from qualitynet.trainer.model import MODEL_CONFIGS
+from qualitynet.trainer.train import TrainSettings, train
 
 __all__ = ["run_gpu_check"]
 
-GPU_CONFIGS = ("small", "qualitynet", "lite")
+GPU_CONFIGS = ("small", "qualitynet", "lite", "deepfeat-lite")
 # torch.compile of the paper model takes minutes per batch shape: beyond this check's budget.
 COMPILE_CONFIGS = ("small", "tiny")
 # The paper model on ONNX Runtime's CPU provider: ~1 s per batch of 8 on 16 cores.
@@ -85,6 +91,19 @@ def _slug(text: str) -> str:
 
 def _error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {' '.join(str(exc).split())[:400]}"
+
+
+def _checkpoint(work: Path, config: str) -> Path:
+    """The config's checkpoint: untrained, or for a Gaussian-process config fitted in seconds on 102 generated
+    images (6 photos x 17 versions)."""
+    path = work / config / "model.pt"
+    if config not in DEEPFEAT_CONFIGS:
+        return untrained_checkpoint(path, config)
+    if not path.is_file():
+        data = make_demo_dataset(work / "demo-data", sources=DEMO_SOURCES[:6], crops=1, scales=(1.0,))
+        settings = TrainSettings(config=config, pretrained=True, freeze_backbones=True, quiet=True, workers=0)
+        train(load_dataset("csv", csv_path=data), path.parent, settings)
+    return path
 
 
 def _tensorrt_checks(checkpoint: Path, work: Path) -> list[Check]:
@@ -258,12 +277,13 @@ def run_gpu_check(device: str, quick: bool, out: Path, work: Path, budget: float
                   "Run it on a machine with an NVIDIA GPU, or --device cpu --quick for the CPU rehearsal.")
             return
         device = "cuda"
-    configs = ("tiny",) if quick else tuple(c for c in GPU_CONFIGS if c in MODEL_CONFIGS)
+    known = {*MODEL_CONFIGS, *DEEPFEAT_CONFIGS}
+    configs = ("tiny",) if quick else tuple(c for c in GPU_CONFIGS if c in known)
     name = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
     check = GpuCheck(device=name, machine=machine_info(torch.get_num_threads()),
                      settings={"quick": quick, "device": device, "configs": list(configs)})
     check.skipped += [f"config {c!r}: not defined in this checkout" for c in GPU_CONFIGS
-                      if not quick and c not in MODEL_CONFIGS]
+                      if not quick and c not in known]
     stem = out / f"gpu-{_slug(name)}{'-quick' if quick else ''}"
     if device == "cuda":
         check.notes.append("peak device MiB: device-wide memory in use (every allocator and the CUDA context), "
@@ -282,7 +302,7 @@ def run_gpu_check(device: str, quick: bool, out: Path, work: Path, budget: float
         print(f"[gpu_check] {config}: checkpoint, export, benchmark ({time.perf_counter() - started:.0f} s so far)",
               flush=True)
         try:
-            checkpoint = untrained_checkpoint(work / config / "model.pt", config)
+            checkpoint = _checkpoint(work, config)
         except Exception as exc:  # noqa: BLE001 - e.g. a config whose weights do not import
             check.skipped.append(f"config {config!r}: its checkpoint could not be made ({_error(exc)})")
             continue

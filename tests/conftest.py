@@ -10,12 +10,17 @@ from pathlib import Path
 
 import pytest
 
+from qualitynet.trainer.backbones import LITE_MEAN, LITE_STD
 from qualitynet.trainer.checkpoint import save_untrained_checkpoint
 from qualitynet.trainer.datasets import load_dataset
+from qualitynet.trainer.deepfeat import DeepFeatConfig, register_deepfeat_config
 from qualitynet.trainer.demo_data import demo_photo, make_demo_dataset
 from qualitynet.trainer.train import TrainSettings, train
 
 TRAINED_EPOCHS = 20
+# deep features + GP at test size: ImageNet EfficientNet-Lite0 (offline weights) at 96 px, two candidate layers
+DEEPFEAT_TEST = register_deepfeat_config(DeepFeatConfig(
+    "deepfeat-test", (("efficientnet_lite0", ("block6", "head")),), image_size=96, mean=LITE_MEAN, std=LITE_STD))
 PHOTO_NAMES = ("astronaut", "chelsea", "coffee", "rocket", "camera", "hubble_deep_field", "coins", "retina")
 
 
@@ -55,3 +60,22 @@ def trained_checkpoint(demo_dataset: Path, tmp_path_factory: pytest.TempPathFact
                              device="cpu", pretrained=True, freeze_backbones=True)
     result = train(load_dataset("csv", csv_path=demo_dataset), tmp_path_factory.mktemp("trained"), settings)
     return result.out_dir / "model.pt"
+
+
+@pytest.fixture(scope="session")
+def deepfeat_checkpoint(demo_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A deep-features + Gaussian-process checkpoint fitted by iqa-train's path on the demo dataset
+    (the ``deepfeat-test`` config: frozen ImageNet Lite0 at 96 px, flips in the graph), with the MOS
+    mapping fitted on its validation split as every run attaches."""
+    settings = TrainSettings(config=DEEPFEAT_TEST.name, batch_size=16, workers=0, quiet=True, device="cpu",
+                             pretrained=True, freeze_backbones=True)
+    result = train(load_dataset("csv", csv_path=demo_dataset), tmp_path_factory.mktemp("deepfeat"), settings)
+    return result.out_dir / "model.pt"
+
+
+@pytest.fixture(scope="session")
+def deepfeat_onnx(deepfeat_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The deep-features checkpoint exported to ONNX by the export stage's API."""
+    from qualitynet.export import export_onnx
+
+    return export_onnx(deepfeat_checkpoint, tmp_path_factory.mktemp("deepfeat-onnx") / "model.onnx")

@@ -14,6 +14,7 @@ from qualitynet._cli import cli_errors, setup_logging
 from qualitynet.artifact import CROP_ANCHORS, DECODES, FIVE_CROPS, VIEWS
 from qualitynet.errors import QualityNetError
 from qualitynet.trainer.datasets import DATASETS, DatasetIndex, load_dataset
+from qualitynet.trainer.deepfeat import DEEPFEAT_CONFIGS
 from qualitynet.trainer.metrics import format_value, json_metrics
 from qualitynet.trainer.model import MODEL_CONFIGS
 from qualitynet.trainer.recipes import recipe_for
@@ -88,9 +89,11 @@ def format_mapped_metrics(mapped: dict[str, float], raw: dict[str, float], kind:
 
 @click.command(context_settings=CONTEXT)
 @dataset_options
-@click.option("--config", type=click.Choice(list(MODEL_CONFIGS)),
+@click.option("--config", type=click.Choice([*MODEL_CONFIGS, *DEEPFEAT_CONFIGS]),
               help="Model configuration: qualitynet (the default) is the paper's (ResNet-50 + "
-                   "EfficientNet-B7); lite: ImageNet EfficientNet-Lite0 + Lite1, weights installed offline. "
+                   "EfficientNet-B7); lite: ImageNet EfficientNet-Lite0 + Lite1, weights installed offline; "
+                   "deepfeat / deepfeat-lite: pooled deep features (ResNet-50 / EfficientNet-Lite0 or Lite1) "
+                   "regressed by a Gaussian process, fitted in one step (epochs and lr do not apply). "
                    "With --resume, the resumed run's.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Run folder.")
 @click.option("--epochs", type=click.IntRange(1), default=100, show_default=True)
@@ -117,10 +120,11 @@ def format_mapped_metrics(mapped: dict[str, float], raw: dict[str, float], kind:
 @click.option("--nproc", type=click.IntRange(1), default=1, show_default=True,
               help="Data-parallel processes on this machine (DDP; one per GPU, or gloo on CPU). For several "
                    "nodes use torchrun: see the README.")
-@click.option("--view", type=click.Choice(VIEWS), default="resize", show_default=True,
+@click.option("--view", type=click.Choice(VIEWS), default=None,
               help="What the model sees of an image: resize (the whole image resized to the input size, the "
                    "paper's) or crops (fixed crops at --crop-scale, each scored, the image's score their mean). "
-                   "Recorded in model.pt and every export; with --resume, the resumed run's.")
+                   "Recorded in model.pt and every export; with --resume, the resumed run's. [default: resize; "
+                   "deepfeat: crops]")
 @click.option("--crops", "crop_names", default=",".join(FIVE_CROPS), show_default=True,
               help=f"With --view crops: comma-separated crop positions, from {', '.join(CROP_ANCHORS)}.")
 @click.option("--crop-scale", default="native", show_default=True,
@@ -140,7 +144,7 @@ def train_command(dataset: str, data_root: Path | None, csv_path: Path | None, p
                   score_column: str, score_range: str | None, config: str | None, out_dir: Path, epochs: int,
                   batch_size: int, lr: float | None, lr_factor: float, early_stop: int, pretrained: bool | None,
                   freeze_backbones: bool | None, device: str, seed: int, workers: int, max_steps: int | None,
-                  resume: Path | None, nproc: int, view: str, crop_names: str, crop_scale: str, decode: str,
+                  resume: Path | None, nproc: int, view: str | None, crop_names: str, crop_scale: str, decode: str,
                   decode_side: int | None, quiet: bool) -> None:
     """Train QualityNet on an IQA dataset and write OUT/model.pt.
 
@@ -151,13 +155,17 @@ def train_command(dataset: str, data_root: Path | None, csv_path: Path | None, p
     --pretrained (torchvision's ImageNet weights; offline, copy them into $TORCH_HOME).
     --config lite and lite02 default to their measured recipe (ImageNet weights installed
     offline, frozen backbones, lr 1e-3; README, "Choosing the lite recipe"); options given
-    here override it.
+    here override it. --config deepfeat-lite fits a Gaussian process on frozen
+    EfficientNet-Lite features in one step (the backbone and layer chosen on the validation
+    split; candidates.json lists them); --config deepfeat does so on ResNet-50 with five fixed
+    crops per image.
 
     \b
     Example:
       iqa-train --dataset koniq10k --data-root /data/koniq --pretrained --out runs/koniq
       iqa-train --dataset csv --csv demo/scores.csv --config lite --epochs 60 --out runs/demo-lite
       iqa-train --dataset csv --csv demo/scores.csv --config small --epochs 8 --out runs/demo
+      iqa-train --dataset csv --csv demo/scores.csv --config deepfeat-lite --out runs/demo-gpr
       iqa-train --dataset csv --csv photos.csv --config lite --pretrained --view crops --crop-scale 512 \\
         --decode dct --out runs/crops   # 5 crops at short side 512, JPEGs DCT-scaled to >= 512
       iqa-train --nproc 4 --dataset koniq10k --data-root /data/koniq --out runs/koniq   # 4 GPUs, DDP
@@ -168,20 +176,22 @@ def train_command(dataset: str, data_root: Path | None, csv_path: Path | None, p
 
     setup_logging(quiet)
     index = _load_index(dataset, data_root, csv_path, path_column, score_column, score_range)
-    recipe = recipe_for(config, lr=lr, pretrained=pretrained, freeze_backbones=freeze_backbones)
+    recipe = recipe_for(config, lr=lr, pretrained=pretrained, freeze_backbones=freeze_backbones, view=view)
     settings = TrainSettings(config=config, epochs=epochs, batch_size=batch_size, lr_factor=lr_factor,
                              early_stop_patience=early_stop, device=device, seed=seed, workers=workers,
-                             max_steps=max_steps, quiet=quiet, view=view,
+                             max_steps=max_steps, quiet=quiet,
                              crops=tuple(name.strip() for name in crop_names.split(",") if name.strip()),
                              short_side=_crop_scale(crop_scale), decode=decode, decode_side=decode_side,
                              **recipe)  # type: ignore[arg-type]
     if resume is None:  # refuse bad view or decode options before anything is written
-        settings.preprocess(MODEL_CONFIGS[settings.config or "qualitynet"])
+        name = settings.config or "qualitynet"
+        settings.preprocess(DEEPFEAT_CONFIGS[name] if name in DEEPFEAT_CONFIGS else MODEL_CONFIGS[name])
     result = run_training(nproc, index, out_dir, settings, resume)
     if result is None:  # another rank of a torchrun job: rank 0 reports
         return
-    click.echo(f"{'interrupted; ' if result.interrupted else ''}best epoch {result.best_epoch} of "
-               f"{result.epochs_run}, {result.seconds:.0f} s. Test split:", err=True)
+    run = "Gaussian process fitted" if settings.config in DEEPFEAT_CONFIGS else \
+        f"{'interrupted; ' if result.interrupted else ''}best epoch {result.best_epoch} of {result.epochs_run}"
+    click.echo(f"{run}, {result.seconds:.0f} s. Test split:", err=True)
     click.echo(format_mapped_metrics(result.test_metrics, result.raw_test_metrics))
     click.echo(f"model: {result.out_dir / 'model.pt'}", err=True)
     if result.collapsed:

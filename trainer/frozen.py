@@ -11,6 +11,8 @@ the whole model (backbones included), as from the ordinary path.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -18,7 +20,7 @@ from qualitynet._cli import progress
 from qualitynet.trainer.data import IqaDataset, ScoredDataset, make_loader
 from qualitynet.trainer.model import QualityNet
 
-__all__ = ["PooledFeatures", "PooledHead", "cache_pooled_features"]
+__all__ = ["PooledFeatures", "PooledHead", "cache_pooled_features", "pool_views"]
 
 
 class PooledFeatures(ScoredDataset):
@@ -59,19 +61,32 @@ class PooledHead(nn.Module):
 
 
 @torch.inference_mode()
-def _pool(model: QualityNet, dataset: IqaDataset, batch_size: int, device: str, workers: int,
-          quiet: bool, desc: str) -> PooledFeatures:
+def pool_views(pooled: Callable[[torch.Tensor], torch.Tensor], dataset: IqaDataset, batch_size: int, device: str,
+               workers: int, quiet: bool, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pass of ``dataset``'s images through ``pooled`` (a batch of network inputs -> ``(B, C)``).
+
+    Returns:
+        The features, ``(N, views, C)``, or ``(N, views, crops, C)`` for a crops view (view 1,
+        present when ``dataset.flip`` is set, is the horizontally flipped input), and the
+        unit-scale targets ``(N,)``.
+    """
     unflipped = IqaDataset(dataset.index, dataset.indices, dataset.preprocess, dataset.scale)
     features, targets = [], []
     for images, target in progress(make_loader(unflipped, batch_size, False, workers), quiet=quiet, desc=desc,
                                    unit="batch", leave=False):
         images = images.to(device)
         views = [images, images.flip(-1)] if dataset.flip else [images]  # a crops view flips each crop
-        pooled = [model.forward_pooled(v.flatten(0, 1) if dataset.crops else v).float().cpu() for v in views]
+        rows = [pooled(v.flatten(0, 1) if dataset.crops else v).float().cpu() for v in views]
         features.append(torch.stack([p.reshape(len(images), dataset.crops, -1) if dataset.crops else p
-                                     for p in pooled], dim=1))
+                                     for p in rows], dim=1))
         targets.append(target)
-    return PooledFeatures(torch.cat(features), torch.cat(targets), dataset)
+    return torch.cat(features), torch.cat(targets)
+
+
+def _pool(model: QualityNet, dataset: IqaDataset, batch_size: int, device: str, workers: int,
+          quiet: bool, desc: str) -> PooledFeatures:
+    return PooledFeatures(*pool_views(model.forward_pooled, dataset, batch_size, device, workers, quiet, desc),
+                          dataset)
 
 
 def cache_pooled_features(model: QualityNet, parts: dict[str, IqaDataset], batch_size: int, device: str,

@@ -40,6 +40,7 @@ __all__ = [
     "create_model",
     "get_config",
     "qualitynet_from_config",
+    "torchvision_classifier",
 ]
 
 
@@ -257,6 +258,26 @@ for _config in MODEL_CONFIGS.values():
     register_spec(_config.spec())
 
 
+def torchvision_classifier(name: str, pretrained: bool) -> nn.Module:
+    """torchvision's ``name`` classifier, with its ImageNet weights (downloaded once into
+    ``$TORCH_HOME``) when ``pretrained``.
+
+    Raises:
+        QualityNetError: the weights cannot be loaded (offline): says how to copy them in.
+    """
+    builder: Callable[..., nn.Module] = getattr(torchvision.models, name)
+    weights = torchvision.models.get_model_weights(name).DEFAULT if pretrained else None
+    try:
+        return builder(weights=weights)
+    except (OSError, RuntimeError) as exc:  # urllib's URLError is an OSError
+        raise QualityNetError(
+            f"cannot load ImageNet weights for {name} ({exc}); this machine is probably offline. "
+            "Train with --no-pretrained, or download the weights once on a connected machine "
+            f"(python -c 'import torchvision; torchvision.models.{name}(weights=\"DEFAULT\")') and copy "
+            "$TORCH_HOME/hub/checkpoints here"
+        ) from None
+
+
 def _feature_extractor(name: str, pretrained: bool, depth: int | None = None) -> tuple[nn.Module, int]:
     """A torchvision classifier with its pooling and classifier removed, and its channel count.
 
@@ -268,17 +289,7 @@ def _feature_extractor(name: str, pretrained: bool, depth: int | None = None) ->
         lite = create_lite(name, pretrained)
         lite.reset_classifier(0, "")  # timm's forward now returns the last feature map
         return lite, int(lite.num_features)
-    builder: Callable[..., nn.Module] = getattr(torchvision.models, name)
-    weights = torchvision.models.get_model_weights(name).DEFAULT if pretrained else None
-    try:
-        model = builder(weights=weights)
-    except (OSError, RuntimeError) as exc:  # urllib's URLError is an OSError
-        raise QualityNetError(
-            f"cannot load ImageNet weights for {name} ({exc}); this machine is probably offline. "
-            "Train with --no-pretrained, or download the weights once on a connected machine "
-            f"(python -c 'import torchvision; torchvision.models.{name}(weights=\"DEFAULT\")') and copy "
-            "$TORCH_HOME/hub/checkpoints here"
-        ) from None
+    model = torchvision_classifier(name, pretrained)
     if name.startswith("resnet"):
         blocks = list(model.children())[:-2]
     else:  # efficientnet_*, mobilenet_*: torchvision puts the extractor in .features

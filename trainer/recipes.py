@@ -18,6 +18,11 @@ _FROZEN_LITE: dict[str, object] = {"pretrained": True, "freeze_backbones": True,
 RECIPES: dict[str, dict[str, object]] = {
     "lite": _FROZEN_LITE,
     "lite02": _FROZEN_LITE,
+    # Deep features + Gaussian process (trainer/deepfeat.py): pretrained, frozen backbones by definition.
+    # The paper's config scores five fixed crops (and, in the graph, their flips) at native resolution;
+    # the offline one keeps the whole-image view, so its CPU fit costs one backbone pass (and a flip) per image.
+    "deepfeat": {"pretrained": True, "freeze_backbones": True, "view": "crops"},
+    "deepfeat-lite": {"pretrained": True, "freeze_backbones": True},
 }
 
 

@@ -40,6 +40,7 @@ from qualitynet.errors import QualityNetError
 from qualitynet.trainer.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, software_versions
 from qualitynet.trainer.data import CropMean, IqaDataset, ScoredDataset, crop_mean, default_workers, predict
 from qualitynet.trainer.datasets import DatasetIndex, Split, check_images, make_split
+from qualitynet.trainer.deepfeat import DEEPFEAT_CONFIGS, DeepFeatConfig
 from qualitynet.trainer.distributed import World
 from qualitynet.trainer.loss import MaePlccLoss
 from qualitynet.trainer.metrics import compute_metrics, degenerate_reason, format_value, json_metrics
@@ -48,8 +49,8 @@ from qualitynet.trainer.mos_mapping import apply_mos_mapping, fit_mos_mapping
 from qualitynet.trainer.plots import plot_history, plot_scatter
 from qualitynet.trainer.rng import restore_rng_state, rng_state
 
-__all__ = ["COLLAPSE_CAUSES", "BestEpoch", "TrainSettings", "TrainResult", "evaluate", "resolve_device", "train",
-           "train_one_epoch"]
+__all__ = ["COLLAPSE_CAUSES", "BestEpoch", "TrainSettings", "TrainResult", "evaluate", "resolve_device", "score_run",
+           "train", "train_one_epoch"]
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ class TrainSettings:
     decode: str = "full"
     decode_side: int | None = None
 
-    def preprocess(self, config: ModelConfig) -> PreprocessCfg:
+    def preprocess(self, config: ModelConfig | DeepFeatConfig) -> PreprocessCfg:
         """``config``'s preprocessing with this run's view and decode (see :class:`PreprocessCfg`)."""
         cfg = config.preprocess().with_view(self.view, self.crops, self.short_side)
         return cfg.with_decode(self.decode, self.decode_side)
@@ -221,6 +222,10 @@ def train(index: DatasetIndex, out_dir: str | Path, settings: TrainSettings,
         The run's summary. Ctrl-C stops after the current batch, keeps ``model.pt`` (the best
         so far) and still evaluates it on the test split.
     """
+    if settings.config in DEEPFEAT_CONFIGS:  # not a network trained by epochs: a Gaussian process fitted once
+        from qualitynet.trainer.gpr import train_gpr
+
+        return train_gpr(index, out_dir, settings, resume, world)
     started = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -329,24 +334,44 @@ def train(index: DatasetIndex, out_dir: str | Path, settings: TrainSettings,
         log.warning("%s", collapsed)
     kept = load_checkpoint(out / "model.pt")
     model.load_state_dict(kept.state_dict)
-    kept.mos_mapping = fit_mos_mapping(*predict(net, parts["val"], settings.batch_size, device, workers),
-                                       index.score_scale, "val")
-    raw_crops, target = predict(net, parts["test"], settings.batch_size, device, workers, per_crop=True)
-    pred = crop_mean(apply_mos_mapping(kept.mos_mapping, index.score_scale, raw_crops))  # per crop, as exports do
+    test_metrics, raw_metrics = score_run(out, kept, net, parts, settings.batch_size, device, workers,
+                                          {"best_epoch": best.epoch, **({"collapsed": collapsed} if collapsed else {})})
+    return TrainResult(out, best.epoch, len(history), interrupted, test_metrics, time.perf_counter() - started,
+                       raw_metrics, collapsed)
+
+
+def score_run(out: Path, kept: Checkpoint, net: torch.nn.Module, parts: dict[str, ScoredDataset], batch_size: int,
+              device: str, workers: int, record: dict[str, object]) -> tuple[dict[str, float], dict[str, float]]:
+    """The end of every training run: fit the MOS mapping on the validation split, score the test split
+    with it (per crop, as exports do) and without, and write ``model.pt``, ``metrics.json`` and
+    ``test_scatter.png``.
+
+    Args:
+        out: the run folder.
+        kept: the run's best checkpoint (``model.pt``); gains the mapping and the test metrics.
+        net: scores ``parts``' items on the unit scale, without the mapping (``kept``'s weights).
+        parts: the ``val`` and ``test`` splits as ``net`` takes them.
+        batch_size / device / workers: for scoring.
+        record: what ``metrics.json`` says about the run besides the metrics (e.g. the best epoch).
+
+    Returns:
+        The test metrics after and before the MOS mapping.
+    """
+    scale = parts["test"].scale
+    kept.mos_mapping = fit_mos_mapping(*predict(net, parts["val"], batch_size, device, workers), scale, "val")
+    raw_crops, target = predict(net, parts["test"], batch_size, device, workers, per_crop=True)
+    pred = crop_mean(apply_mos_mapping(kept.mos_mapping, scale, raw_crops))  # per crop, as exports do
     raw = crop_mean(raw_crops)
     test_metrics, raw_metrics = compute_metrics(pred, target), compute_metrics(raw, target)
     kept.metrics = {**kept.metrics, **{f"test_{k}": v for k, v in test_metrics.items()},
                     **{f"test_raw_{k}": v for k, v in raw_metrics.items()}}
     save_checkpoint(out / "model.pt", kept)
-    record: dict[str, object] = {"split": "test", "best_epoch": best.epoch, "mos_mapping": asdict(kept.mos_mapping),
-                                 **json_metrics(test_metrics), "before_mos_mapping": json_metrics(raw_metrics)}
-    undefined = degenerate_reason(pred, target, index.score_scale.high - index.score_scale.low)
+    record = {"split": "test", **record, "mos_mapping": asdict(kept.mos_mapping), **json_metrics(test_metrics),
+              "before_mos_mapping": json_metrics(raw_metrics)}
+    undefined = degenerate_reason(pred, target, scale.high - scale.low)
     if undefined:
         record["undefined_because"] = undefined
-    if collapsed:
-        record["collapsed"] = collapsed
     (out / "metrics.json").write_text(json.dumps(record, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     plot_scatter(pred, target, out / "test_scatter.png", f"test split, SROCC {format_value(test_metrics['srocc'], 3)}")
-    return TrainResult(out, best.epoch, len(history), interrupted, test_metrics, time.perf_counter() - started,
-                       raw_metrics, collapsed)
+    return test_metrics, raw_metrics
 

@@ -1,12 +1,17 @@
-"""Which frozen-backbone recipe ranks unseen scenes best: lite vs lite02, the data's scales, the learning rate.
+"""Which frozen-backbone recipe ranks unseen scenes best: lite vs lite02 vs deep features + GP, the data's
+scales, the learning rate.
 
 Every arm is a real ``train()`` run (the trainer's loop, early stopping, MOS mapping fitted on
-validation, ``metrics.json``) on the demo data (``iqa-demo-data``: native-resolution crops),
-over several scene-disjoint splits (one per seed). Backbones are frozen, so each backbone's
-pooled features of every image are computed once, saved under ``--out/features``, and given
-to ``train()`` in place of :func:`qualitynet.trainer.frozen.cache_pooled_features`'s own pass
-(the same numbers: the script checks a few against the model's ``forward_pooled``). Lite0's
-features serve both configs. Cached features have no flipped view, so no arm uses flips.
+validation, ``metrics.json``; for ``deepfeat-lite`` the Gaussian-process fit of
+:mod:`qualitynet.trainer.gpr`, its layer chosen on validation) on the demo data
+(``iqa-demo-data``: native-resolution crops), over several scene-disjoint splits (one per seed).
+Backbones are frozen, so each backbone's pooled features of every image (every layer an arm
+needs, one pass) are computed once by :func:`qualitynet.trainer.frozen.pool_views`, saved under
+``--out/features``, and given to ``train()`` in place of its own pass (the same numbers: the
+script checks a few against the model's ``forward_pooled``). Lite0's features serve every
+config. The lite arms use no flips (their cached view 0); ``deepfeat-lite`` averages each
+image's and its flip's predictions inside its graph, so its backbones' features are cached
+with the flipped view too.
 
 Each seed's run is also scored on camera-size (4000x3000) JPEG series of that seed's test
 photos (``camera_eval.py``'s files and its five native-resolution crops per file, a file's
@@ -14,7 +19,8 @@ score the mean of its crops'), from cached crop features.
 
     python benchmarks/scripts/recipe_compare.py --data runs/recipe/data --out runs/recipe --seeds 0,1,2,3,4
 
-Prints a Markdown table (mean and range over seeds) and writes ``recipe_compare.json``.
+Prints a Markdown table (mean and range over seeds: test SROCC, PLCC and RMSE after the MOS
+mapping, within-image SROCC, camera-size within-photo SROCC) and writes ``recipe_compare.json``.
 """
 
 from __future__ import annotations
@@ -23,8 +29,10 @@ import argparse
 import hashlib
 import json
 import logging
+import math
 import statistics
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -34,9 +42,11 @@ import torch
 import qualitynet.trainer.frozen as frozen
 from qualitynet._cli import progress
 from qualitynet.runtime.preprocess import image_to_tensor, load_rgb
+from qualitynet.trainer import gpr
 from qualitynet.trainer.checkpoint import load_checkpoint
-from qualitynet.trainer.data import IqaDataset
+from qualitynet.trainer.data import IqaDataset, default_workers
 from qualitynet.trainer.datasets import DatasetIndex, Split, load_dataset, make_split
+from qualitynet.trainer.deepfeat import DEEPFEAT_CONFIGS, DeepFeatConfig, PooledLayers, pooled_layers
 from qualitynet.trainer.demo_data import make_camera_series, make_demo_dataset
 from qualitynet.trainer.metrics import within_srocc
 from qualitynet.trainer.model import QualityNet, create_model, get_config
@@ -51,6 +61,7 @@ ARMS: dict[str, tuple[str, dict[str, object], Callable[[str], bool]]] = {
     "lite02, x1+x2, lr 1e-3": ("lite02", {"lr": 1e-3}, lambda ref: True),
     "lite, x1 only, lr 1e-3": ("lite", {"lr": 1e-3}, lambda ref: "_x1_" in ref),
     "lite, x1+x2, lr 3e-4": ("lite", {"lr": 3e-4}, lambda ref: True),
+    "deepfeat-lite (GP), x1+x2": ("deepfeat-lite", {}, lambda ref: True),
 }
 
 
@@ -70,19 +81,97 @@ def _stream_features(model: QualityNet, stream: int, tensors: Callable[[int], np
     return features
 
 
-def config_features(config: str, key: str, tensors: Callable[[int], np.ndarray], count: int,
-                    folder: Path) -> torch.Tensor:
-    """Both streams' pooled features of ``count`` inputs for ``config``, per backbone cached in ``folder``."""
-    model = create_model(config, pretrained=True).eval()
-    parts = [_stream_features(model, k, tensors, count, folder / f"{backbone}-{key}.pt", f"{backbone} ({key})")
-             for k, backbone in enumerate(get_config(config).backbones)]
-    features = torch.cat(parts, dim=1)
+def _checked(config: str, model: QualityNet, features: torch.Tensor, tensors: Callable[[int], np.ndarray],
+             folder: Path) -> torch.Tensor:
+    """``features`` after checking its first rows against the model's own ``forward_pooled``."""
     check = torch.from_numpy(np.stack([tensors(i) for i in range(2)]))
     with torch.inference_mode():
         worst = float((model.forward_pooled(check) - features[:2]).abs().max())
     if worst > 1e-4:
         raise SystemExit(f"cached {config} features differ from forward_pooled by {worst:.1e}; delete {folder}")
     return features
+
+
+def config_features(config: str, key: str, tensors: Callable[[int], np.ndarray], count: int,
+                    folder: Path) -> torch.Tensor:
+    """Both streams' pooled features of ``count`` inputs for ``config``, per backbone cached in ``folder``."""
+    model = create_model(config, pretrained=True).eval()
+    parts = [_stream_features(model, k, tensors, count, folder / f"{backbone}-{key}.pt", f"{backbone} ({key})")
+             for k, backbone in enumerate(get_config(config).backbones)]
+    return _checked(config, model, torch.cat(parts, dim=1), tensors, folder)
+
+
+# backbone -> (its extractor over the layers the arms need, (N, views, C) features of the demo data in index order)
+LayerCache = dict[str, tuple[PooledLayers, torch.Tensor]]
+
+
+def layer_plan(configs: set[str]) -> dict[str, tuple[tuple[str, ...], bool]]:
+    """Per backbone, the layers and whether the flipped view are needed by the arms' configs."""
+    plan: dict[str, tuple[tuple[str, ...], bool]] = {}
+    for config in sorted(configs):
+        if config in DEEPFEAT_CONFIGS:
+            deep = DEEPFEAT_CONFIGS[config]
+            needs = [(backbone, layers, deep.flips) for backbone, layers in deep.candidates]
+        else:
+            needs = [(backbone, ("head",), False) for backbone in get_config(config).backbones]
+        for backbone, layers, flips in needs:
+            known, flipped = plan.get(backbone, ((), False))
+            plan[backbone] = (tuple(dict.fromkeys([*known, *layers])), flipped or flips)
+    return plan
+
+
+def layer_features(plan: dict[str, tuple[tuple[str, ...], bool]], index: DatasetIndex, key: str,
+                   folder: Path) -> LayerCache:
+    """Every planned backbone's pooled layers of every demo image, through the trainer's own pass, cached."""
+    found: LayerCache = {}
+    preprocess = get_config("lite").preprocess()
+    for backbone, (layers, flips) in plan.items():
+        extractor = pooled_layers(backbone, layers, pretrained=True).eval()
+        cache = folder / f"{backbone}-{'+'.join(layers)}{'-flips' if flips else ''}-{key}.pt"
+        if not cache.is_file():
+            started = time.perf_counter()
+            dataset = IqaDataset(index, range(len(index)), preprocess, index.score_scale, flip=flips)
+            features, _ = frozen.pool_views(extractor, dataset, 16, "cpu", default_workers(), False, backbone)
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(features, cache)
+            print(f"{backbone} {'+'.join(layers)} features of {len(index)} images{' and flips' if flips else ''}: "
+                  f"{time.perf_counter() - started:.0f} s", flush=True)
+        found[backbone] = (extractor, torch.load(cache))
+    return found
+
+
+def head_features(config: str, cache: LayerCache, index: DatasetIndex, folder: Path) -> torch.Tensor:
+    """A QualityNet config's pooled features (both streams' head, unflipped) from the layer cache, checked."""
+    model = create_model(config, pretrained=True).eval()
+    parts = [cache[backbone][1][:, 0, cache[backbone][0].offsets()["head"]]
+             for backbone in get_config(config).backbones]
+    preprocess = get_config(config).preprocess()
+    return _checked(config, model, torch.cat(parts, dim=1), lambda i: image_to_tensor(load_rgb(index.paths[i]),
+                                                                                       preprocess), folder)
+
+
+def cached_candidates(cache: LayerCache, rows: list[int]) -> Callable[..., object]:
+    """A stand-in for :func:`qualitynet.trainer.gpr.candidate_features` serving ``cache``'s rows ``rows``."""
+    def serve(config: DeepFeatConfig, parts: dict[str, IqaDataset], *args: object, **kwargs: object) -> object:
+        found = {}
+        for backbone, layers in config.candidates:
+            extractor, features = cache[backbone]
+            if extractor.layers != tuple(layers):
+                raise SystemExit(f"cached {backbone} layers {extractor.layers} are not {config.name}'s {layers}")
+            found[backbone] = (extractor, {name: features[rows][torch.as_tensor(dataset.indices)]
+                                           for name, dataset in parts.items()})
+        return found
+    return serve
+
+
+def deepfeat_predictions(run: Path, cache: LayerCache, rows: list[int]) -> np.ndarray:
+    """A fitted deep-features run's raw unit-scale scores of ``rows`` (no MOS mapping), from cached features."""
+    checkpoint = load_checkpoint(run / "model.pt")
+    kwargs = checkpoint.spec.kwargs
+    extractor, features = cache[kwargs["backbone"]]
+    model = checkpoint.build_model(mapped=False).model  # type: ignore[union-attr]  # ScoreOutput's network
+    with torch.inference_mode():
+        return model.score_views(features[rows][..., extractor.offsets()[kwargs["layer"]]]).numpy().ravel()
 
 
 def cached_pooling(features: torch.Tensor, index: DatasetIndex) -> Callable[..., object]:
@@ -117,6 +206,8 @@ def main() -> None:
     parser.add_argument("--arms", help="comma-separated arm numbers (default: all)")
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--threads", type=int, help="torch threads (1 trains the small head faster on a busy machine)")
+    parser.add_argument("--no-camera", action="store_true", help="skip the camera-size series (their 4000x3000 "
+                        "JPEGs cost minutes to write and decode)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.threads:
@@ -130,67 +221,91 @@ def main() -> None:
     index = load_dataset("csv", csv_path=csv_path)
     cfg = get_config("lite").preprocess()
     key = hashlib.sha1("\n".join(index.key(i) for i in range(len(index))).encode()).hexdigest()[:10]
-
-    # camera series of the first seed's test photos, five native crops per file
-    # camera series for the test photos of every seed 0-4 (a fixed set, so its cached features serve any --seeds)
     held_out = {seed: {index.groups[i] for i in index.subset(make_split(index, seed).test)}
                 for seed in sorted({*seeds, *range(5)})}
     photos = tuple(sorted(set().union(*held_out.values())))
-    camera_csv = args.out / f"camera-{len(photos)}" / "scores.csv"
-    camera = load_dataset("csv", csv_path=camera_csv if camera_csv.is_file() else
-                          make_camera_series(camera_csv.parent, photos))
+
+    # camera series for the test photos of every seed 0-4 (a fixed set, so its cached features serve any --seeds),
+    # five native crops per file
+    camera: DatasetIndex | None = None
     crops: list[tuple[int, tuple[int, int, int, int]]] = []
-    for i in range(len(camera)):
-        crops += [(i, box) for box in corner_boxes((4000, 3000), cfg.width)]
+    if not args.no_camera:
+        camera_csv = args.out / f"camera-{len(photos)}" / "scores.csv"
+        camera = load_dataset("csv", csv_path=camera_csv if camera_csv.is_file() else
+                              make_camera_series(camera_csv.parent, photos))
+        for i in range(len(camera)):
+            crops += [(i, box) for box in corner_boxes((4000, 3000), cfg.width)]
     decoded: dict[int, object] = {}
 
     def crop_tensor(j: int) -> np.ndarray:
         i, box = crops[j]
         if i not in decoded:
             decoded.clear()
+            assert camera is not None
             decoded[i] = load_rgb(camera.paths[i])
         return image_to_tensor(decoded[i].crop(box), cfg)  # type: ignore[attr-defined]
 
+    cache = layer_features(layer_plan({ARMS[arm][0] for arm in arms}), index, key, args.out / "features")
     results: dict[str, dict[str, list[float]]] = {}
     for arm in arms:
         config, overrides, keep = ARMS[arm]
-        features = config_features(config, key, lambda i: image_to_tensor(load_rgb(index.paths[i]), cfg), len(index),
-                                   args.out / "features")
-        camera_features = config_features(config, f"camera-{len(photos)}", crop_tensor, len(crops),
-                                          args.out / "features")
+        deep = config in DEEPFEAT_CONFIGS
         rows = [i for i in range(len(index)) if keep(index.reference(i))]
         sub = DatasetIndex(index.name, index.root, [index.paths[i] for i in rows], index.mos[rows],
                            [index.groups[i] for i in rows], index.score_scale, [index.references[i] for i in rows])
-        frozen.cache_pooled_features = cached_pooling(features[rows], sub)  # type: ignore[assignment]
-        figures = results.setdefault(arm, {"srocc": [], "within": [], "camera": [], "best_epoch": []})
+        camera_features = None
+        if deep:
+            gpr.candidate_features = cached_candidates(cache, rows)  # type: ignore[assignment]
+        else:
+            features = head_features(config, cache, index, args.out / "features")
+            frozen.cache_pooled_features = cached_pooling(features[rows], sub)  # type: ignore[assignment]
+            if camera is not None:
+                camera_features = config_features(config, f"camera-{len(photos)}", crop_tensor, len(crops),
+                                                  args.out / "features")
+        figures = results.setdefault(arm, {name: [] for name in ("srocc", "plcc", "rmse", "within", "camera",
+                                                                 "best_epoch", "seconds")})
         for seed in seeds:
             run = args.out / "runs" / f"{arm.replace(' ', '').replace(',', '_')}-seed{seed}"
             settings = TrainSettings(config=config, epochs=args.epochs, pretrained=True, freeze_backbones=True,
                                      seed=seed, workers=0, quiet=True, **overrides)  # type: ignore[arg-type]
             result = train(sub, run, settings)
             test_rows = sub.subset(Split.load(run / "split.json").test)
-            checkpoint = load_checkpoint(run / "model.pt")
-            head = frozen.PooledHead(checkpoint.build_model()).eval()
-            with torch.inference_mode():
-                pred = head(features[rows][test_rows]).numpy().ravel()
+            if deep:
+                pred = deepfeat_predictions(run, cache, [rows[i] for i in test_rows])
+            else:
+                head = frozen.PooledHead(load_checkpoint(run / "model.pt").build_model()).eval()
+                with torch.inference_mode():
+                    pred = head(features[rows][test_rows]).numpy().ravel()
             within = within_srocc(pred, sub.mos[test_rows], [sub.reference(i) for i in test_rows])["within_srocc"]
-            figures["srocc"].append(result.test_metrics["srocc"])
+            for name in ("srocc", "plcc", "rmse"):
+                figures[name].append(result.test_metrics[name])
             figures["within"].append(within)
             figures["best_epoch"].append(result.best_epoch)
-            figures["camera"].append(camera_within(run, camera_features, camera, held_out[seed]))
-            print(f"{arm} seed {seed}: test SROCC {result.test_metrics['srocc']:.3f}, within {within:.3f}, "
-                  f"camera {figures['camera'][-1]:.3f}", flush=True)
+            figures["seconds"].append(round(result.seconds, 1))
+            figures["camera"].append(math.nan if camera is None or camera_features is None else
+                                     camera_within(run, camera_features, camera, held_out[seed]))
+            print(f"{arm} seed {seed}: test SROCC {result.test_metrics['srocc']:.3f}, PLCC "
+                  f"{result.test_metrics['plcc']:.3f}, RMSE {result.test_metrics['rmse']:.3f}, within {within:.3f}, "
+                  f"camera {figures['camera'][-1]:.3f}, {result.seconds:.0f} s", flush=True)
 
     def spread(values: list[float]) -> str:
-        return f"{statistics.mean(values):.3f} ({min(values):.2f}-{max(values):.2f})"
+        measured = [v for v in values if math.isfinite(v)]
+        if not measured:
+            return "not measured"
+        each = " / ".join(f"{v:.3f}" for v in values)
+        return f"{each} ({statistics.mean(measured):.3f})"
 
     print(f"\nseeds {seeds}; test photos per seed: { {seed: sorted(held_out[seed]) for seed in seeds} }")
-    print("| arm | test SROCC | within-image SROCC | camera-size within-photo SROCC | best epochs |")
-    print("|---|---|---|---|---|")
+    print("| arm | test SROCC | test PLCC | test RMSE | within-image SROCC | camera-size within-photo SROCC | "
+          "best epochs |")
+    print("|---|---|---|---|---|---|---|")
     for arm, fig in results.items():
-        print(f"| {arm} | {spread(fig['srocc'])} | {spread(fig['within'])} | {spread(fig['camera'])} | "
+        print(f"| {arm} | {spread(fig['srocc'])} | {spread(fig['plcc'])} | {spread(fig['rmse'])} | "
+              f"{spread(fig['within'])} | {spread(fig['camera'])} | "
               f"{', '.join(str(int(e)) for e in fig['best_epoch'])} |")
-    (args.out / "recipe_compare.json").write_text(json.dumps({"seeds": seeds, "photos": photos, **results},
+    written = {arm: {name: [v if math.isfinite(v) else None for v in values] for name, values in fig.items()}
+               for arm, fig in results.items()}  # not measured: null
+    (args.out / "recipe_compare.json").write_text(json.dumps({"seeds": seeds, "photos": photos, **written},
                                                              indent=1) + "\n", encoding="utf-8")
 
 

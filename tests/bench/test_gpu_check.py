@@ -11,6 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from qualitynet.bench import gpu_check
+from qualitynet.trainer.checkpoint import load_checkpoint
+
+from conftest import DEEPFEAT_TEST
 from trt_stubs import REPO
 
 SCRIPT = REPO / "benchmarks" / "scripts" / "gpu_check.sh"
@@ -58,3 +62,12 @@ def test_quick_gpu_run_measures_the_torch_variants(tmp_path: Path) -> None:
     torch_points = [p for p in report["points"] if p["backend"].startswith("torch")]
     assert {p["backend"] for p in torch_points} >= {"torch-eager", "torch-cudagraph"}
     assert all(p["device_p50_ms"] and p["device_p50_ms"] <= p["latency_p50_ms"] for p in torch_points)
+
+
+@pytest.mark.slow
+def test_deep_features_config_is_fitted_for_the_check(tmp_path: Path) -> None:
+    """A Gaussian process has no untrained state: the check fits one on generated demo images."""
+    assert "deepfeat-lite" in gpu_check.GPU_CONFIGS
+    checkpoint = load_checkpoint(gpu_check._checkpoint(tmp_path, DEEPFEAT_TEST.name))
+    assert checkpoint.spec.factory == "qualitynet.trainer.deepfeat:deepfeat_gpr"
+    assert checkpoint.spec.kwargs["train_points"] >= 50 and checkpoint.mos_mapping.fitted_on == "val"

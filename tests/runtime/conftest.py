@@ -28,3 +28,10 @@ def torch_reference(tiny_checkpoint: Path, photo_dir: Path) -> tuple[np.ndarray,
     reference = torch_unit_scores(tiny_checkpoint, paths)
     floor = np.abs(torch_unit_scores(tiny_checkpoint, paths, fp16_input=True) - reference).max()
     return reference, float(floor)
+
+
+@pytest.fixture(params=["tiny", "deepfeat"])
+def scored_onnx(request: pytest.FixtureRequest, onnx_models: tuple[Path, Path]) -> Path:
+    """An FP32 ONNX model of each family the chain must serve unchanged: the untrained ``tiny`` QualityNet, and
+    the fitted deep-features + Gaussian-process model (its flips and kernel in the graph)."""
+    return onnx_models[0] if request.param == "tiny" else Path(request.getfixturevalue("deepfeat_onnx"))

@@ -57,13 +57,12 @@ def _rows(path: Path) -> dict[str, tuple[str, str]]:
         return {row["path"]: (row["score"], row["error"]) for row in csv.DictReader(handle)}
 
 
-def test_ray_scores_equal_iqa_run(onnx_models: tuple[Path, Path], mixed_folder: Path, ray_address: str,
-                                  tmp_path: Path) -> None:
+def test_ray_scores_equal_iqa_run(scored_onnx: Path, mixed_folder: Path, ray_address: str, tmp_path: Path) -> None:
     local, on_ray = tmp_path / "local.csv", tmp_path / "ray.csv"
     runner = CliRunner()
-    result = runner.invoke(main, [str(onnx_models[0]), str(mixed_folder), "-o", str(local), "--workers", "0"])
+    result = runner.invoke(main, [str(scored_onnx), str(mixed_folder), "-o", str(local), "--workers", "0"])
     assert result.exit_code == 0, result.output
-    result = runner.invoke(main, [str(onnx_models[0]), str(mixed_folder), "-o", str(on_ray), "--ray", ray_address,
+    result = runner.invoke(main, [str(scored_onnx), str(mixed_folder), "-o", str(on_ray), "--ray", ray_address,
                                   "--batch-size", "4"])
     assert result.exit_code == 0, result.output
     expected, got = _rows(local), _rows(on_ray)

@@ -90,16 +90,16 @@ def _infer(client: object, images: list[bytes]) -> tuple[np.ndarray, list[str]]:
 
 @needs_server
 @pytest.mark.slow
-def test_served_scores_equal_iqa_run(onnx_models: tuple[Path, Path], photo_dir: Path, tmp_path: Path) -> None:
+def test_served_scores_equal_iqa_run(scored_onnx: Path, photo_dir: Path, tmp_path: Path) -> None:
     import tritonclient.http as httpclient
 
     out = tmp_path / "scores.csv"
-    assert CliRunner().invoke(run_command, [str(onnx_models[0]), str(photo_dir), "-o", str(out),
+    assert CliRunner().invoke(run_command, [str(scored_onnx), str(photo_dir), "-o", str(out),
                                             "--workers", "0"]).exit_code == 0
     with open(out, newline="", encoding="utf-8") as handle:
         expected = {Path(row["path"]).name: float(row["score"]) for row in csv.DictReader(handle)}
     ports = {"http_port": _free_port(), "grpc_port": _free_port(), "metrics_port": _free_port()}
-    server = ScoreServer(onnx_models[0], ServeSettings(max_batch_size=8, **ports))
+    server = ScoreServer(scored_onnx, ServeSettings(max_batch_size=8, **ports))
     with server:
         client = httpclient.InferenceServerClient(server.url)
         assert client.is_model_ready("qualitynet")

@@ -219,6 +219,9 @@ def test_paper_recipe_is_pretrained_and_fails_clearly_offline(tmp_path: Path, mo
     (["--config", "lite02", "--lr", "3e-4", "--train-backbones"],
      {"pretrained": True, "freeze_backbones": False, "lr": 3e-4}),  # options given win over it
     (["--config", "small"], {"pretrained": False, "freeze_backbones": False, "lr": 1e-4}),  # the paper's
+    (["--config", "deepfeat-lite"], {"pretrained": True, "freeze_backbones": True, "view": "resize"}),
+    (["--config", "deepfeat"], {"pretrained": True, "freeze_backbones": True, "view": "crops"}),  # five crops
+    (["--config", "deepfeat", "--view", "resize"], {"view": "resize"}),
 ])
 def test_lite_configs_default_to_their_recipe(args: list[str], expected: dict[str, object], demo_dataset: Path,
                                               tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

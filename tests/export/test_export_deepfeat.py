@@ -1,0 +1,84 @@
+"""The deep-features + Gaussian-process model through iqa-export (ONNX, FP16, INT8 with their gates),
+iqa-run and iqa-bench: one graph with the backbone, the flips, the kernel and the MOS mapping."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner, Result
+
+from qualitynet.bench.run import BenchSettings, run_bench
+from qualitynet.export import export_all, load_photos
+from qualitynet.export.cli import main as export_main
+from qualitynet.export.onnx import read_meta
+from qualitynet.runtime.cli import main as run_main
+from qualitynet.trainer.checkpoint import load_checkpoint
+
+
+@pytest.fixture(scope="module")
+def int8_cli(deepfeat_checkpoint: Path, photo_dir: Path, tmp_path_factory: pytest.TempPathFactory
+             ) -> tuple[Result, Path]:
+    """``iqa-export --int8`` of a copy of the fitted checkpoint in a folder of its own, with the default gates."""
+    checkpoint = tmp_path_factory.mktemp("deepfeat-int8") / "model.pt"
+    checkpoint.write_bytes(deepfeat_checkpoint.read_bytes())
+    args = [str(checkpoint), "--int8", "--calib-count", "8", "--photos", str(photo_dir)]
+    return CliRunner().invoke(export_main, args), checkpoint
+
+
+def test_export_cli_with_int8_passes_the_gates(int8_cli: tuple[Result, Path]) -> None:
+    result, checkpoint = int8_cli
+    assert result.exit_code == 0, result.output
+    assert "model.onnx: built" in result.output and "FAILED" not in result.output
+    for name in ("model.onnx", "model.int8.onnx", "model.int8.trt.onnx"):
+        assert (checkpoint.parent / name).is_file()
+    report = json.loads((checkpoint.parent / "model.export.json").read_text())
+    assert report["int8"]["cpu"]["passed"] and report["int8"]["tensorrt"]["passed"]
+
+
+def test_onnx_agrees_with_torch(deepfeat_checkpoint: Path, photo_dir: Path, tmp_path: Path) -> None:
+    result = export_all(deepfeat_checkpoint, tmp_path, fp16=True, photos=photo_dir, require_tensorrt=False)
+    fp32, fp16 = result.verifications["onnx"], result.verifications["fp16_onnx"]
+    assert fp32 and fp32.worst.max_abs < 1e-4 and fp32.worst.srocc > 0.999
+    assert fp16 and fp16.worst.srocc >= 0.95
+    graph = onnx.load(str(result.onnx))
+    ops = {node.op_type for node in graph.graph.node}
+    assert {"MatMul", "Sqrt", "Exp", "Slice"} <= ops  # the kernel and the flip are in the graph
+    meta = read_meta(graph)
+    checkpoint = load_checkpoint(deepfeat_checkpoint)
+    assert meta.config_name == "deepfeat-test" and meta.mos_mapping == checkpoint.mos_mapping
+    assert meta.extra["model_config"]["factory"] == "qualitynet.trainer.deepfeat:deepfeat_gpr"
+
+
+def test_iqa_run_scores_on_the_mos_scale_as_torch_does(deepfeat_onnx: Path, deepfeat_checkpoint: Path,
+                                                      photo_dir: Path) -> None:
+    result = CliRunner().invoke(run_main, [str(deepfeat_onnx), str(photo_dir), "--format", "csv", "--quiet",
+                                           "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    rows = {Path(r["path"]).name: float(r["score"]) for r in csv.DictReader(io.StringIO(result.stdout))}
+    checkpoint = load_checkpoint(deepfeat_checkpoint)
+    inputs, names = load_photos(photo_dir, checkpoint.preprocess)
+    with torch.no_grad():
+        mapped = checkpoint.build_model()(torch.from_numpy(inputs))[:, 0].numpy()
+        raw = checkpoint.build_model(mapped=False)(torch.from_numpy(inputs))[:, 0].numpy()
+    got = np.array([rows[Path(n).name] for n in names])
+    scale = checkpoint.score_scale
+    assert len(rows) == 8 and np.allclose(got, scale.to_mos(mapped), atol=1e-4)
+    assert not np.allclose(mapped, raw, atol=1e-4)  # the MOS mapping is in the graph, not the identity
+
+
+def test_bench_measures_model_only_and_end_to_end(int8_cli: tuple[Result, Path], photo_dir: Path) -> None:
+    settings = BenchSettings(batch_sizes=(2,), warmup=1, iters=2, images=photo_dir, e2e_batch_size=4,
+                             e2e_workers=1, quiet=True, device="cpu", e2e_rounds=1)
+    report = run_bench(int8_cli[1], settings)
+    model_only = {(p.backend, p.precision): p for p in report.points if p.mode == "model-only"}
+    assert {("torch-eager", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8")} <= set(model_only)
+    assert model_only["onnxruntime", "fp32"].max_abs_error < 1e-3 and model_only["onnxruntime", "fp32"].srocc > 0.99
+    assert any(p.mode != "model-only" for p in report.points)
+    assert json.dumps(report.to_dict(), allow_nan=False)
