@@ -114,7 +114,7 @@ def _tensorrt_checks(checkpoint: Path, work: Path) -> list[Check]:
         except Exception as exc:  # noqa: BLE001 - every failure is a finding to record
             checks.append(Check(name, "failed", _error(exc)))
             continue
-        plan = result.plan
+        plan = result.file("plan")
         checks.append(Check(name, "passed", figures={
             "tensorrt_seconds": round(result.seconds["tensorrt"], 2) if "tensorrt" in result.seconds else None,
             "cache_bytes": cache.stat().st_size if cache.is_file() else 0,
