@@ -11,7 +11,7 @@ attention and head train for many epochs in seconds (the lite configs' recipe,
 
 from __future__ import annotations
 
-import csv
+import contextlib
 import logging
 import shutil
 import time
@@ -26,6 +26,7 @@ from qualitynet.bench.report import format_speedup, format_table, write_json
 from qualitynet.bench.run import BenchReport, BenchSettings, run_bench
 from qualitynet.export import ExportResult, export_all
 from qualitynet.runtime.scorer import Scorer
+from qualitynet.runtime.writer import ENCODING_ERRORS, RecordWriter
 from qualitynet.trainer.checkpoint import load_checkpoint
 from qualitynet.trainer.datasets import DatasetIndex, Split, load_dataset
 from qualitynet.trainer.demo_data import DATASET_SOURCES, make_demo_dataset
@@ -102,16 +103,14 @@ def run_demo(out_dir: str | Path, config: str = "lite", epochs: int = 60, crops:
     tick = time.perf_counter()
     truth = _copy_heldout(index, Split.load(trained.out_dir / "split.json"), out / "heldout")
     scores_csv = out / "scores.csv"
-    scored: dict[str, float] = {}
-    with Scorer(exported.onnx, batch_size=16) as scorer, open(scores_csv, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "score", "error"])
+    with Scorer(exported.onnx, batch_size=16) as scorer:
         started = time.perf_counter()
-        for record in scorer.score_folder(out / "heldout"):
-            writer.writerow([record.path, "" if record.score is None else f"{record.score:.6f}", record.error or ""])
-            if record.score is not None:
-                scored[Path(record.path).name] = record.score
+        records = list(scorer.score_folder(out / "heldout"))
         run_seconds = time.perf_counter() - started
+    stream = open(scores_csv, "w", newline="", encoding="utf-8", errors=ENCODING_ERRORS)
+    with contextlib.closing(RecordWriter(stream, "csv", name=str(scores_csv))) as writer:
+        writer.write_batch(records)
+    scored = {Path(record.path).name: record.score for record in records if record.score is not None}
     names = sorted(scored)
     pred, target = np.array([scored[n] for n in names]), np.array([truth[n][0] for n in names])
     scale = load_checkpoint(trained.out_dir / "model.pt").score_scale
@@ -151,8 +150,8 @@ def format_summary(result: DemoResult) -> str:
         f"  test split     SROCC {test['srocc']:.3f}, PLCC {test['plcc']:.3f}, RMSE {test['rmse']:.3f} "
         f"(photos never seen in training; MOS mapping fitted on the validation split)",
         f"  ONNX           {result.export.onnx}",
-        f"  FP16 ONNX      {result.export.fp16_onnx}",
-        f"  TensorRT       {result.export.plan or 'skipped: ' + (result.export.tensorrt_skipped or '')}",
+        f"  FP16 ONNX      {result.export.file('fp16_onnx')}",
+        f"  TensorRT       {result.export.file('plan') or 'skipped: ' + (result.export.tensorrt_skipped or '')}",
     ]
     for key, verification in verifications.items():
         worst = verification.worst

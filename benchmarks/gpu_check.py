@@ -129,7 +129,7 @@ def _tensorrt_checks(checkpoint: Path, work: Path) -> list[Check]:
         except Exception as exc:  # noqa: BLE001 - every failure is a finding to record
             checks.append(Check(name, "failed", _error(exc)))
             continue
-        plan = result.plan
+        plan = result.file("plan")
         checks.append(Check(name, "passed", figures={
             "tensorrt_seconds": round(result.seconds["tensorrt"], 2) if "tensorrt" in result.seconds else None,
             "cache_bytes": cache.stat().st_size if cache.is_file() else 0,
@@ -156,8 +156,7 @@ def _tensorrt_checks(checkpoint: Path, work: Path) -> list[Check]:
 def _decode_checks(checkpoint: Path, work: Path, device: str, quick: bool) -> list[Check]:
     """nvImageCodec (nvJPEG on the GPU; its CPU codec in the CPU rehearsal) against Pillow: decode rate,
     score agreement and end to end, on 1024x768 and camera-size (4000x3000, grain) JPEGs."""
-    from scipy import stats
-
+    from qualitynet.agreement import agreement
     from qualitynet.export import export_onnx
     from qualitynet.runtime.decode_pool import decode_path
     from qualitynet.runtime.nvimgcodec_decode import NvImageCodecPool, nvimgcodec_missing
@@ -191,12 +190,10 @@ def _decode_checks(checkpoint: Path, work: Path, device: str, quick: bool) -> li
                 figures[f"{kind}_decode_img_s"] = round(count / (time.perf_counter() - start), 1)
                 ours = scorer.score_decoded(candidate)
                 theirs = scorer.score_decoded(reference)
-                a = np.array([r.score for r in theirs], float)
-                b = np.array([r.score for r in ours], float)
-                figures.update(srocc=round(float(stats.spearmanr(a, b).statistic), 5),
-                               max_abs_mos=round(float(np.abs(a - b).max()), 5),
-                               mean_abs_mos=round(float(np.abs(a - b).mean()), 5))
-                agreement = scorer.check_decoder(paths[:16])
+                agreed = agreement(np.array([r.score for r in theirs], float), np.array([r.score for r in ours], float))
+                figures.update(srocc=round(agreed.srocc, 5), max_abs_mos=round(agreed.max_abs, 5),
+                               mean_abs_mos=round(agreed.mean_abs, 5))
+                gate = scorer.check_decoder(paths[:16])
                 start = time.perf_counter()
                 list(scorer.score_paths(paths))
                 figures[f"end_to_end_{decoder}_img_s"] = round(count / (time.perf_counter() - start), 1)
@@ -205,8 +202,8 @@ def _decode_checks(checkpoint: Path, work: Path, device: str, quick: bool) -> li
                 start = time.perf_counter()
                 list(scorer.score_paths(paths))
                 figures["end_to_end_pillow_workers_img_s"] = round(count / (time.perf_counter() - start), 1)
-            checks.append(Check(f"decode {label}", "passed" if agreement and agreement.passed else "failed",
-                                agreement.describe() if agreement else "", figures))
+            checks.append(Check(f"decode {label}", "passed" if gate and gate.passed else "failed",
+                                gate.describe() if gate else "", figures))
         except Exception as exc:  # noqa: BLE001 - a decode failure is a finding, not the end of the check
             checks.append(Check(f"decode {label}", "failed", _error(exc)))
     return checks

@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import stats
 
 from qualitynet._cli import progress
+from qualitynet.agreement import agreement
 from qualitynet.artifact import file_sha256
 from qualitynet.bench.machine import machine_info
 from qualitynet.bench.measure import LatencyStats, time_iterations
@@ -33,6 +33,7 @@ from qualitynet.cpus import usable_cpus
 from qualitynet.errors import QualityNetError
 from qualitynet.export import export_all, load_photos
 from qualitynet.export.freshness import stale_reason
+from qualitynet.export.targets import TARGETS
 from qualitynet.runtime.discovery import iter_folder
 from qualitynet.runtime.scorer import Scorer
 from qualitynet.trainer.checkpoint import load_checkpoint
@@ -140,14 +141,6 @@ def _point(mode: str, backend: str, precision: str, device: str, timing: Latency
                  device_mean_ms=timing.device_mean_ms, threads=threads)
 
 
-def _agreement(reference: np.ndarray, candidate: np.ndarray) -> tuple[float, float]:
-    """Max abs error and SROCC (NaN when either list is constant: ranks are undefined)."""
-    error = float(np.max(np.abs(reference - candidate)))
-    if np.ptp(reference) == 0 or np.ptp(candidate) == 0:
-        return error, float("nan")
-    return error, float(stats.spearmanr(reference, candidate).statistic)
-
-
 def ensure_artifacts(checkpoint_path: Path, onnx: Path | None = None, engine: Path | None = None,
                      out_dir: Path | None = None) -> tuple[dict[str, Path], Path | None]:
     """The FP32/FP16 ONNX models and engine of this checkpoint, exporting what is missing or stale.
@@ -162,9 +155,9 @@ def ensure_artifacts(checkpoint_path: Path, onnx: Path | None = None, engine: Pa
     """
     folder = out_dir or checkpoint_path.parent
     stem = checkpoint_path.stem
-    fp32 = onnx or folder / f"{stem}.onnx"
-    fp16 = fp32.with_name(fp32.name.removesuffix(".onnx") + ".fp16.onnx")
-    plan = engine or folder / f"{stem}.plan"
+    fp32 = onnx or TARGETS["onnx"].path(folder, stem)
+    fp16 = TARGETS["fp16_onnx"].path(fp32.parent, fp32.name.removesuffix(".onnx"))
+    plan = engine or TARGETS["plan"].path(folder, stem)
     digest = file_sha256(checkpoint_path)
     for path in (p for p in (onnx, onnx and fp16, engine) if p is not None and p.is_file()):
         reason = stale_reason(path, digest)
@@ -176,8 +169,8 @@ def ensure_artifacts(checkpoint_path: Path, onnx: Path | None = None, engine: Pa
         log.info("exporting %s (%s)", checkpoint_path,
                  "; ".join(f"{path.name}: {reason}" for path, reason in reasons.items() if reason))
         result = export_all(checkpoint_path, folder, fp16=True, require_tensorrt=False)
-        fp32, fp16 = result.onnx, result.fp16_onnx or fp16
-        plan = result.plan or plan
+        fp32, fp16 = result.onnx, result.file("fp16_onnx") or fp16
+        plan = result.file("plan") or plan
     if plan.is_file() and (reason := stale_reason(plan, digest)) is not None:
         log.warning("%s left out: %s", plan, reason)
         return {"fp32": fp32, "fp16": fp16}, None
@@ -229,7 +222,8 @@ def measure_model_only(specs: list[SubjectSpec], inputs: np.ndarray, settings: B
                                subject.load_seconds, subject.threads)
                 if reference is None:
                     reference = scores
-                point.max_abs_error, point.srocc = _agreement(reference, scores)
+                agreed = agreement(reference, scores)
+                point.max_abs_error, point.srocc = agreed.max_abs, agreed.srocc
                 baseline.setdefault(batch_size, point.throughput_img_s)
                 point.speedup = point.throughput_img_s / baseline[batch_size]
                 points.append(point)
@@ -315,8 +309,8 @@ def _end_to_end(specs: list[SubjectSpec], checkpoint_path: Path, files: list[str
         timing, scores, _, used_threads = spec_runs[_median_round(ratios)]
         point = _point("end-to-end", spec.backend, spec.precision, spec.device, timing, spec_runs[0][2], used_threads)
         common = [f for f in files if f in scores and f in naive.scores]
-        point.max_abs_error, point.srocc = _agreement(np.array([naive.scores[f] for f in common]),
-                                                      np.array([scores[f] for f in common]))
+        agreed = agreement(np.array([naive.scores[f] for f in common]), np.array([scores[f] for f in common]))
+        point.max_abs_error, point.srocc = agreed.max_abs, agreed.srocc
         point.speedup = float(np.median(ratios))
         point.speedup_rounds = [round(r, 3) for r in ratios]
         point.speedup_spread = (max(ratios) - min(ratios)) / point.speedup

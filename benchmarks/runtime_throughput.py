@@ -27,8 +27,8 @@ import numpy as np
 import onnxruntime
 import PIL
 import torch
-from scipy.stats import spearmanr
 
+from qualitynet.agreement import agreement
 from qualitynet.bench.fixtures import photo_folder, untrained_checkpoint
 from qualitynet.bench.naive import naive_loop
 from qualitynet.bench.record import measurement, time_iqa_run
@@ -62,8 +62,9 @@ def fast_decode_effect(model: Path, paths: list[str]) -> dict[str, float]:
     for fast in (False, True):
         with Scorer(model, workers=pipeline.default_workers(), fast_decode=fast, provider="cpu") as scorer:
             scores[fast] = np.array([r.score for r in scorer.score_paths(paths)], dtype=np.float64)
-    shift = np.abs(scores[True] - scores[False])
-    return {"photos": len(paths), "srocc": round(float(spearmanr(scores[True], scores[False]).statistic), 5),
+    agreed = agreement(scores[False], scores[True])
+    shift = agreed.abs_error
+    return {"photos": len(paths), "srocc": round(agreed.srocc, 5),
             "max_shift": float(f"{shift.max():.3g}"), "mean_shift": float(f"{shift.mean():.3g}"),
             "score_std": float(f"{scores[False].std():.3g}"),
             "max_shift_over_std": round(float(shift.max() / scores[False].std()), 4)}

@@ -23,17 +23,14 @@ from qualitynet.bench.measure import Step
 from qualitynet.errors import QualityNetError
 from qualitynet.export.freshness import stale_reason
 from qualitynet.export.onnx import read_meta
-from qualitynet.runtime.ort_runner import OrtRunner
+from qualitynet.export.targets import TARGETS
+from qualitynet.runtime.ort_runner import PROVIDERS, OrtRunner
 from qualitynet.runtime.runner import BaseRunner, runner_for
 from qualitynet.runtime.trt_compat import tensorrt_status
 from qualitynet.trainer.checkpoint import Checkpoint
 
-__all__ = ["ORT_PROVIDERS", "TORCH_VARIANTS", "Skipped", "Subject", "SubjectSpec", "plan_subjects", "runner_threads",
+__all__ = ["TORCH_VARIANTS", "Skipped", "Subject", "SubjectSpec", "plan_subjects", "runner_threads",
            "tensorrt_missing"]
-
-# onnxruntime's provider name -> the runtime's --provider value, in order of preference.
-ORT_PROVIDERS = {"TensorrtExecutionProvider": "tensorrt", "CUDAExecutionProvider": "cuda",
-                 "CPUExecutionProvider": "cpu"}
 
 
 @dataclass
@@ -199,7 +196,8 @@ def _timed_open(opener: Callable[[], Subject], probe: np.ndarray) -> Callable[[]
 def _available_ort_providers() -> list[str]:
     import onnxruntime
 
-    return [ORT_PROVIDERS[name] for name in ORT_PROVIDERS if name in onnxruntime.get_available_providers()]
+    available = onnxruntime.get_available_providers()
+    return [provider for provider, name in PROVIDERS.items() if name in available]
 
 
 def tensorrt_missing(plan: Path | None = None) -> str | None:
@@ -253,7 +251,7 @@ def plan_subjects(checkpoint: Checkpoint, onnx_paths: dict[str, Path], plan: Pat
         skipped += [Skipped(backend, "fp16-autocast", "cuda", "no CUDA device")
                     for backend in ("torch-eager", *(TORCH_VARIANTS[mode] for mode in torch_variants))]
     providers = _available_ort_providers()
-    for provider in ORT_PROVIDERS.values():
+    for provider in PROVIDERS:
         for precision, path in onnx_paths.items():
             if provider not in providers:
                 skipped.append(Skipped("onnxruntime", precision, provider,
@@ -292,8 +290,8 @@ def _int8_subjects(fp32: Path | None, threads: int, probe: np.ndarray,
     this checkpoint that passed its accuracy gate."""
     if fp32 is None:
         return [], []
-    stem = fp32.name.removesuffix(".onnx")
-    cpu_model, plan = fp32.with_name(f"{stem}.int8.onnx"), fp32.with_name(f"{stem}.int8.plan")
+    folder, stem = fp32.parent, fp32.name.removesuffix(".onnx")
+    cpu_model, plan = TARGETS["int8_onnx"].path(folder, stem), TARGETS["int8_plan"].path(folder, stem)
     specs, skipped = [], []
     reason = _int8_unusable(cpu_model, checkpoint_sha256)
     if reason is None:

@@ -29,7 +29,7 @@ from PIL import Image
 
 from qualitynet.artifact import PreprocessCfg
 from qualitynet.errors import QualityNetError
-from qualitynet.runtime.discovery import iter_folder
+from qualitynet.runtime.discovery import expand_photos
 from qualitynet.runtime.preprocess import image_to_inputs, load_rgb
 from qualitynet.trainer.demo_data import DEMO_SOURCES, DISTORTIONS, demo_photo
 
@@ -54,12 +54,9 @@ def _open_photos(photos: str | Path | Sequence[str | Path] | None, bundled: Sequ
                  cfg: PreprocessCfg) -> tuple[list[Image.Image], list[str]]:
     if photos is None:
         return [demo_photo(name) for name in bundled], list(bundled)
-    if isinstance(photos, (str, Path)):
-        if not Path(photos).exists():
-            raise QualityNetError(f"{photos}: no such folder or file")
-        paths = list(iter_folder(photos)) if Path(photos).is_dir() else [str(photos)]
-    else:
-        paths = [str(path) for path in photos]
+    if isinstance(photos, (str, Path)) and not Path(photos).exists():
+        raise QualityNetError(f"{photos}: no such folder or file")
+    paths = expand_photos(photos)
     if not paths:
         raise QualityNetError(f"{photos}: no photos found")
     return [load_rgb(path, cfg) for path in paths], paths

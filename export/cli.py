@@ -14,7 +14,8 @@ from qualitynet.export.calibration import DEFAULT_CALIB_COUNT
 from qualitynet.export.exporter import export_all
 from qualitynet.export.int8 import CALIBRATION_METHODS, DEFAULT_MEAN_ABS_FRACTION, DEFAULT_MIN_SROCC, Int8Settings
 from qualitynet.export.onnx import DEFAULT_OPSET
-from qualitynet.export.types import ExportResult, TensorRTUnavailableError
+from qualitynet.export.targets import TARGETS
+from qualitynet.export.types import ExportResult, TensorRTUnavailableError, Verification
 
 __all__ = ["main"]
 
@@ -48,12 +49,14 @@ def _batch_profile(ctx: click.Context, param: click.Parameter, value: str) -> Ba
               help="With --version-compatible: leave the lean runtime out of the plan (smaller; runs only on the "
                    "lean runtime of the TensorRT version that built it).")
 @click.option("--photos", type=click.Path(exists=True, path_type=Path),
-              help="Folder of photos to verify on (first 32) [default: photos bundled with scikit-image]; for the "
-                   "INT8 gate also a dataset CSV with a group column, so that groups also calibrated on leave it.")
+              help="Folder of photos to verify on (first 32) [default: photos bundled with scikit-image].")
 @click.option("--int8", is_flag=True,
               help="Also calibrate and write model.int8.onnx (CPUs) and model.int8.trt.onnx (TensorRT Q/DQ), each "
-                   "gated on held-out photos (--photos, up to 256); builds model.int8.plan where TensorRT and a "
+                   "gated on held-out photos (--gate-photos, up to 256); builds model.int8.plan where TensorRT and a "
                    "GPU are present.")
+@click.option("--gate-photos", type=click.Path(exists=True, path_type=Path),
+              help="INT8 gate: held-out photos, a folder or a dataset CSV with a group column (groups also "
+                   "calibrated on leave the gate) [default: bundled photos never used for calibration].")
 @click.option("--calib-photos", type=click.Path(exists=True, path_type=Path),
               help="INT8 calibration photos, like those you will score (a folder or a dataset CSV) [default: bundled "
                    "photos plus crops].")
@@ -62,7 +65,7 @@ def _batch_profile(ctx: click.Context, param: click.Parameter, value: str) -> Ba
 @click.option("--calib-method", type=click.Choice(sorted(CALIBRATION_METHODS)), default="minmax", show_default=True,
               help="How activation ranges are chosen from the calibration photos.")
 @click.option("--min-srocc", type=click.FloatRange(-1, 1), default=DEFAULT_MIN_SROCC, show_default=True,
-              help="INT8 gate: lowest SROCC against the FP32 model on the held-out photos (--photos).")
+              help="INT8 gate: lowest SROCC against the FP32 model on the held-out photos (--gate-photos).")
 @click.option("--max-abs-error", type=click.FloatRange(min=0, min_open=True),
               help="INT8 gate: also bound the max abs error against the FP32 model, on the MOS scale [default: "
                    "reported, not bounded].")
@@ -79,9 +82,9 @@ def _batch_profile(ctx: click.Context, param: click.Parameter, value: str) -> Ba
 @cli_errors
 def main(checkpoint: Path, fp16: bool, out_dir: Path | None, opset: int, profile: BatchProfile, workspace: int,
          timing_cache: Path | None, opt_level: int, version_compatible: bool, exclude_lean_runtime: bool,
-         photos: Path | None, int8: bool, calib_photos: Path | None, calib_count: int, calib_method: str,
-         min_srocc: float, max_abs_error: float | None, max_mean_error: float | None, require_speedup: float | None,
-         triton_repo: Path | None, quiet: bool) -> None:
+         photos: Path | None, int8: bool, gate_photos: Path | None, calib_photos: Path | None, calib_count: int,
+         calib_method: str, min_srocc: float, max_abs_error: float | None, max_mean_error: float | None,
+         require_speedup: float | None, triton_repo: Path | None, quiet: bool) -> None:
     """Export CHECKPOINT (a model.pt from iqa-train) to a verified ONNX model.
 
     Writes model.onnx (FP32, dynamic batch, preprocessing and score scale in its metadata)
@@ -92,9 +95,9 @@ def main(checkpoint: Path, fp16: bool, out_dir: Path | None, opset: int, profile
     --fp16 cannot build the engine (the ONNX files are still written and checked, and
     --triton-repo still gets the ONNX model).
 
-    With --int8 (e.g. --int8 --calib-photos train/ --photos test/) also calibrates on
+    With --int8 (e.g. --int8 --calib-photos train/ --gate-photos test/) also calibrates on
     --calib-photos and writes model.int8.onnx (ONNX Runtime on CPUs) and model.int8.trt.onnx
-    (Q/DQ for TensorRT), each judged against model.onnx on held-out photos (--photos; never
+    (Q/DQ for TensorRT), each judged against model.onnx on held-out photos (--gate-photos; never
     the calibration photos, by content, nor their groups when both are dataset CSVs) by
     SROCC (--min-srocc) and mean abs error (--max-mean-error; also the max abs error with
     --max-abs-error). A model that fails keeps its
@@ -111,8 +114,11 @@ def main(checkpoint: Path, fp16: bool, out_dir: Path | None, opset: int, profile
         raise click.UsageError("--exclude-lean-runtime applies only with --version-compatible")
     if version_compatible and not fp16:
         raise click.UsageError("--version-compatible applies to the TensorRT plan, which only --fp16 builds")
-    int8_settings = Int8Settings(photos=calib_photos, count=calib_count, method=calib_method, min_srocc=min_srocc,
-                                 max_abs_mos=max_abs_error, mean_abs_mos=max_mean_error,
+    if int8 and gate_photos is None and photos is not None:
+        click.echo("note: --photos as the INT8 gate's photos (used so here) is deprecated; give them with "
+                   "--gate-photos (--photos is the verification photos)", err=True)
+    int8_settings = Int8Settings(photos=calib_photos, gate_photos=gate_photos, count=calib_count, method=calib_method,
+                                 min_srocc=min_srocc, max_abs_mos=max_abs_error, mean_abs_mos=max_mean_error,
                                  require_speedup=require_speedup) if int8 else None
     try:
         result = export_all(checkpoint, out_dir, fp16=fp16, opset=opset, photos=photos, profile=profile,
@@ -134,22 +140,22 @@ def main(checkpoint: Path, fp16: bool, out_dir: Path | None, opset: int, profile
 def _write_triton_repo(repo: Path, result: ExportResult, profile: BatchProfile) -> None:
     from qualitynet.export.triton import write_triton_repo
 
-    for config in write_triton_repo(repo, result.onnx, result.plan, profile=profile):
+    for config in write_triton_repo(repo, result.onnx, result.file("plan"), profile=profile):
         click.echo(f"Triton model: {config.parent}", err=True)
 
 
 def summary(result: ExportResult) -> str:
     """A few lines for humans: each artifact, its build time and its worst agreement."""
     lines = []
-    for key, path in (("onnx", result.onnx), ("fp16_onnx", result.fp16_onnx), ("plan", result.plan)):
-        check = result.verifications.get(key)
-        if path is None or check is None:
+    for key, path in result.files.items():
+        check = result.check(key)
+        if not isinstance(check, Verification):
             continue
         worst = check.worst
-        step = {"onnx": "onnx", "fp16_onnx": "fp16", "plan": "tensorrt"}[key]
         lines.append(
-            f"{path.name}: built in {result.seconds.get(step, 0):.1f} s; vs {check.reference} on {check.photos} "
-            f"photos: max abs error {worst.max_abs:.1e}, SROCC {worst.srocc:.4f}: {'ok' if check else 'FAILED'}"
+            f"{path.name}: built in {result.seconds.get(TARGETS[key].step, 0):.1f} s; vs {check.reference} on "
+            f"{check.photos} photos: max abs error {worst.max_abs:.1e}, SROCC {worst.srocc:.4f}: "
+            f"{'ok' if check else 'FAILED'}"
         )
     for gate in result.int8.values():
         figures = gate.figures()

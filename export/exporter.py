@@ -26,6 +26,7 @@ from qualitynet.export.fp16 import convert_fp16
 from qualitynet.export.freshness import stale_reason
 from qualitynet.export.int8 import Int8Settings
 from qualitynet.export.onnx import DEFAULT_OPSET, check_opset, export_onnx
+from qualitynet.export.targets import TARGETS
 from qualitynet.export.tensorrt import BuildSettings, build_engine, check_opset_for_tensorrt
 from qualitynet.export.types import ExportResult, TensorRTUnavailableError, VerificationError
 from qualitynet.export.verify import Reference, ScoreFn, load_photos, torch_scorer, verify
@@ -66,7 +67,7 @@ def export_all(checkpoint_path: str | Path, out_dir: str | Path | None = None, *
             verifying it then needs TensorRT's lean runtime installed next to the builder.
         int8: also calibrate and write ``model.int8.onnx`` (ONNX Runtime, CPUs) and
             ``model.int8.trt.onnx`` (Q/DQ for TensorRT), each gated on held-out photos
-            (``photos``; default bundled photos never used for calibration), and build
+            (``int8.gate_photos``, else ``photos``, else bundled photos never used for calibration), and build
             ``model.int8.plan`` where TensorRT and a GPU are present (see
             :func:`qualitynet.export.int8_step.export_int8`).
 
@@ -86,15 +87,16 @@ def export_all(checkpoint_path: str | Path, out_dir: str | Path | None = None, *
                              version_compatible, exclude_lean_runtime)
     if fp16:
         check_opset_for_tensorrt(opset, tensorrt_status().builder_version)
+    gate_photos = int8.gate_photos if int8 is not None and int8.gate_photos is not None else photos
     if int8 is not None:
         from qualitynet.export.int8_step import check_held_out
 
-        check_held_out(photos, int8.photos)
+        check_held_out(gate_photos, int8.photos)
     checkpoint = load_checkpoint(checkpoint_path)
     stem = checkpoint_path.stem
     result = ExportResult(
         checkpoint=checkpoint_path, config_name=checkpoint.model_config.name, opset=opset,
-        onnx=out / f"{stem}.onnx", report=out / f"{stem}.export.json",
+        report=out / f"{stem}.export.json", files={"onnx": TARGETS["onnx"].path(out, stem)},
         versions={**software_versions(), "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
     )
     result.earlier = _earlier_report(result.report, file_sha256(checkpoint_path))
@@ -111,41 +113,41 @@ def export_all(checkpoint_path: str | Path, out_dir: str | Path | None = None, *
             from qualitynet.export.int8_step import export_int8
 
             with _timed(result, "int8"):
-                export_int8(result, checkpoint.preprocess, photos, int8,
+                export_int8(result, checkpoint.preprocess, gate_photos, int8,
                             dataclasses.replace(settings, version_compatible=False, exclude_lean_runtime=False),
                             _write_report)
         if not fp16:
             return result
         onnx_reference = Reference(result.onnx.name, runner.infer, inputs)
-        fp16_path = result.fp16_onnx = out / f"{stem}.fp16.onnx"
+        fp16_path = result.files["fp16_onnx"] = TARGETS["fp16_onnx"].path(out, stem)
         with _timed(result, "fp16"):
             convert_fp16(result.onnx, fp16_path)
         log.info("wrote %s in %.1f s", fp16_path, result.seconds["fp16"])
         with OrtRunner(fp16_path, provider="cpu") as fp16_runner:
             _check(result, "fp16_onnx", fp16_runner.infer, onnx_reference, "fp16")
-        _build_and_check(result, onnx_reference, out / f"{stem}.plan", settings, require_tensorrt)
+        _build_and_check(result, onnx_reference, TARGETS["plan"].path(out, stem), settings, require_tensorrt)
     return result
 
 
 def _build_and_check(result: ExportResult, reference: Reference, plan: Path, settings: BuildSettings,
                      require_tensorrt: bool) -> None:
-    assert result.fp16_onnx is not None
+    fp16_onnx = result.files["fp16_onnx"]
     try:
         with _timed(result, "tensorrt"):
-            meta = build_engine(result.onnx, result.fp16_onnx, plan, settings)
+            meta = build_engine(result.onnx, fp16_onnx, plan, settings)
     except TensorRTUnavailableError as exc:
         result.tensorrt_skipped = str(exc)
         _write_report(result)
         message = (
-            f"no TensorRT engine built: {exc}. {result.onnx.name} and {result.fp16_onnx.name} are written and "
-            f"verified (figures in {result.report}); meanwhile `iqa-run {result.fp16_onnx} photos/` scores with "
+            f"no TensorRT engine built: {exc}. {result.onnx.name} and {fp16_onnx.name} are written and "
+            f"verified (figures in {result.report}); meanwhile `iqa-run {fp16_onnx} photos/` scores with "
             "ONNX Runtime"
         )
         if require_tensorrt:
             raise TensorRTUnavailableError(message, result) from None
         log.warning("%s", message)
         return
-    result.plan = plan
+    result.files["plan"] = plan
     from qualitynet.runtime.trt_runner import TrtRunner
 
     # This process has just built the plan, so the code it embeds (a version-compatible plan's lean runtime) is trusted.
@@ -155,9 +157,8 @@ def _build_and_check(result: ExportResult, reference: Reference, plan: Path, set
 
 def _check(result: ExportResult, key: str, candidate: ScoreFn, reference: Reference, precision: str) -> None:
     """Verify one artifact, record it in the report, and raise if it fails."""
-    path = {"onnx": result.onnx, "fp16_onnx": result.fp16_onnx, "plan": result.plan}[key]
-    assert path is not None
-    verification = result.verifications[key] = verify(candidate, reference, path.name, precision)
+    path = result.files[key]
+    verification = result.verifications[TARGETS[key].figures] = verify(candidate, reference, path.name, precision)
     _write_report(result)
     if not verification:
         failed = next(comparison for comparison in verification.comparisons if not comparison)
@@ -172,11 +173,6 @@ def _write_report(result: ExportResult) -> None:
     atomic_write_bytes(result.report, (text + "\n").encode())
 
 
-# A report's file keys -> the sections holding their figures.
-_SECTIONS = {"fp16_onnx": ("verifications", "fp16_onnx"), "plan": ("verifications", "plan"),
-             "int8_onnx": ("int8", None), "int8_trt_onnx": ("int8", None), "int8_plan": ("int8", None)}
-
-
 def _earlier_report(report: Path, checkpoint_sha256: str) -> dict[str, Any]:
     """What an earlier ``iqa-export`` of this checkpoint wrote to ``report`` about files this run may
     not write again (``--fp16`` then ``--int8``): the entries whose files are still exports of
@@ -187,17 +183,17 @@ def _earlier_report(report: Path, checkpoint_sha256: str) -> dict[str, Any]:
     except (OSError, ValueError, KeyError, TypeError):
         return {}
     kept: dict[str, Any] = {"files": {}, "verifications": {}, "seconds": {}}
-    for key, (section, entry) in _SECTIONS.items():
-        if key not in files or stale_reason(Path(files[key]), checkpoint_sha256) is not None:
+    for key, target in TARGETS.items():
+        if key == "onnx" or key not in files or stale_reason(Path(files[key]), checkpoint_sha256) is not None:
             continue
         kept["files"][key] = files[key]
-        if entry is not None and entry in earlier.get("verifications", {}):
-            kept["verifications"][entry] = earlier["verifications"][entry]
-        if section == "int8" and "int8" in earlier:
-            kept["int8"] = earlier["int8"]
-    step = {"fp16_onnx": "fp16", "plan": "tensorrt", "int8_onnx": "int8"}
-    kept["seconds"] = {step[key]: earlier["seconds"][step[key]] for key in kept["files"]
-                       if key in step and step[key] in earlier.get("seconds", {})}
+        section = earlier.get(target.section, {})
+        if target.section == "verifications" and target.figures in section:
+            kept["verifications"][target.figures] = section[target.figures]
+        if target.section == "int8" and section:
+            kept["int8"] = section
+        if target.step in earlier.get("seconds", {}):
+            kept["seconds"][target.step] = earlier["seconds"][target.step]
     return kept if kept["files"] else {}
 
 

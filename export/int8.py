@@ -47,6 +47,7 @@ from qualitynet.artifact import ArtifactMeta
 from qualitynet.errors import QualityNetError
 from qualitynet.export.calibration import DEFAULT_CALIB_COUNT, PhotoDataReader
 from qualitynet.export.onnx import read_meta, save_with_meta
+from qualitynet.export.targets import TARGETS
 from qualitynet.export.types import Int8Gate, Tolerance, Verification
 from qualitynet.export.verify import Reference, compare, run_batched
 from qualitynet.runtime.int8_fit import ARM, X86_NO_VNNI, int8_class
@@ -100,19 +101,25 @@ class Int8Target:
 
     Attributes:
         name: ``cpu`` (ONNX Runtime) or ``tensorrt``.
-        suffix: file name after the stem, e.g. ``.int8.onnx``.
+        artifact: the export target it is written as (a key of
+            :data:`~qualitynet.export.targets.TARGETS`: ``int8_onnx``, ``int8_trt_onnx``).
         activations: ``QuantType`` of activations.
         symmetric_activations: zero point 0 for activations (TensorRT requires it).
         extra_options: further ``quantize_static`` options.
     """
 
     name: str
-    suffix: str
+    artifact: str
     activations: QuantType
     symmetric_activations: bool
     extra_options: dict[str, Any] = field(default_factory=dict)
     reduce_range: bool = False
     instruction_set: str | None = None
+
+    @property
+    def suffix(self) -> str:
+        """Its file name after the stem, e.g. ``.int8.onnx``."""
+        return TARGETS[self.artifact].suffix
 
     def describe(self) -> dict[str, Any]:
         """The quantization, for the artifact record."""
@@ -135,14 +142,14 @@ def cpu_target(machine: str | None = None, flags: set[str] | None = None) -> Int
     """
     isa = int8_class(flags, machine)
     arm = isa == ARM
-    return Int8Target("cpu", ".int8.onnx", QuantType.QInt8 if arm else QuantType.QUInt8, symmetric_activations=arm,
+    return Int8Target("cpu", "int8_onnx", QuantType.QInt8 if arm else QuantType.QUInt8, symmetric_activations=arm,
                       reduce_range=isa == X86_NO_VNNI, instruction_set=isa)
 
 
 def tensorrt_target() -> Int8Target:
     """TensorRT's explicit quantization: symmetric int8 everywhere, float weights behind Q/DQ pairs,
     float biases (TensorRT's Q/DQ nodes take int8, not ONNX Runtime's int32 biases)."""
-    return Int8Target("tensorrt", ".int8.trt.onnx", QuantType.QInt8, symmetric_activations=True,
+    return Int8Target("tensorrt", "int8_trt_onnx", QuantType.QInt8, symmetric_activations=True,
                       extra_options={"AddQDQPairToWeight": True, "DedicatedQDQPair": True, "QuantizeBias": False,
                                      "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1}})
 
@@ -154,6 +161,9 @@ class Int8Settings:
     Attributes:
         photos: calibration photos (a folder or files); ``None``: the bundled ones
             (:data:`~qualitynet.export.calibration.CALIBRATION_SOURCES`) plus crops.
+        gate_photos: the gate's held-out photos (a folder, files or a dataset CSV); ``None``:
+            the export's verification photos when given, else bundled photos never used for
+            calibration.
         count: calibration inputs (photos first, then seeded crops of them).
         seed: seed of the crops.
         method: ``minmax``, ``entropy`` or ``percentile``.
@@ -170,6 +180,7 @@ class Int8Settings:
     """
 
     photos: str | Path | None = None
+    gate_photos: str | Path | None = None
     count: int = DEFAULT_CALIB_COUNT
     seed: int = 0
     method: str = "minmax"

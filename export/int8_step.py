@@ -1,6 +1,6 @@
 """The INT8 step of ``iqa-export --int8``: calibrate once, quantize and gate both graphs, build the engine.
 
-Runs after the FP32 ONNX model is verified. The gate's photos are held out: ``--photos``
+Runs after the FP32 ONNX model is verified. The gate's photos are held out: ``--gate-photos``
 when given, else the bundled photos the calibration never sees
 (:data:`~qualitynet.export.calibration.GATE_SOURCES`) plus crops. Held out means two
 things, both checked and recorded: no gate photo has the content (file SHA-256) of a
@@ -43,10 +43,11 @@ from qualitynet.export.int8 import (
     work_dir,
 )
 from qualitynet.export.onnx import read_meta
+from qualitynet.export.targets import TARGETS
 from qualitynet.export.tensorrt import BuildSettings, build_int8_engine
 from qualitynet.export.types import ExportResult, Int8Gate, TensorRTUnavailableError, VerificationError
 from qualitynet.export.verify import Reference, load_photos
-from qualitynet.runtime.discovery import iter_folder
+from qualitynet.runtime.discovery import expand_photos
 from qualitynet.runtime.ort_runner import OrtRunner
 
 __all__ = ["GATE_COUNT", "GATE_LIMIT", "HeldOut", "check_held_out", "export_int8", "gate_inputs", "listed_photos"]
@@ -54,7 +55,7 @@ __all__ = ["GATE_COUNT", "GATE_LIMIT", "HeldOut", "check_held_out", "export_int8
 log = logging.getLogger(__name__)
 
 GATE_COUNT = 48  # bundled held-out inputs: 6 photos and 42 crops
-GATE_LIMIT = 256  # at most this many of a --photos folder
+GATE_LIMIT = 256  # at most this many of a --gate-photos folder
 
 
 Photos = str | Path | Sequence[str | Path]
@@ -67,16 +68,14 @@ def listed_photos(photos: Photos) -> tuple[list[str], list[str] | None]:
     Raises:
         QualityNetError: a CSV that is not a dataset CSV.
     """
-    if isinstance(photos, (str, Path)):
-        if Path(photos).suffix.lower() == ".csv":
-            from qualitynet.trainer.datasets import load_dataset
+    if isinstance(photos, (str, Path)) and Path(photos).suffix.lower() == ".csv":
+        from qualitynet.trainer.datasets import load_dataset
 
-            index = load_dataset("csv", csv_path=photos)
-            with open(photos, newline="", encoding="utf-8") as handle:
-                grouped = "group" in (csv.DictReader(handle).fieldnames or [])
-            return [str(path) for path in index.paths], list(index.groups) if grouped else None
-        return (list(iter_folder(photos)) if Path(photos).is_dir() else [str(photos)]), None
-    return [str(path) for path in photos], None
+        index = load_dataset("csv", csv_path=photos)
+        with open(photos, newline="", encoding="utf-8") as handle:
+            grouped = "group" in (csv.DictReader(handle).fieldnames or [])
+        return [str(path) for path in index.paths], list(index.groups) if grouped else None
+    return expand_photos(photos), None
 
 
 class HeldOut:
@@ -114,10 +113,11 @@ def check_held_out(photos: Photos | None, calib_photos: Photos | None) -> HeldOu
         if shared:
             raise QualityNetError(
                 f"{len(shared)} photo(s) are both calibration and gate photos (e.g. {shared[0][0]} has the content "
-                f"of {shared[0][1]}); the INT8 gate must judge on held-out photos: give --photos and "
+                f"of {shared[0][1]}); the INT8 gate must judge on held-out photos: give --gate-photos and "
                 "--calib-photos disjoint sets")
     if gate_groups is None or calib_groups is None:
-        record["groups"] = "unknown (give --photos and --calib-photos as dataset CSVs with a group column to check)"
+        record["groups"] = ("unknown (give --gate-photos and --calib-photos as dataset CSVs with a group column to "
+                            "check)")
         return HeldOut(gate, calibration, record)
     common = sorted(set(gate_groups) & set(calib_groups))
     kept = [path for path, group in zip(gate, gate_groups, strict=True) if group not in common]
@@ -191,15 +191,14 @@ def _export_int8(result: ExportResult, cfg: PreprocessCfg, photos: Photos | None
         pre = preprocess_for_quantization(result.onnx, work / "pre.onnx")
         cache = work / "calibration.json"
         calibrate(pre, PhotoDataReader(cfg.input_name, calib), settings.method, cache, work)
-        for target, attribute in ((cpu_target(), "int8_onnx"), (tensorrt_target(), "int8_trt_onnx")):
-            path = out / f"{stem}{target.suffix}"
-            setattr(result, attribute, path)
+        for target in (cpu_target(), tensorrt_target()):
+            path = result.files[target.artifact] = TARGETS[target.artifact].path(out, stem)
             result.int8[target.name] = quantize_and_gate(
                 pre, path, target, settings, cache, meta, reference, calib, work,
                 fp32_path=result.onnx if target.name == "cpu" else None)
             write_report(result)
         if result.int8["tensorrt"]:
-            _build_engine(result, calib, out / f"{stem}.int8.plan", build, reference, settings)
+            _build_engine(result, calib, TARGETS["int8_plan"].path(out, stem), build, reference, settings)
     del result.int8_info["incomplete"]
     failed = [gate for gate in result.int8.values() if not gate]
     if failed:
@@ -222,14 +221,13 @@ def _failure(gate: Int8Gate) -> str:
 def _build_engine(result: ExportResult, calib: np.ndarray, plan: Path, build: BuildSettings, reference: Reference,
                   settings: Int8Settings) -> None:
     """Build the INT8 engine where TensorRT and a GPU are present and gate it like the ONNX graphs."""
-    assert result.int8_trt_onnx is not None
     try:
-        build_int8_engine(result.onnx, result.int8_trt_onnx, plan, calib, build)
+        build_int8_engine(result.onnx, result.files["int8_trt_onnx"], plan, calib, build)
     except TensorRTUnavailableError as exc:
         result.int8_info["engine_skipped"] = str(exc)
-        log.info("no INT8 TensorRT engine: %s; %s runs on ONNX Runtime meanwhile", exc, result.int8_onnx)
+        log.info("no INT8 TensorRT engine: %s; %s runs on ONNX Runtime meanwhile", exc, result.files["int8_onnx"])
         return
-    result.int8_plan = plan
+    result.files["int8_plan"] = plan
     check = gate(plan, reference, settings, result.int8["tensorrt"].mos_range)
     mos_range = result.int8["tensorrt"].mos_range
     result.int8["tensorrt_plan"] = Int8Gate("tensorrt_plan", plan.name, check, check, mos_range,

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import onnx
 
-from qualitynet.artifact import ArtifactMeta, BatchProfile
+from qualitynet.artifact import ArtifactMeta, BatchProfile, sidecar_path
 from qualitynet.errors import QualityNetError
 from qualitynet.export._io import ensure_writable_dir
 from qualitynet.export.onnx import read_meta
@@ -131,5 +131,5 @@ def write_triton_repo(repo: str | Path, onnx_path: str | Path, plan: str | Path 
         written.append(_write_model(root, f"{name}_trt", "tensorrt_plan", plan_path, "model.plan",
                                     config_text(f"{name}_trt", "tensorrt_plan", plan_meta, input_dims, output_dims,
                                                 plan_profile, "KIND_GPU")))
-        shutil.copyfile(plan_path.with_name(plan_path.name + ".json"), root / f"{name}_trt" / "1" / "model.plan.json")
+        shutil.copyfile(sidecar_path(plan_path), sidecar_path(root / f"{name}_trt" / "1" / "model.plan"))
     return written

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from qualitynet.artifact import ArtifactMeta
+from qualitynet.artifact import ArtifactMeta, sidecar_path
 from qualitynet.errors import QualityNetError
 from qualitynet.export._io import atomic_write_bytes
 
@@ -49,7 +49,7 @@ def calibration_cache_key(meta: ArtifactMeta, inputs: np.ndarray, tensorrt_versi
 
 def read_calibration_cache(cache: Path, key: dict[str, Any]) -> bytes | None:
     """The cache's bytes when its key file says it was measured for ``key``; None (calibrate again) otherwise."""
-    key_file = cache.with_name(cache.name + ".json")
+    key_file = sidecar_path(cache)
     try:
         recorded = json.loads(key_file.read_text(encoding="utf-8"))
         data = cache.read_bytes()
@@ -68,7 +68,7 @@ def write_calibration_cache(cache: Path, key: dict[str, Any], data: bytes) -> No
     """Write the cache and its key file."""
     atomic_write_bytes(cache, data)
     text = json.dumps(key, indent=2, sort_keys=True) + "\n"
-    atomic_write_bytes(cache.with_name(cache.name + ".json"), text.encode())
+    atomic_write_bytes(sidecar_path(cache), text.encode())
 
 
 def entropy_calibrator(inputs: np.ndarray, cache: Path, key: dict[str, Any]) -> trt.IInt8EntropyCalibrator2:

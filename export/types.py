@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from qualitynet.errors import QualityNetError
+from qualitynet.export.targets import TARGETS
 
 __all__ = [
     "Comparison",
@@ -213,18 +214,14 @@ class ExportResult:
         checkpoint: the source checkpoint.
         config_name: its model configuration.
         opset: the ONNX opset exported.
-        onnx: the FP32 ONNX model.
-        fp16_onnx: the FP16 ONNX model, when asked for.
-        plan: the TensorRT engine, when built.
         report: the ``<model>.export.json`` holding all figures below.
+        files: the files written, by target (:data:`~qualitynet.export.targets.TARGETS`: ``onnx``,
+            ``fp16_onnx``, ``plan``, ``int8_onnx``, ``int8_trt_onnx``, ``int8_plan``); ``onnx`` always.
         seconds: wall time of each step (``onnx``, ``fp16``, ``tensorrt``, ...).
         verifications: parity of each artifact with its reference, keyed by artifact.
         tensorrt_skipped: why no engine was built, when one was asked for and not built.
         photos: the verification photos, in score order.
         versions: software versions of the export.
-        int8_onnx: the INT8 model for ONNX Runtime on CPUs, when asked for.
-        int8_trt_onnx: the Q/DQ model TensorRT's INT8 engine is built from.
-        int8_plan: the TensorRT INT8 engine, when built.
         int8: the INT8 gates by graph (``cpu``, ``tensorrt``, ``tensorrt_plan``).
         int8_info: the calibration and gate photos used, why no INT8 engine was built, and
             ``error`` / ``incomplete`` when the INT8 step did not finish.
@@ -235,21 +232,32 @@ class ExportResult:
     checkpoint: Path
     config_name: str
     opset: int
-    onnx: Path
     report: Path
-    fp16_onnx: Path | None = None
-    plan: Path | None = None
+    files: dict[str, Path]
     seconds: dict[str, float] = field(default_factory=dict)
     verifications: dict[str, Verification] = field(default_factory=dict)
     tensorrt_skipped: str | None = None
     photos: list[str] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)
-    int8_onnx: Path | None = None
-    int8_trt_onnx: Path | None = None
-    int8_plan: Path | None = None
     int8: dict[str, Int8Gate] = field(default_factory=dict)
     int8_info: dict[str, Any] = field(default_factory=dict)
     earlier: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def onnx(self) -> Path:
+        """The FP32 ONNX model (always written first)."""
+        return self.files["onnx"]
+
+    def file(self, target: str) -> Path | None:
+        """The file written for ``target`` (a key of ``TARGETS``), or None."""
+        return self.files.get(target)
+
+    def check(self, target: str) -> Verification | Int8Gate | None:
+        """The check of ``target``'s file so far (where ``TARGETS`` says its figures live), or None."""
+        entry = TARGETS[target]
+        checks: dict[str, Verification] | dict[str, Int8Gate] = (
+            self.verifications if entry.section == "verifications" else self.int8)
+        return checks.get(entry.figures)
 
     @property
     def passed(self) -> bool:
@@ -259,9 +267,7 @@ class ExportResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form: what ``<model>.export.json`` holds."""
-        files = {"checkpoint": self.checkpoint, "onnx": self.onnx, "fp16_onnx": self.fp16_onnx, "plan": self.plan,
-                 "int8_onnx": self.int8_onnx, "int8_trt_onnx": self.int8_trt_onnx, "int8_plan": self.int8_plan}
-        written = {key: str(path) for key, path in files.items() if path is not None}
+        written = {key: str(path) for key, path in {"checkpoint": self.checkpoint, **self.files}.items()}
         earlier = self.earlier
         verifications = {**earlier.get("verifications", {}),
                          **{key: value.to_dict() for key, value in self.verifications.items()}}

@@ -30,12 +30,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy import stats
 
+from qualitynet.agreement import agreement
 from qualitynet.artifact import PreprocessCfg
 from qualitynet.errors import QualityNetError
 from qualitynet.export.types import Comparison, Tolerance, Verification
-from qualitynet.runtime.discovery import iter_folder
+from qualitynet.runtime.discovery import expand_photos
 from qualitynet.runtime.preprocess import image_to_inputs, load_rgb
 
 if TYPE_CHECKING:
@@ -95,10 +95,7 @@ def load_photos(photos: str | Path | Sequence[str | Path] | None, cfg: Preproces
         names = list(DEMO_SOURCES[:limit])
         images = [demo_photo(name) for name in names]
     else:
-        if isinstance(photos, (str, Path)):
-            paths = list(iter_folder(photos)) if Path(photos).is_dir() else [str(photos)]
-        else:
-            paths = [str(path) for path in photos]
+        paths = expand_photos(photos)
         if len(paths) > limit:
             log.info("verifying on the first %d of %d photos in %s", limit, len(paths), photos)
         names = paths[:limit]
@@ -181,34 +178,30 @@ def compare(reference: np.ndarray, candidate: np.ndarray, tolerance: Tolerance, 
             (nearly) alike is judged by the error bounds alone.
 
     Returns:
-        The comparison, truthy when it passes. Non-finite scores always fail.
+        The comparison (the figures of :func:`qualitynet.agreement.agreement`), truthy when it
+        passes. Non-finite scores always fail.
     """
-    reference = np.asarray(reference, np.float64).reshape(-1)
-    candidate = np.asarray(candidate, np.float64).reshape(-1)
-    if reference.shape != candidate.shape:
-        raise QualityNetError(f"{label}: {candidate.size} scores for {reference.size} photos")
-    finite = bool(np.isfinite(candidate).all())
-    # a NaN or infinite score is infinitely wrong (and keeps the statistics below finite-safe)
-    absdiff = np.abs(candidate - reference) if finite else np.full_like(reference, np.inf)
-    reldiff = absdiff / np.maximum(np.abs(reference), np.finfo(np.float32).tiny)
-    mismatches = int(np.count_nonzero((absdiff > tolerance.atol) & (reldiff > tolerance.rtol)))
+    try:
+        agreed = agreement(reference, candidate)
+    except QualityNetError as exc:
+        raise QualityNetError(f"{label}: {exc}") from None
+    mismatches = int(np.count_nonzero((agreed.abs_error > tolerance.atol) & (agreed.rel_error > tolerance.rtol)))
     spread = float(np.ptp(reference))
-    srocc = float(stats.spearmanr(reference, candidate).statistic) if finite and spread > 0 else float("nan")
-    ranks_ok = srocc >= tolerance.min_srocc or spread <= (RANK_SPREAD * tolerance.atol if rank_spread is None
-                                                          else rank_spread)
+    ranks_ok = agreed.srocc >= tolerance.min_srocc or spread <= (
+        RANK_SPREAD * tolerance.atol if rank_spread is None else rank_spread)
     return Comparison(
         label=label,
         batch_size=batch_size,
         tolerance=tolerance,
         noise_floor=noise_floor,
-        max_abs=float(absdiff.max()),
-        max_rel=float(reldiff.max()),
-        mean_abs=float(absdiff.mean()),
-        median_abs=float(np.median(absdiff)),
-        p90_abs=float(np.quantile(absdiff, 0.9)) if finite else float("inf"),
-        srocc=srocc,
+        max_abs=agreed.max_abs,
+        max_rel=agreed.max_rel,
+        mean_abs=agreed.mean_abs,
+        median_abs=agreed.median_abs,
+        p90_abs=agreed.p90_abs,
+        srocc=agreed.srocc,
         mismatches=mismatches,
-        passed=bool(finite and mismatches == 0 and ranks_ok),
+        passed=bool(agreed.finite and mismatches == 0 and ranks_ok),
     )
 
 

@@ -15,11 +15,12 @@ import functools
 import logging
 import os
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
-__all__ = ["IMAGE_SUFFIXES", "iter_folder", "iter_inputs", "looks_like_image", "path_key", "read_file_list"]
+__all__ = ["IMAGE_SUFFIXES", "expand_photos", "iter_folder", "iter_inputs", "looks_like_image", "path_key",
+           "read_file_list"]
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +122,14 @@ def iter_folder(folder: str | Path, recursive: bool = True,
             path = os.path.join(dirpath, name)
             if looks_like_image(path):
                 yield path
+
+
+def expand_photos(photos: str | Path | Sequence[str | Path]) -> list[str]:
+    """A photos argument as a list of paths: a folder's images (:func:`iter_folder`), one file, or the
+    files of a list, in order (a missing path is kept, so that reading it reports it)."""
+    if isinstance(photos, (str, Path)):
+        return list(iter_folder(photos)) if Path(photos).is_dir() else [str(photos)]
+    return [str(path) for path in photos]
 
 
 def read_file_list(stream: TextIO) -> Iterator[str]:

@@ -12,8 +12,8 @@ FLOAT, FLOAT16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
 
 
 def test_fp16_model_keeps_fp32_io_and_records_its_precision(tiny_export: ExportResult) -> None:
-    assert tiny_export.fp16_onnx is not None and tiny_export.fp16_onnx.name == "model.fp16.onnx"
-    model = onnx.load(str(tiny_export.fp16_onnx))
+    assert tiny_export.file("fp16_onnx") is not None and tiny_export.file("fp16_onnx").name == "model.fp16.onnx"
+    model = onnx.load(str(tiny_export.file("fp16_onnx")))
     onnx.checker.check_model(model, full_check=True)
     assert [i.type.tensor_type.elem_type for i in model.graph.input] == [FLOAT]
     assert [o.type.tensor_type.elem_type for o in model.graph.output] == [FLOAT]
@@ -26,8 +26,8 @@ def test_fp16_model_keeps_fp32_io_and_records_its_precision(tiny_export: ExportR
 
 
 def test_reductions_run_in_fp32(tiny_export: ExportResult) -> None:
-    assert tiny_export.fp16_onnx is not None
-    model = onnx.shape_inference.infer_shapes(onnx.load(str(tiny_export.fp16_onnx)))
+    assert tiny_export.file("fp16_onnx") is not None
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(tiny_export.file("fp16_onnx"))))
     types = {v.name: v.type.tensor_type.elem_type for v in [*model.graph.value_info, *model.graph.input]}
     kept = [n for n in model.graph.node if n.op_type in FP16_OP_BLOCK_LIST]
     assert kept, "the tiny model has ReduceMean nodes (attention)"

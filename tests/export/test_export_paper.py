@@ -18,4 +18,4 @@ def test_paper_config_exports_and_verifies(photo_dir: Path, tmp_path: Path) -> N
     print(summary(result))  # the figures, shown with pytest -s
     assert result.passed and set(result.verifications) >= {"onnx", "fp16_onnx"}
     assert result.verifications["onnx"].worst.srocc > 0.999
-    assert result.fp16_onnx is not None and result.fp16_onnx.stat().st_size < 0.6 * result.onnx.stat().st_size
+    assert result.files["fp16_onnx"].stat().st_size < 0.6 * result.onnx.stat().st_size

@@ -62,7 +62,8 @@ def fake_build(tiny_export: ExportResult, tmp_path: Path, monkeypatch: pytest.Mo
         monkeypatch.setitem(sys.modules, "tensorrt", fake.module)
         monkeypatch.setattr(trt_export, "gpu_info", lambda device=0: ("Test GPU", capability))
         monkeypatch.setattr(trt_export, "cuda_versions", lambda: {"cuda_driver": "12.4", "tensorrt_cuda": "12"})
-        meta = build_engine(tiny_export.onnx, tiny_export.fp16_onnx, tmp_path / "model.plan", BuildSettings(**settings))
+        meta = build_engine(tiny_export.onnx, tiny_export.files["fp16_onnx"], tmp_path / "model.plan",
+                            BuildSettings(**settings))
         return meta, fake
 
     return build
@@ -160,7 +161,7 @@ def test_gpu_too_old_for_the_installed_tensorrt(fake_build: Any, version: str, c
 
 def test_bad_build_settings_are_refused(tiny_export: ExportResult, tmp_path: Path) -> None:
     with pytest.raises(QualityNetError, match="optimization level 7"):
-        build_engine(tiny_export.onnx, tiny_export.fp16_onnx, tmp_path / "m.plan", BuildSettings(opt_level=7))
+        build_engine(tiny_export.onnx, tiny_export.file("fp16_onnx"), tmp_path / "m.plan", BuildSettings(opt_level=7))
 
 
 def test_missing_tensorrt_is_reported_with_the_install_command(tiny_export: ExportResult, tmp_path: Path,
@@ -168,7 +169,7 @@ def test_missing_tensorrt_is_reported_with_the_install_command(tiny_export: Expo
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     assert tensorrt_status().builder_version is None
     with pytest.raises(TensorRTUnavailableError, match="TensorRT is not installed.*pip install tensorrt-cu12"):
-        build_engine(tiny_export.onnx, tiny_export.fp16_onnx, tmp_path / "m.plan")
+        build_engine(tiny_export.onnx, tiny_export.file("fp16_onnx"), tmp_path / "m.plan")
     # the type stubs install an importable 'tensorrt' namespace without a builder: not TensorRT
     monkeypatch.setitem(sys.modules, "tensorrt", types.ModuleType("tensorrt"))
     assert tensorrt_status().builder_version is None and "no builder" in tensorrt_status().full_missing
@@ -202,15 +203,15 @@ def test_real_build_runs_and_agrees_with_onnxruntime(real_plan: ExportResult, ph
     from qualitynet.runtime.ort_runner import OrtRunner
     from qualitynet.runtime.trt_runner import TrtRunner
 
-    assert real_plan.plan is not None
+    assert real_plan.file("plan") is not None
     check = real_plan.verifications["plan"]
     assert check and [c.batch_size for c in check.comparisons] == [1, 8]
-    meta = ArtifactMeta.read_sidecar(real_plan.plan)
+    meta = ArtifactMeta.read_sidecar(real_plan.file("plan"))
     assert meta.versions["tensorrt"].split(".")[:3] == [str(v) for v in tensorrt_status().builder_version or ()][:3]
     assert meta.batch_profile == BatchProfile(1, 4, 8) and meta.gpu_name and meta.compute_capability
-    assert (real_plan.plan.parent / "trt.cache").stat().st_size > 0
+    assert (real_plan.file("plan").parent / "trt.cache").stat().st_size > 0
     inputs, _ = load_photos(photo_dir, meta.preprocess)
-    with TrtRunner(real_plan.plan) as trt_runner, OrtRunner(real_plan.onnx, provider="cpu") as ort_runner:
+    with TrtRunner(real_plan.file("plan")) as trt_runner, OrtRunner(real_plan.onnx, provider="cpu") as ort_runner:
         engine, reference = trt_runner.infer(inputs), ort_runner.infer(inputs)  # 8 photos: the profile's max
     assert np.abs(engine - reference).max() <= check.worst.tolerance.atol
 
@@ -223,9 +224,9 @@ def test_plan_built_elsewhere_is_refused(real_plan: ExportResult, tmp_path: Path
     so that a P5000 with TensorRT 8.6.1 refuses too)."""
     from qualitynet.runtime.trt_runner import TrtRunner
 
-    assert real_plan.plan is not None
-    plan = Path(shutil.copy(real_plan.plan, tmp_path / "model.plan"))
-    meta = ArtifactMeta.read_sidecar(real_plan.plan)
+    assert real_plan.file("plan") is not None
+    plan = Path(shutil.copy(real_plan.file("plan"), tmp_path / "model.plan"))
+    meta = ArtifactMeta.read_sidecar(real_plan.file("plan"))
     assert meta.compute_capability is not None
     meta = dataclasses.replace(meta, **(
         {"compute_capability": other_capability(meta.compute_capability), "gpu_name": "another GPU"}
@@ -247,13 +248,13 @@ def test_real_version_compatible_plan(varied_checkpoint: Path, photo_dir: Path, 
 
     result = export_all(varied_checkpoint, tmp_path, fp16=True, photos=photo_dir, profile=BatchProfile(1, 4, 8),
                         workspace=1024, version_compatible=True)
-    assert result.plan is not None and result.verifications["plan"]
-    meta = ArtifactMeta.read_sidecar(result.plan)
+    assert result.file("plan") is not None and result.verifications["plan"]
+    meta = ArtifactMeta.read_sidecar(result.file("plan"))
     assert meta.version_compatible is True and meta.exclude_lean_runtime is False
     lean = tensorrt_status().lean
     if lean is not None and same_release(meta.versions["tensorrt"], lean.__version__):
-        with TrtRunner(result.plan) as runner:
+        with TrtRunner(result.file("plan")) as runner:
             assert runner.infer(np.zeros((3, 3, 96, 96), np.float32)).shape == (3,)
     else:
         with pytest.raises(QualityNetError, match="--allow-plan-host-code"):
-            TrtRunner(result.plan).activate()
+            TrtRunner(result.file("plan")).activate()

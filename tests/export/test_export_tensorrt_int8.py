@@ -161,8 +161,8 @@ def test_real_int8_engine_passes_the_gate(varied_checkpoint: Path, tmp_path: Pat
     checkpoint = Path(shutil.copy(varied_checkpoint, tmp_path / "model.pt"))
     result = export_all(checkpoint, tmp_path, int8=Int8Settings(count=16, min_srocc=-1.0, remedy=False),
                         profile=BatchProfile(1, 8, 16), workspace=1024)
-    assert result.int8_plan is not None and result.int8_plan.is_file()
-    meta = ArtifactMeta.read_sidecar(result.int8_plan)
+    assert result.file("int8_plan") is not None and result.file("int8_plan").is_file()
+    meta = ArtifactMeta.read_sidecar(result.file("int8_plan"))
     assert meta.precision == "int8" and meta.gpu_name
     gate = result.int8["tensorrt_plan"]
     assert gate.figures()["photos"] == 48 and np.isfinite(gate.figures()["max_abs_mos"])
