@@ -1,15 +1,20 @@
-"""benchmarks/scripts/gpu_check.sh: a clear report without CUDA, and a CPU rehearsal of its code paths."""
+"""The GPU check (benchmarks/scripts/gpu_check.sh, iqa-bench gpu-check): a clear report without CUDA, and a CPU
+rehearsal of its code paths."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from click.testing import CliRunner
+
+from qualitynet.bench.cli import main
 
 from qualitynet.bench import gpu_check
 from qualitynet.trainer.checkpoint import load_checkpoint
@@ -36,9 +41,13 @@ def test_without_cuda_it_says_so_and_exits_0(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_cpu_rehearsal_runs_every_part_or_says_why_not(tmp_path: Path) -> None:
-    result = _run("--device", "cpu", "--quick", "--out", str(tmp_path), "--work", str(tmp_path / "work"))
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_cpu_rehearsal_runs_every_part_or_says_why_not(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    # in-process (the script's own start-up is the test above); the shared tiny weights, so not made again
+    (tmp_path / "work" / "tiny").mkdir(parents=True)
+    shutil.copyfile(tiny_checkpoint, tmp_path / "work" / "tiny" / "model.pt")
+    result = CliRunner().invoke(main, ["gpu-check", "--device", "cpu", "--quick", "--out", str(tmp_path),
+                                       "--work", str(tmp_path / "work")])
+    assert result.exit_code == 0, result.output[-3000:]
     data = json.loads((tmp_path / "gpu-cpu-quick.json").read_text())
     points = data["configs"]["tiny"]["report"]["points"]
     assert {(p["backend"], p["precision"]) for p in points} >= {("torch-eager", "fp32"), ("onnxruntime", "fp16")}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torchvision
 from torch import nn
 
 from qualitynet.errors import QualityNetError
@@ -26,11 +25,12 @@ def paper_model() -> nn.Module:
     return create_model("qualitynet").eval()
 
 
+# torchvision's ResNet-50 and EfficientNet-B7 without their classifiers (fc, classifier).
+RESNET50_FEATURES, EFFNET_B7_FEATURES = 23_508_032, 63_786_960
+
+
 def test_paper_streams_are_torchvision_backbones_plus_attention(paper_model: nn.Module) -> None:
-    resnet, effnet = torchvision.models.resnet50(), torchvision.models.efficientnet_b7()
-    resnet_features = _count(resnet) - _count(resnet.fc)
-    effnet_features = _count(effnet) - _count(effnet.classifier)
-    assert (resnet_features, effnet_features) == (23_508_032, 63_786_960)
+    resnet_features, effnet_features = RESNET50_FEATURES, EFFNET_B7_FEATURES
     r50, b7 = paper_model.streams
     assert (r50.channels, b7.channels, paper_model.num_features) == (2048, 2560, 4608)
     assert _count(r50) == resnet_features + _attention_params(2048, 16)
