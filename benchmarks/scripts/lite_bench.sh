@@ -21,7 +21,7 @@ from pathlib import Path
 from qualitynet.trainer.checkpoint import load_checkpoint
 from qualitynet.trainer.demo_data import make_photo_folder
 name = load_checkpoint('$MODEL').model_config.name
-sys.exit(f'$MODEL is the {name} config, not $CONFIG: pass CONFIG=$name or another MODEL') if name != '$CONFIG' else None
+sys.exit(f'$MODEL is the {name} config, not $CONFIG: pass CONFIG={name} or another MODEL') if name != '$CONFIG' else None
 if len(list(Path('$PHOTOS').glob('*.jpg'))) < 200:
     make_photo_folder('$PHOTOS', count=200, size=(1024, 768))
 "
