@@ -67,10 +67,11 @@ DEEPFEAT_CONFIGS: dict[str, DeepFeatConfig] = {
     # its last two stages' pooled activations (layer4 is the bottleneck the paper finds best).
     "deepfeat": DeepFeatConfig("deepfeat", (("resnet50", ("layer3", "layer4")),)),
     # Offline: the EfficientNet-Lite0 and Lite1 weights the lite config uses; the last block's
-    # pooled output (320 channels) or the head convolution's (1280).
+    # pooled output (320 channels) or the head convolution's (1280). The whole image, unflipped:
+    # a flip doubles the backbone's cost for a globally pooled feature that barely changes.
     "deepfeat-lite": DeepFeatConfig("deepfeat-lite", (("efficientnet_lite0", ("block6", "head")),
                                                       ("efficientnet_lite1", ("block6", "head"))),
-                                    mean=LITE_MEAN, std=LITE_STD),
+                                    mean=LITE_MEAN, std=LITE_STD, flips=False),
 }
 
 

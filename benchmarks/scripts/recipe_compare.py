@@ -9,9 +9,9 @@ Backbones are frozen, so each backbone's pooled features of every image (every l
 needs, one pass) are computed once by :func:`qualitynet.trainer.frozen.pool_views`, saved under
 ``--out/features``, and given to ``train()`` in place of its own pass (the same numbers: the
 script checks a few against the model's ``forward_pooled``). Lite0's features serve every
-config. The lite arms use no flips (their cached view 0); ``deepfeat-lite`` averages each
-image's and its flip's predictions inside its graph, so its backbones' features are cached
-with the flipped view too.
+config. No arm uses flips (``deepfeat-lite`` scores the whole image unflipped); a config whose
+graph averages an image's and its flip's predictions would have its features cached with the
+flipped view too.
 
 Each seed's run is also scored on camera-size (4000x3000) JPEG series of that seed's test
 photos (``camera_eval.py``'s files and its five native-resolution crops per file, a file's
@@ -128,6 +128,9 @@ def layer_features(plan: dict[str, tuple[tuple[str, ...], bool]], index: Dataset
     for backbone, (layers, flips) in plan.items():
         extractor = pooled_layers(backbone, layers, pretrained=True).eval()
         cache = folder / f"{backbone}-{'+'.join(layers)}{'-flips' if flips else ''}-{key}.pt"
+        flipped = cache.with_name(cache.name.replace(f"-{key}.pt", f"-flips-{key}.pt"))
+        if not flips and not cache.is_file() and flipped.is_file():  # view 0 of a pass that also flipped
+            torch.save(torch.load(flipped)[:, :1].clone(), cache)
         if not cache.is_file():
             started = time.perf_counter()
             dataset = IqaDataset(index, range(len(index)), preprocess, index.score_scale, flip=flips)
