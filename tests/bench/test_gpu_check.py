@@ -14,9 +14,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from qualitynet.bench.cli import main
-
 from qualitynet.bench import gpu_check
+from qualitynet.bench.cli import main
 from qualitynet.trainer.checkpoint import load_checkpoint
 
 from conftest import DEEPFEAT_TEST
