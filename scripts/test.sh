@@ -21,6 +21,13 @@ echo "== lint: ruff check" >&2
 .venv/bin/python -m ruff check . || failed+=(ruff)
 echo "== type check: mypy" >&2
 .venv/bin/python -m mypy || failed+=(mypy)
+# The TensorRT code and the tests' stand-in, strictly, against tensorrt-stubs (repaired copies and a
+# qualitynet link tree in build/mypy-trt: mypy cannot follow the editable install's import hook).
+echo "== type check: the TensorRT code against tensorrt-stubs" >&2
+{ .venv/bin/python tests/trt_stubs.py build/mypy-trt \
+  && MYPYPATH=build/mypy-trt:tests .venv/bin/python -m mypy --follow-imports=silent -p qualitynet.export.tensorrt \
+     -p qualitynet.export.trt_calibration -p qualitynet.runtime.trt_compat -p qualitynet.runtime.trt_runner \
+     -p qualitynet.runtime.gpu -m fake_tensorrt; } || failed+=(mypy-tensorrt)
 bash scripts/test-serve.sh || failed+=(test-serve)
 .venv/bin/python -m pytest || failed+=(pytest)
 if [ "${#failed[@]}" -gt 0 ]; then
