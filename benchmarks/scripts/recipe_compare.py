@@ -175,6 +175,8 @@ def main() -> None:
                                    len(index), args.out / "features")
         camera_features = {}
         for decode in args.decodes.split(","):
+            if decode == "dct" and camera_cfg.view == "crops" and not camera_cfg.short_side:
+                continue  # native-resolution crops cannot be DCT-scaled
             cfg = camera_cfg if decode == "full" else camera_cfg.with_decode(decode)
             camera_features[decode] = config_features(
                 config, f"camera-{'-'.join(photos)}-{data}-{decode}", lambda i: file_to_inputs(camera.paths[i], cfg),
@@ -212,7 +214,7 @@ def main() -> None:
     print("|---|---|---|" + "---|" * len(decodes) + "---|")
     for arm, fig in results.items():
         print(f"| {arm} | {spread(fig['srocc'])} | {spread(fig['within'])} | "
-              + " | ".join(spread(fig[f"camera_{d}"]) for d in decodes)
+              + " | ".join(spread(fig[f"camera_{d}"]) if f"camera_{d}" in fig else "n/a" for d in decodes)
               + f" | {', '.join(str(int(e)) for e in fig['best_epoch'])} |")
     (args.out / "recipe_compare.json").write_text(json.dumps({"seeds": seeds, "photos": photos, **results},
                                                              indent=1) + "\n", encoding="utf-8")
