@@ -28,7 +28,7 @@ from qualitynet.export import ExportResult, export_all
 from qualitynet.runtime.scorer import Scorer
 from qualitynet.trainer.checkpoint import load_checkpoint
 from qualitynet.trainer.datasets import DatasetIndex, Split, load_dataset
-from qualitynet.trainer.demo_data import DATASET_SOURCES, make_demo_dataset, make_view_dataset
+from qualitynet.trainer.demo_data import DATASET_SOURCES, FRAME_SCALES, make_demo_dataset, make_view_dataset
 from qualitynet.trainer.metrics import compute_metrics, within_srocc
 from qualitynet.trainer.model import get_config
 from qualitynet.trainer.recipes import recipe_for
@@ -37,9 +37,6 @@ from qualitynet.trainer.train import TrainResult, TrainSettings, train
 __all__ = ["DemoResult", "main", "run_demo"]
 
 log = logging.getLogger(__name__)
-
-# The camera-like frames of the demo data, in multiples of the view's short side (make_view_dataset).
-DEMO_FRAME_SCALES = (2.0, 4.0)
 
 
 @dataclass
@@ -84,7 +81,7 @@ def run_demo(out_dir: str | Path, config: str = "lite", epochs: int = 60, crops:
         epochs: training epochs (early stopping may end sooner).
         crops / side / scales: demo dataset. A config whose recipe views crops at a stated
             short side (lite) gets images at that scale (:func:`make_view_dataset`; ``scales``:
-            the camera-like frames' sizes in multiples of it, default 2 and 4); any other gets
+            the camera-like frames' sizes in multiples of it, default :data:`FRAME_SCALES`); any other gets
             ``crops`` squares of ``side`` pixels per photo and scale (:func:`make_demo_dataset`;
             ``scales``: enlargements before distortion, default 1 and 2).
         bench_iters: timed batches per benchmark point.
@@ -98,7 +95,7 @@ def run_demo(out_dir: str | Path, config: str = "lite", epochs: int = 60, crops:
     view = settings.preprocess(get_config(config))
     tick = time.perf_counter()
     if view.view == "crops" and view.short_side:  # data at the scale the model is scored at
-        csv_path = make_view_dataset(out / "data", view, sources, frame_scales=scales or DEMO_FRAME_SCALES)
+        csv_path = make_view_dataset(out / "data", view, sources, frame_scales=scales or FRAME_SCALES)
     else:
         csv_path = make_demo_dataset(out / "data", sources, side=side, crops=crops, scales=scales or (1.0, 2.0))
     seconds["data"] = time.perf_counter() - tick

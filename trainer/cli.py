@@ -246,7 +246,7 @@ def eval_command(checkpoint: Path, dataset: str, data_root: Path | None, csv_pat
               help="Write images at the scale of the lite recipe's view (5 crops at this short side): each "
                    "photo as camera-like frames at --scales times it, distorted whole, then brought to it. "
                    "0: write SIDE-pixel crops at the photos' own scale instead (for --view resize).")
-@click.option("--scales", help="Comma-separated enlargements of each photo before distortion [default: 2,4 "
+@click.option("--scales", help="Comma-separated enlargements of each photo before distortion [default: 2 "
                                "(frames, times --short-side); 1,2 with --short-side 0 (1: its own resolution)].")
 @click.option("--side", type=click.IntRange(32), default=224, show_default=True,
               help="With --short-side 0: crop size in pixels (the model's input size: crops are not rescaled).")
@@ -257,8 +257,8 @@ def demo_data_command(out_dir: Path, short_side: int, scales: str | None, side: 
 
     Fifteen bundled photos (scikit-image, scikit-learn, matplotlib), each distorted whole
     at every level (pristine + 4 distortions x 4 levels, scored 5 down to 1). By default
-    each photo becomes camera-like frames (enlarged 2x and 4x past short side 768, with
-    sensor grain), distorted at that size and brought to short side 768 as the lite recipe's
+    each photo becomes a camera-like frame (enlarged to twice short side 768, with sensor
+    grain), distorted at that size and brought to short side 768 as the lite recipe's
     view brings a photo there, so a JPEG block or noise grain looks as it does in a camera
     photo scored by that model. With --short-side 0, CROPS squares of SIDE pixels are cut
     without rescaling from each photo distorted at its own resolution and enlarged 2x.
@@ -271,7 +271,7 @@ def demo_data_command(out_dir: Path, short_side: int, scales: str | None, side: 
     from qualitynet.trainer.demo_data import make_demo_dataset, make_view_dataset
 
     try:
-        factors = tuple(float(v) for v in (scales or ("2,4" if short_side else "1,2")).split(","))
+        factors = tuple(float(v) for v in (scales or ("2" if short_side else "1,2")).split(","))
     except ValueError:
         raise click.BadParameter(f"{scales!r} is not comma-separated numbers, e.g. 1,2",
                                  param_hint="--scales") from None

@@ -34,9 +34,9 @@ from qualitynet.artifact import PreprocessCfg
 from qualitynet.errors import QualityNetError
 from qualitynet.runtime.preprocess import view_scaled
 
-__all__ = ["CAMERA_SERIES", "DATASET_SOURCES", "DEMO_SOURCES", "DISTORTIONS", "camera_frame", "camera_photo",
-           "demo_photo", "make_camera_series", "make_demo_dataset", "make_photo_folder", "make_view_dataset",
-           "native_photo", "write_scores_csv"]
+__all__ = ["CAMERA_SERIES", "DATASET_SOURCES", "DEMO_SOURCES", "DISTORTIONS", "FRAME_SCALES", "camera_frame",
+           "camera_photo", "demo_photo", "make_camera_series", "make_demo_dataset", "make_photo_folder",
+           "make_view_dataset", "native_photo", "write_scores_csv"]
 
 # scikit-image's bundled photos (also the export checks' and INT8 calibration's photos)
 DEMO_SOURCES = (
@@ -165,6 +165,12 @@ def make_demo_dataset(out_dir: str | Path, sources: tuple[str, ...] = DATASET_SO
     return write_scores_csv(out, rows)
 
 
+# The camera-like frames of the view-scale data, in multiples of the view's short side: 2x, so a frame of
+# 1536 pixels brought to 768 (a 4000x3000 photo is ~4x; frames at 4x too cost 4x the generation time, see
+# docs "Choosing the lite recipe").
+FRAME_SCALES = (2.0,)
+
+
 def camera_frame(photo: Image.Image, short_side: int, grain: float = 2.0, seed: int = 1) -> Image.Image:
     """``photo`` enlarged (Lanczos, aspect kept) until its shorter side is ``short_side``, with sensor-like
     grain (Gaussian, ``grain`` grey levels): the bundled photos as a camera's smooth, grainy pixels."""
@@ -174,7 +180,7 @@ def camera_frame(photo: Image.Image, short_side: int, grain: float = 2.0, seed: 
 
 
 def make_view_dataset(out_dir: str | Path, cfg: PreprocessCfg, sources: tuple[str, ...] = DATASET_SOURCES,
-                      frame_scales: tuple[float, ...] = (2.0, 4.0), grain: float = 2.0) -> Path:
+                      frame_scales: tuple[float, ...] = FRAME_SCALES, grain: float = 2.0) -> Path:
     """Demo data at the scale a ``crops`` view scores: write the images and ``scores.csv`` into ``out_dir``.
 
     Every source photo becomes a camera-like frame (:func:`camera_frame`) whose short side is

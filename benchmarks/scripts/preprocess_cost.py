@@ -96,9 +96,9 @@ def main() -> None:
         report["ms"][f"{name} {decode} {stage}"] = {  # type: ignore[index]
             "median": round(float(np.median(values)), 3), "min": round(min(values), 3), "max": round(max(values), 3)}
     for name in CASES:
-        for view, stages in (("whole image", ("decode", "resize", "to_float_normalise_transpose")),
+        for view, summed in (("whole image", ("decode", "resize", "to_float_normalise_transpose")),
                              ("crops768", ("crops768 decode", "crops768 view from boxes"))):
-            per_image = {decode: sum(float(np.median(times[(name, decode, s)])) for s in stages)
+            per_image = {decode: sum(float(np.median(times[(name, decode, s)])) for s in summed)
                          for decode in ("full", "dct")}
             report["dct_speedup"][f"{name} {view}"] = round(per_image["full"] / per_image["dct"], 2)  # type: ignore[index]
     print(json.dumps(report, indent=2))

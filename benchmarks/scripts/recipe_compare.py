@@ -29,6 +29,8 @@ import hashlib
 import json
 import logging
 import statistics
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -65,6 +67,7 @@ ARMS: dict[str, tuple[str, dict[str, object], str, Callable[[str], bool]]] = {
     "lite02, crops@768 frames x2+x4, lr 1e-3": ("lite02", {"lr": 1e-3}, "s768", lambda ref: True),
     "lite, crops@768 frames x2+x4, lr 3e-4": ("lite", {"lr": 3e-4}, "s768", lambda ref: True),
     "lite, crops@1024 frames x2+x4, lr 1e-3": ("lite", {"lr": 1e-3}, "s1024", lambda ref: True),
+    "lite, crops@768 frames x2 only, lr 1e-3": ("lite", {"lr": 1e-3}, "s768", lambda ref: ref.endswith("_f2")),
 }
 
 
@@ -153,8 +156,9 @@ def main() -> None:
         if name not in indexes:
             csv_path = args.data / name / "scores.csv"
             if not csv_path.is_file():
-                cfg = DATA[name][0]
+                cfg, tick = DATA[name][0], time.perf_counter()
                 make_demo_dataset(csv_path.parent) if name == "native" else make_view_dataset(csv_path.parent, cfg)
+                print(f"data {name}: written in {time.perf_counter() - tick:.0f} s", file=sys.stderr, flush=True)
             indexes[name] = load_dataset("csv", csv_path=csv_path)
         return indexes[name]
 
@@ -169,7 +173,10 @@ def main() -> None:
     results: dict[str, dict[str, list[float]]] = {}
     for arm in arms:
         config, overrides, data, keep = ARMS[arm]
-        index, (train_cfg, camera_cfg) = data_index(data), DATA[data]
+        full, (train_cfg, camera_cfg) = data_index(data), DATA[data]
+        rows = [i for i in range(len(full)) if keep(full.reference(i))]
+        index = DatasetIndex(full.name, full.root, [full.paths[i] for i in rows], full.mos[rows],
+                             [full.groups[i] for i in rows], full.score_scale, [full.references[i] for i in rows])
         key = hashlib.sha1("\n".join(index.key(i) for i in range(len(index))).encode()).hexdigest()[:10]
         features = config_features(config, f"{data}-{key}", lambda i: file_to_inputs(index.paths[i], train_cfg),
                                    len(index), args.out / "features")
@@ -181,10 +188,8 @@ def main() -> None:
             camera_features[decode] = config_features(
                 config, f"camera-{'-'.join(photos)}-{data}-{decode}", lambda i: file_to_inputs(camera.paths[i], cfg),
                 len(camera), args.out / "features")
-        rows = [i for i in range(len(index)) if keep(index.reference(i))]
-        sub = DatasetIndex(index.name, index.root, [index.paths[i] for i in rows], index.mos[rows],
-                           [index.groups[i] for i in rows], index.score_scale, [index.references[i] for i in rows])
-        frozen.cache_pooled_features = cached_pooling(features[rows], sub)  # type: ignore[assignment]
+        sub = index
+        frozen.cache_pooled_features = cached_pooling(features, sub)  # type: ignore[assignment]
         figures = results.setdefault(arm, {"srocc": [], "within": [], "best_epoch": [],
                                            **{f"camera_{d}": [] for d in camera_features}})
         view = {"view": train_cfg.view, "crops": train_cfg.crops or FIVE_CROPS, "short_side": train_cfg.short_side}
@@ -194,7 +199,7 @@ def main() -> None:
                                      seed=seed, workers=0, quiet=True, **view, **overrides)  # type: ignore[arg-type]
             result = train(sub, run, settings)
             test_rows = sub.subset(Split.load(run / "split.json").test)
-            pred = image_scores(run, features[rows][test_rows])
+            pred = image_scores(run, features[test_rows])
             within = within_srocc(pred, sub.mos[test_rows], [sub.reference(i) for i in test_rows])["within_srocc"]
             figures["srocc"].append(result.test_metrics["srocc"])
             figures["within"].append(within)
