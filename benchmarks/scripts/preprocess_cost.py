@@ -53,6 +53,10 @@ def _jpeg(size: tuple[int, int], grain: float) -> bytes:
     return buffer.getvalue()
 
 
+def _cut(image: Image.Image, boxes: list[tuple[int, int, int, int]]) -> list[Image.Image]:
+    return [image.crop(box) for box in boxes]
+
+
 def _stages(data: bytes, cfg: PreprocessCfg, crops: PreprocessCfg) -> dict[str, Callable[[], object]]:
     """The timed steps for one JPEG under ``cfg`` (whole image) and ``crops`` (five crops at a short side),
     each repeating one stage on the previous one's output."""
@@ -67,7 +71,7 @@ def _stages(data: bytes, cfg: PreprocessCfg, crops: PreprocessCfg) -> dict[str, 
         "to_float_normalise_transpose": lambda: image_to_tensor(resized, cfg),
         "crops768 decode": lambda: load_rgb(io.BytesIO(data), crops),
         "crops768 view from boxes": lambda: image_to_inputs(at_scale, crops),
-        "crops768 scale whole then cut": lambda: [view_scaled(at_scale, crops).crop(box) for box in boxes],
+        "crops768 scale whole then cut": lambda: _cut(view_scaled(at_scale, crops), boxes),
         "crops768 to_float_normalise_transpose": lambda: [image_to_tensor(piece, crops) for piece in pieces],
     }
 
