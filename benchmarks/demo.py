@@ -29,8 +29,9 @@ from qualitynet.runtime.scorer import Scorer
 from qualitynet.runtime.writer import ENCODING_ERRORS, RecordWriter
 from qualitynet.trainer.checkpoint import load_checkpoint
 from qualitynet.trainer.datasets import DatasetIndex, Split, load_dataset
-from qualitynet.trainer.demo_data import DATASET_SOURCES, make_demo_dataset
+from qualitynet.trainer.demo_data import DATASET_SOURCES, FRAME_SCALES, make_demo_dataset, make_view_dataset
 from qualitynet.trainer.metrics import compute_metrics, within_srocc
+from qualitynet.trainer.model import get_config
 from qualitynet.trainer.recipes import recipe_for
 from qualitynet.trainer.train import TrainResult, TrainSettings, train
 
@@ -56,6 +57,7 @@ class DemoResult:
     heldout_references: int
     run_img_s: float
     bench: BenchReport
+    view: str = ""
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -71,28 +73,36 @@ def _copy_heldout(index: DatasetIndex, split: Split, folder: Path) -> dict[str, 
 
 def run_demo(out_dir: str | Path, config: str = "lite", epochs: int = 60, crops: int = 3, side: int = 224,
              bench_iters: int = 20, quiet: bool = False, sources: tuple[str, ...] = DATASET_SOURCES,
-             scales: tuple[float, ...] = (1.0, 2.0)) -> DemoResult:
+             scales: tuple[float, ...] | None = None, overrides: dict[str, object] | None = None) -> DemoResult:
     """Run the pipeline end to end in ``out_dir`` and return its figures.
 
     Args:
         out_dir: everything goes here (``data/``, ``run/``, ``heldout/``, ``scores.csv``, ``bench.json``).
         config: model configuration to train (with its recipe, :func:`recipe_for`).
         epochs: training epochs (early stopping may end sooner).
-        crops / side / scales: demo dataset (crops per photo and scale, crop side in pixels, the
-            photos' enlargements before distortion; see :func:`make_demo_dataset`).
+        crops / side / scales: demo dataset. A config whose recipe views crops at a stated
+            short side (lite) gets images at that scale (:func:`make_view_dataset`; ``scales``:
+            the camera-like frames' sizes in multiples of it, default :data:`FRAME_SCALES`); any other gets
+            ``crops`` squares of ``side`` pixels per photo and scale (:func:`make_demo_dataset`;
+            ``scales``: enlargements before distortion, default 1 and 2).
         bench_iters: timed batches per benchmark point.
         quiet: no progress bars.
         sources: which bundled photos to use (each is one content group).
+        overrides: :class:`TrainSettings` laid over the config's recipe (e.g. ``{"short_side": 256}``).
     """
     out = Path(out_dir)
     seconds: dict[str, float] = {}
+    settings = TrainSettings(config=config, epochs=epochs, quiet=quiet, **recipe_for(config, **(overrides or {})))  # type: ignore[arg-type]
+    view = settings.preprocess(get_config(config))
     tick = time.perf_counter()
-    csv_path = make_demo_dataset(out / "data", sources, side=side, crops=crops, scales=scales)
+    if view.view == "crops" and view.short_side:  # data at the scale the model is scored at
+        csv_path = make_view_dataset(out / "data", view, sources, frame_scales=scales or FRAME_SCALES)
+    else:
+        csv_path = make_demo_dataset(out / "data", sources, side=side, crops=crops, scales=scales or (1.0, 2.0))
     seconds["data"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
     index = load_dataset("csv", csv_path=csv_path)
-    settings = TrainSettings(config=config, epochs=epochs, quiet=quiet, **recipe_for(config))  # type: ignore[arg-type]
     trained = train(index, out / "run", settings)
     seconds["train"] = time.perf_counter() - tick
 
@@ -126,7 +136,7 @@ def run_demo(out_dir: str | Path, config: str = "lite", epochs: int = 60, crops:
     seconds["bench"] = time.perf_counter() - tick
     return DemoResult(out, trained, exported, scores_csv, len(names), heldout["srocc"], heldout["plcc"],
                       heldout["rmse"], in_range, within["within_srocc"], int(within["within_references"]),
-                      len(names) / run_seconds, bench, seconds)
+                      len(names) / run_seconds, bench, view.describe(), seconds)
 
 
 def _speedup(report: BenchReport, mode: str, precision: str, batch: int | None = None) -> str:
@@ -147,6 +157,7 @@ def format_summary(result: DemoResult) -> str:
         f"  dataset        {result.out_dir / 'data' / 'scores.csv'}",
         f"  model          {result.train.out_dir / 'model.pt'} ({result.bench.config_name} config, best epoch "
         f"{result.train.best_epoch} of {result.train.epochs_run})",
+        f"  view           {result.view} (recorded in the model and every export; every front end follows it)",
         f"  test split     SROCC {test['srocc']:.3f}, PLCC {test['plcc']:.3f}, RMSE {test['rmse']:.3f} "
         f"(photos never seen in training; MOS mapping fitted on the validation split)",
         f"  ONNX           {result.export.onnx}",

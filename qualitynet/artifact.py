@@ -25,6 +25,7 @@ from qualitynet.errors import QualityNetError
 
 __all__ = [
     "ARTIFACT_FORMAT",
+    "ARTIFACT_FORMAT_V1",
     "ArtifactMeta",
     "BatchProfile",
     "CROP_ANCHORS",
@@ -37,13 +38,19 @@ __all__ = [
     "MosMapping",
     "ONNX_METADATA_KEY",
     "PreprocessCfg",
+    "READABLE_FORMATS",
     "ScoreScale",
     "VIEWS",
     "file_sha256",
     "sidecar_path",
 ]
 
-ARTIFACT_FORMAT = "qualitynet-artifact/1"
+# Records whose preprocessing uses a view or decode other than the paper's carry format /2, so a
+# runtime that predates those fields refuses them at its format check instead of scoring them
+# wrongly; every other record is written exactly as before, /1 with no new keys, and any runtime reads it.
+ARTIFACT_FORMAT = "qualitynet-artifact/2"
+ARTIFACT_FORMAT_V1 = "qualitynet-artifact/1"
+READABLE_FORMATS = (ARTIFACT_FORMAT_V1, ARTIFACT_FORMAT)
 ONNX_METADATA_KEY = "qualitynet"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -161,9 +168,22 @@ class PreprocessCfg:
         cfg.validate("preprocessing", fix=None)
         return cfg
 
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict without the view and decode keys that hold their defaults, so a
+        record of the paper's view and a full decode is the one a runtime older than those keys reads."""
+        defaults = PreprocessCfg()
+        return {k: v for k, v in dataclasses.asdict(self).items()
+                if k not in _VIEW_AND_DECODE_KEYS or v != getattr(defaults, k)}
+
+    @property
+    def needs_new_runtime(self) -> bool:
+        """Whether this preprocessing uses a view or decode that a runtime older than them would ignore."""
+        return len(self.to_dict()) > len(dataclasses.fields(self)) - len(_VIEW_AND_DECODE_KEYS)
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PreprocessCfg:
-        """Build from a dict as written by :func:`dataclasses.asdict` (lists become tuples)."""
+        """Build from a dict as written by :meth:`to_dict` or :func:`dataclasses.asdict` (lists become tuples;
+        missing view and decode keys take their defaults)."""
         fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         return cls(**fields)
 
@@ -227,6 +247,10 @@ class PreprocessCfg:
                           "the scale the crops are taken at")
         elif self.decode_side:
             raise bad(f"decode side {self.decode_side!r} given for decode {self.decode!r}")
+
+
+# the keys added after format /1 (omitted from a record while at their defaults)
+_VIEW_AND_DECODE_KEYS = ("view", "crops", "short_side", "decode", "decode_side")
 
 
 @dataclass(frozen=True)
@@ -311,7 +335,11 @@ class ArtifactMeta:
     mos_mapping: MosMapping = field(default_factory=MosMapping)
     version_compatible: bool = False
     exclude_lean_runtime: bool = False
-    format: str = ARTIFACT_FORMAT
+
+    @property
+    def format(self) -> str:
+        """The record's format: /1 (readable by every runtime) unless the preprocessing needs a newer one."""
+        return ARTIFACT_FORMAT if self.preprocess.needs_new_runtime else ARTIFACT_FORMAT_V1
 
     def validate(self, source: str = "metadata") -> None:
         """Refuse a record whose preprocessing or score scale no export writes.
@@ -328,8 +356,9 @@ class ArtifactMeta:
             )
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict."""
-        return dataclasses.asdict(self)
+        """A JSON-serialisable dict: format /1 without view and decode keys when they hold their defaults
+        (readable by every runtime), else format /2 (see :data:`ARTIFACT_FORMAT`)."""
+        return {**dataclasses.asdict(self), "preprocess": self.preprocess.to_dict(), "format": self.format}
 
     def to_json(self) -> str:
         """The record as a JSON string (what goes into ONNX metadata and sidecars)."""
@@ -338,11 +367,16 @@ class ArtifactMeta:
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "metadata") -> ArtifactMeta:
         """Parse a record, refusing anything that is not this toolkit's format or fails :meth:`validate`."""
-        if not isinstance(data, dict) or data.get("format") != ARTIFACT_FORMAT:
-            found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        if isinstance(found, str) and found.startswith("qualitynet-artifact/") and found not in READABLE_FORMATS:
             raise QualityNetError(
-                f"{source}: not a QualityNet artifact record (format {found!r}, expected "
-                f"{ARTIFACT_FORMAT!r}); re-export the model with this toolkit's iqa-export"
+                f"{source}: artifact record format {found!r} is newer than this toolkit reads "
+                f"({', '.join(READABLE_FORMATS)}); upgrade qualitynet"
+            )
+        if found not in READABLE_FORMATS:
+            raise QualityNetError(
+                f"{source}: not a QualityNet artifact record (format {found!r}, expected one of "
+                f"{', '.join(map(repr, READABLE_FORMATS))}); re-export the model with this toolkit's iqa-export"
             )
         try:
             profile = data.get("batch_profile")

@@ -19,7 +19,7 @@ from qualitynet.artifact import PreprocessCfg
 from qualitynet.errors import QualityNetError
 
 __all__ = ["INTERPOLATIONS", "crop_boxes", "file_to_inputs", "image_to_inputs", "image_to_tensor", "load_rgb",
-           "to_rgb"]
+           "to_rgb", "view_scaled"]
 
 # The record's filter names (validated at load) as Pillow's resampling filters.
 INTERPOLATIONS = {name: Image.Resampling[name.upper()] for name in artifact.INTERPOLATIONS}
@@ -119,15 +119,29 @@ def image_to_inputs(image: Image.Image, cfg: PreprocessCfg) -> np.ndarray:
 
     ``K`` is :attr:`PreprocessCfg.inputs_per_image`: 1 for ``resize`` (the whole image
     resized), one per crop for ``crops``; the image's score is the mean of the K scores.
+    A crop of an image brought to another scale is resized straight from its box in the
+    image (Pillow's ``resize(box=)``: the same filter taps as resizing the whole image and
+    cutting the crop, up to float rounding, a grey level on a few pixels), so only the
+    pixels the crops need are resampled.
     """
     if image.mode != "RGB":
         image = to_rgb(image)
     if cfg.view == "resize":
         return image_to_tensor(image, cfg)[None]
     scaled, boxes = crop_boxes(image.size, cfg)
-    if scaled != image.size:
-        image = image.resize(scaled, INTERPOLATIONS[cfg.interpolation])
-    return np.stack([image_to_tensor(image.crop(box), cfg) for box in boxes])
+    fx, fy = image.width / scaled[0], image.height / scaled[1]
+    size, resample = (cfg.width, cfg.height), INTERPOLATIONS[cfg.interpolation]
+    crops = [image.crop(box) if scaled == image.size else
+             image.resize(size, resample, box=(box[0] * fx, box[1] * fy, box[2] * fx, box[3] * fy))
+             for box in boxes]
+    return np.stack([image_to_tensor(crop, cfg) for crop in crops])
+
+
+def view_scaled(image: Image.Image, cfg: PreprocessCfg) -> Image.Image:
+    """The whole image brought to the scale a ``crops`` view cuts its crops at (see :func:`crop_boxes`),
+    with the view's filter; unchanged for ``resize`` and native-resolution crops that fit."""
+    scaled = crop_boxes(image.size, cfg)[0] if cfg.view == "crops" else image.size
+    return image if scaled == image.size else image.resize(scaled, INTERPOLATIONS[cfg.interpolation])
 
 
 def file_to_inputs(path: str | Path | BinaryIO, cfg: PreprocessCfg) -> np.ndarray:

@@ -113,7 +113,7 @@ def save_checkpoint(path: Path, checkpoint: Checkpoint) -> None:
         "format": CHECKPOINT_FORMAT,
         "model_config": checkpoint.model_config.to_dict(),  # ModelSpec's has a "factory" key
         "state_dict": checkpoint.state_dict,
-        "preprocess": asdict(checkpoint.preprocess),
+        "preprocess": checkpoint.preprocess.to_dict(),  # an older trainer reads a default view
         "score_scale": asdict(checkpoint.score_scale),
         "mos_mapping": asdict(checkpoint.mos_mapping),
         "dataset": checkpoint.dataset,

@@ -120,20 +120,21 @@ def format_mapped_metrics(mapped: dict[str, float], raw: dict[str, float], kind:
 @click.option("--nproc", type=click.IntRange(1), default=1, show_default=True,
               help="Data-parallel processes on this machine (DDP; one per GPU, or gloo on CPU). For several "
                    "nodes use torchrun: see the README.")
-@click.option("--view", type=click.Choice(VIEWS), default=None,
+@click.option("--view", type=click.Choice(VIEWS),
               help="What the model sees of an image: resize (the whole image resized to the input size, the "
                    "paper's) or crops (fixed crops at --crop-scale, each scored, the image's score their mean). "
-                   "Recorded in model.pt and every export; with --resume, the resumed run's. [default: resize; "
-                   "deepfeat: crops]")
+                   "Recorded in model.pt and every export; with --resume, the resumed run's [default: resize; "
+                   "lite configs: crops; deepfeat: crops].")
 @click.option("--crops", "crop_names", default=",".join(FIVE_CROPS), show_default=True,
               help=f"With --view crops: comma-separated crop positions, from {', '.join(CROP_ANCHORS)}.")
-@click.option("--crop-scale", default="native", show_default=True,
+@click.option("--crop-scale",
               help="With --view crops: 'native' (crops at the photo's own resolution) or a short side in pixels "
-                   "the photo is resized to first (aspect kept).")
-@click.option("--decode", type=click.Choice(DECODES), default="full", show_default=True,
+                   "the photo is resized to first (aspect kept) [default: native; lite configs: 768].")
+@click.option("--decode", type=click.Choice(DECODES),
               help="How image files are decoded, in training and wherever the model is used: full, or dct (JPEGs "
                    "decoded DCT-scaled by 1/2, 1/4 or 1/8, the smallest scale whose sides stay >= --decode-side; "
-                   "faster, and exact wherever the model is scored since the record says so).")
+                   "faster, and exact wherever the model is scored since the record says so) [default: full; "
+                   "lite configs: dct where the view allows it].")
 @click.option("--decode-side", type=click.IntRange(1), default=None,
               help="With --decode dct: the side JPEGs keep at least (default: the input size for --view resize, "
                    "the --crop-scale short side for crops).")
@@ -144,7 +145,8 @@ def train_command(dataset: str, data_root: Path | None, csv_path: Path | None, p
                   score_column: str, score_range: str | None, config: str | None, out_dir: Path, epochs: int,
                   batch_size: int, lr: float | None, lr_factor: float, early_stop: int, pretrained: bool | None,
                   freeze_backbones: bool | None, device: str, seed: int, workers: int, max_steps: int | None,
-                  resume: Path | None, nproc: int, view: str | None, crop_names: str, crop_scale: str, decode: str,
+                  resume: Path | None, nproc: int, view: str | None, crop_names: str, crop_scale: str | None,
+                  decode: str | None,
                   decode_side: int | None, quiet: bool) -> None:
     """Train QualityNet on an IQA dataset and write OUT/model.pt.
 
@@ -154,11 +156,11 @@ def train_command(dataset: str, data_root: Path | None, csv_path: Path | None, p
     checkpoint so far. The paper's recipe is the first example: --config qualitynet with
     --pretrained (torchvision's ImageNet weights; offline, copy them into $TORCH_HOME).
     --config lite and lite02 default to their measured recipe (ImageNet weights installed
-    offline, frozen backbones, lr 1e-3; README, "Choosing the lite recipe"); options given
-    here override it. --config deepfeat-lite fits a Gaussian process on frozen
-    EfficientNet-Lite features in one step (the backbone and layer chosen on the validation
-    split; candidates.json lists them); --config deepfeat does so on ResNet-50 with five fixed
-    crops per image.
+    offline, frozen backbones, lr 1e-3, each image scored as 5 crops at short side 768 with
+    JPEGs DCT-scaled to it; docs, "Choosing the lite recipe"); options given here override it.
+    --config deepfeat-lite fits a Gaussian process on frozen EfficientNet-Lite features in one
+    step (the backbone and layer chosen on the validation split; candidates.json lists them);
+    --config deepfeat does so on ResNet-50 with five fixed crops per image.
 
     \b
     Example:
@@ -176,13 +178,13 @@ def train_command(dataset: str, data_root: Path | None, csv_path: Path | None, p
 
     setup_logging(quiet)
     index = _load_index(dataset, data_root, csv_path, path_column, score_column, score_range)
-    recipe = recipe_for(config, lr=lr, pretrained=pretrained, freeze_backbones=freeze_backbones, view=view)
+    recipe = recipe_for(config, lr=lr, pretrained=pretrained, freeze_backbones=freeze_backbones, view=view,
+                        short_side=None if crop_scale is None else _crop_scale(crop_scale), decode=decode)
     settings = TrainSettings(config=config, epochs=epochs, batch_size=batch_size, lr_factor=lr_factor,
                              early_stop_patience=early_stop, device=device, seed=seed, workers=workers,
                              max_steps=max_steps, quiet=quiet,
                              crops=tuple(name.strip() for name in crop_names.split(",") if name.strip()),
-                             short_side=_crop_scale(crop_scale), decode=decode, decode_side=decode_side,
-                             **recipe)  # type: ignore[arg-type]
+                             decode_side=decode_side, **recipe)  # type: ignore[arg-type]
     if resume is None:  # refuse bad view or decode options before anything is written
         name = settings.config or "qualitynet"
         settings.preprocess(DEEPFEAT_CONFIGS[name] if name in DEEPFEAT_CONFIGS else MODEL_CONFIGS[name])
@@ -249,30 +251,43 @@ def eval_command(checkpoint: Path, dataset: str, data_root: Path | None, csv_pat
 
 @click.command(context_settings=CONTEXT)
 @click.argument("out_dir", type=click.Path(path_type=Path))
+@click.option("--short-side", type=click.IntRange(0), default=768, show_default=True,
+              help="Write images at the scale of the lite recipe's view (5 crops at this short side): each "
+                   "photo as camera-like frames at --scales times it, distorted whole, then brought to it. "
+                   "0: write SIDE-pixel crops at the photos' own scale instead (for --view resize).")
+@click.option("--scales", help="Comma-separated enlargements of each photo before distortion [default: 2 "
+                               "(frames, times --short-side); 1,2 with --short-side 0 (1: its own resolution)].")
 @click.option("--side", type=click.IntRange(32), default=224, show_default=True,
-              help="Crop size in pixels (the model's input size: crops are not rescaled).")
-@click.option("--crops", type=click.IntRange(1, 9), default=3, show_default=True, help="Crops per photo and scale.")
-@click.option("--scales", default="1,2", show_default=True,
-              help="Comma-separated enlargements of each photo before distortion (1: its own resolution).")
-def demo_data_command(out_dir: Path, side: int, crops: int, scales: str) -> None:
+              help="With --short-side 0: crop size in pixels (the model's input size: crops are not rescaled).")
+@click.option("--crops", type=click.IntRange(1, 9), default=3, show_default=True,
+              help="With --short-side 0: crops per photo and scale.")
+def demo_data_command(out_dir: Path, short_side: int, scales: str | None, side: int, crops: int) -> None:
     """Generate the synthetic-distortion demo dataset in OUT_DIR (offline).
 
     Fifteen bundled photos (scikit-image, scikit-learn, matplotlib), each distorted whole
-    at every level (pristine + 4 distortions x 4 levels, scored 5 down to 1) at its own
-    resolution and enlarged 2x; CROPS squares of SIDE pixels are then cut from every version
-    without rescaling, so distortions have the scale they have in a full-size photo.
+    at every level (pristine + 4 distortions x 4 levels, scored 5 down to 1). By default
+    each photo becomes a camera-like frame (enlarged to twice short side 768, with sensor
+    grain), distorted at that size and brought to short side 768 as the lite recipe's
+    view brings a photo there, so a JPEG block or noise grain looks as it does in a camera
+    photo scored by that model. With --short-side 0, CROPS squares of SIDE pixels are cut
+    without rescaling from each photo distorted at its own resolution and enlarged 2x.
 
     \b
     Example:
       iqa-demo-data demo && iqa-train --dataset csv --csv demo/scores.csv --config lite --out runs/demo
+      iqa-demo-data demo-small --short-side 0 --side 128   # for --config small (whole-image view)
     """
-    from qualitynet.trainer.demo_data import make_demo_dataset
+    from qualitynet.trainer.demo_data import make_demo_dataset, make_view_dataset
 
     try:
-        factors = tuple(float(v) for v in scales.split(","))
+        factors = tuple(float(v) for v in (scales or ("2" if short_side else "1,2")).split(","))
     except ValueError:
         raise click.BadParameter(f"{scales!r} is not comma-separated numbers, e.g. 1,2",
                                  param_hint="--scales") from None
     if min(factors) <= 0:
         raise click.BadParameter(f"{scales!r}: every scale must be above 0", param_hint="--scales")
-    click.echo(make_demo_dataset(out_dir, side=side, crops=crops, scales=factors))
+    if short_side:
+        cfg = MODEL_CONFIGS["lite"].preprocess().with_view("crops", FIVE_CROPS, short_side)
+        click.echo(make_view_dataset(out_dir, cfg, frame_scales=factors))
+    else:
+        click.echo(make_demo_dataset(out_dir, side=side, crops=crops, scales=factors))

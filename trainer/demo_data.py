@@ -22,6 +22,7 @@ official U.S. Navy photograph, public domain).
 from __future__ import annotations
 
 import csv
+import functools
 import io
 from collections.abc import Callable
 from pathlib import Path
@@ -29,8 +30,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter
 
-__all__ = ["CAMERA_SERIES", "DATASET_SOURCES", "DEMO_SOURCES", "DISTORTIONS", "camera_photo", "demo_photo",
-           "make_camera_series", "make_demo_dataset", "make_photo_folder", "native_photo", "write_scores_csv"]
+from qualitynet.artifact import PreprocessCfg
+from qualitynet.errors import QualityNetError
+from qualitynet.runtime.preprocess import view_scaled
+
+__all__ = ["CAMERA_SERIES", "DATASET_SOURCES", "DEMO_SOURCES", "DISTORTIONS", "FRAME_SCALES", "camera_frame",
+           "camera_photo", "demo_photo", "make_camera_series", "make_demo_dataset", "make_photo_folder",
+           "make_view_dataset", "native_photo", "write_scores_csv"]
 
 # scikit-image's bundled photos (also the export checks' and INT8 calibration's photos)
 DEMO_SOURCES = (
@@ -52,9 +58,9 @@ def _blur(image: Image.Image, sigma: float) -> Image.Image:
     return image.filter(ImageFilter.GaussianBlur(sigma))
 
 
-def _noise(image: Image.Image, sigma: float, seed: int = 0) -> Image.Image:
+def _noise(image: Image.Image, sigma: float, seed: int = 0, dtype: type = np.float64) -> Image.Image:
     pixels = np.asarray(image, np.float32)
-    noisy = pixels + np.random.default_rng(seed).normal(0.0, sigma, pixels.shape)
+    noisy = pixels + np.random.default_rng(seed).standard_normal(pixels.shape, dtype) * dtype(sigma)
     return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
 
 
@@ -156,6 +162,61 @@ def make_demo_dataset(out_dir: str | Path, sources: tuple[str, ...] = DATASET_SO
                     image.crop(box).save(out / rel)
                     rows.append({"image": rel, "score": 5.0 - level, "group": source, "reference": reference,
                                  "distortion": name, "level": level})
+    return write_scores_csv(out, rows)
+
+
+# The camera-like frames of the view-scale data, in multiples of the view's short side: 2x, so a frame of
+# 1536 pixels brought to 768 (a 4000x3000 photo is ~4x; frames at 4x too cost 4x the generation time, see
+# docs "Choosing the lite recipe").
+FRAME_SCALES = (2.0,)
+
+
+def camera_frame(photo: Image.Image, short_side: int, grain: float = 2.0, seed: int = 1) -> Image.Image:
+    """``photo`` enlarged (Lanczos, aspect kept) until its shorter side is ``short_side``, with sensor-like
+    grain (Gaussian, ``grain`` grey levels): the bundled photos as a camera's smooth, grainy pixels."""
+    factor = short_side / min(photo.size)
+    frame = photo.resize((round(photo.width * factor), round(photo.height * factor)), Image.Resampling.LANCZOS)
+    return _noise(frame, grain, seed, np.float32) if grain > 0 else frame
+
+
+def make_view_dataset(out_dir: str | Path, cfg: PreprocessCfg, sources: tuple[str, ...] = DATASET_SOURCES,
+                      frame_scales: tuple[float, ...] = FRAME_SCALES, grain: float = 2.0) -> Path:
+    """Demo data at the scale a ``crops`` view scores: write the images and ``scores.csv`` into ``out_dir``.
+
+    Every source photo becomes a camera-like frame (:func:`camera_frame`) whose short side is
+    ``cfg.short_side`` times each of ``frame_scales``; the frame is distorted whole at that size
+    (:data:`DISTORTIONS`; blur sigmas times the frame scale, so a level blurs the scored image
+    alike at every frame scale), then brought to the view's scale exactly as the runtime
+    brings a photo there (:func:`qualitynet.runtime.preprocess.view_scaled`) and saved as PNG.
+    A JPEG block, a noise grain or a blur is thus what it is in a camera photo of that size
+    scored with ``cfg``, and training with ``cfg`` cuts the same crops the runtime will. One
+    image per version; ``reference`` is the frame (``photo_fSCALE``), ``group`` the photo.
+    Deterministic: the same call writes the same files.
+
+    Raises:
+        QualityNetError: ``cfg`` is not a crops view at a stated short side.
+    """
+    if cfg.view != "crops" or not cfg.short_side:
+        raise QualityNetError(f"demo data at the view's scale needs a crops view at a stated short side, not "
+                              f"{cfg.describe()}")
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for source in sources:
+        photo = native_photo(source)
+        for scale in frame_scales:
+            frame = camera_frame(photo, round(cfg.short_side * scale), grain)
+            reference = f"{source}_f{scale:g}"
+            variants = [("pristine", 0, frame)]
+            for name, (distort, levels) in DISTORTIONS.items():
+                factor = scale if name == "blur" else 1.0
+                apply = functools.partial(_noise, dtype=np.float32) if name == "noise" else distort  # 12 MP: float32
+                variants += [(name, level, apply(frame, value * factor)) for level, value in enumerate(levels, 1)]
+            for name, level, image in variants:
+                rel = f"images/{reference}_{name}_{level}.png"
+                view_scaled(image, cfg).save(out / rel, compress_level=1)
+                rows.append({"image": rel, "score": 5.0 - level, "group": source, "reference": reference,
+                             "distortion": name, "level": level})
     return write_scores_csv(out, rows)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from qualitynet.artifact import PreprocessCfg
 from qualitynet.trainer.checkpoint import load_checkpoint
 from qualitynet.trainer.data import IqaDataset, crop_mean, default_workers, predict
 from qualitynet.trainer.datasets import DatasetIndex, Split, check_images
@@ -49,7 +50,7 @@ class Evaluation:
 
 def evaluate_checkpoint(checkpoint_path: str | Path, index: DatasetIndex, split: str = "all",
                         split_file: str | Path | None = None, batch_size: int = 16, device: str = "auto",
-                        workers: int = -1, quiet: bool = False) -> Evaluation:
+                        workers: int = -1, quiet: bool = False, preprocess: PreprocessCfg | None = None) -> Evaluation:
     """Predict every image of ``index`` (or the run's test split) and compute the metrics.
 
     Args:
@@ -59,6 +60,8 @@ def evaluate_checkpoint(checkpoint_path: str | Path, index: DatasetIndex, split:
         split_file: the ``split.json`` to use; default: next to the checkpoint.
         batch_size / device / workers: as for training.
         quiet: no progress bar.
+        preprocess: decode and view the images another way than the checkpoint's record says
+            (for comparisons: the model was trained, and is scored everywhere, as the record says).
     """
     checkpoint = load_checkpoint(checkpoint_path)
     if split == "test":
@@ -74,7 +77,8 @@ def evaluate_checkpoint(checkpoint_path: str | Path, index: DatasetIndex, split:
                     checkpoint.score_scale.high, index.name, index.score_scale.low, index.score_scale.high)
     device = resolve_device(device)
     model = checkpoint.build_model(mapped=False).to(device)
-    dataset = IqaDataset(index, indices, checkpoint.preprocess, checkpoint.score_scale)
+    cfg = preprocess or checkpoint.preprocess
+    dataset = IqaDataset(index, indices, cfg, checkpoint.score_scale)
     workers = default_workers() if workers < 0 else workers
     raw_crops, target = predict(model, dataset, batch_size, device, workers, quiet=quiet, desc="scoring",
                                 per_crop=True)
@@ -83,5 +87,5 @@ def evaluate_checkpoint(checkpoint_path: str | Path, index: DatasetIndex, split:
     references = [index.reference(i) for i in indices]
     return Evaluation({**compute_metrics(pred, target), **within_srocc(pred, target, references)}, pred, target,
                       keys, {**compute_metrics(raw, target), **within_srocc(raw, target, references)},
-                      checkpoint.mos_mapping.kind, checkpoint.preprocess.describe(),
+                      checkpoint.mos_mapping.kind, cfg.describe(),
                       degenerate_reason(pred, target, checkpoint.score_scale.high - checkpoint.score_scale.low))

@@ -1,19 +1,21 @@
 """Per-config training recipes: the settings in which a config's default differs from the paper's.
 
 :class:`qualitynet.trainer.train.TrainSettings`' defaults are the paper's recipe (Adam lr 1e-4,
-batch 10, backbones trained). The lite configs' defaults were chosen by measurement on
-scene-disjoint splits of the demo data (``benchmarks/scripts/recipe_compare.py``; README,
-"Choosing the lite recipe"): ImageNet backbones, frozen, so only attention and head train,
-on cached pooled features, with a 10x learning rate (about 4 M parameters over fixed
-features). ``iqa-train --config lite`` and ``iqa-demo`` start from these; any option given
-on the command line wins.
+batch 10, backbones trained, the whole image resized, a full decode). The lite configs' defaults
+were chosen by measurement on scene-disjoint splits of the demo data
+(``benchmarks/scripts/recipe_compare.py``; docs, "Choosing the lite recipe"): ImageNet
+backbones, frozen, so only attention and head train, on cached pooled features, with a 10x
+learning rate (about 4 M parameters over fixed features); each image seen as 5 crops at short
+side 768, its score their mean; JPEGs DCT-scaled to that side. ``iqa-train --config lite`` and
+``iqa-demo`` start from these; any option given on the command line wins.
 """
 
 from __future__ import annotations
 
 __all__ = ["RECIPES", "recipe_for"]
 
-_FROZEN_LITE: dict[str, object] = {"pretrained": True, "freeze_backbones": True, "lr": 1e-3}
+_FROZEN_LITE: dict[str, object] = {"pretrained": True, "freeze_backbones": True, "lr": 1e-3,
+                                   "view": "crops", "short_side": 768, "decode": "dct"}
 
 RECIPES: dict[str, dict[str, object]] = {
     "lite": _FROZEN_LITE,
@@ -29,8 +31,17 @@ RECIPES: dict[str, dict[str, object]] = {
 def recipe_for(config: str | None, **given: object) -> dict[str, object]:
     """``config``'s recipe with the settings in ``given`` that are not None laid over it.
 
+    A recipe's DCT-scaled decode gives way to a full decode where the view chosen cannot be
+    DCT-scaled (crops at native resolution, ``short_side`` 0), unless ``decode`` is given.
+
     Example:
-        >>> recipe_for("lite", lr=None, pretrained=False)
-        {'pretrained': False, 'freeze_backbones': True, 'lr': 0.001}
+        >>> recipe_for("lite", lr=None, pretrained=False)["pretrained"]
+        False
+        >>> recipe_for("lite", short_side=0)["decode"]
+        'full'
     """
-    return {**RECIPES.get(config or "", {}), **{k: v for k, v in given.items() if v is not None}}
+    settings = {**RECIPES.get(config or "", {}), **{k: v for k, v in given.items() if v is not None}}
+    native_crops = settings.get("view") == "crops" and not settings.get("short_side")
+    if native_crops and settings.get("decode") == "dct" and given.get("decode") is None:
+        settings["decode"] = "full"
+    return settings

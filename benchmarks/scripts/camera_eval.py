@@ -9,12 +9,14 @@ correlation of the scores with the distortion level, averaged.
     python benchmarks/scripts/camera_eval.py demo-output/run/model.pt --out runs/camera-eval
 
 The held-out photos are the test split of the checkpoint's run (``split.json`` beside it),
-unless ``--photos`` names others. Two views of each file are scored:
+unless ``--photos`` names others. Each file is scored through ``iqa-eval``'s path
+(:func:`evaluate_checkpoint`) in several views:
 
-- ``record``: as the checkpoint's preprocessing record says (``iqa-eval``'s path; today the
-  whole image resized to the input size);
-- ``crops``: the centre and the four corners, each an input-sized square at the file's own
-  resolution (no rescaling), scored and averaged: the scale the demo data trains at.
+- ``record``: as the checkpoint's preprocessing record says (what every front end does);
+- ``record, full decode`` / ``record, dct decode``: the record's view with the other decode
+  (where the view allows DCT scaling);
+- ``native crops``: the centre and the four corners at the file's own resolution, averaged;
+- ``whole image``: the whole file resized to the input size (the paper's view).
 
 Prints a Markdown table and writes ``camera_eval.json`` in ``--out``.
 """
@@ -27,37 +29,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from qualitynet._cli import progress
-from qualitynet.runtime.preprocess import image_to_tensor, load_rgb
+from qualitynet.artifact import FIVE_CROPS
 from qualitynet.trainer.checkpoint import load_checkpoint
 from qualitynet.trainer.datasets import Split, load_dataset
 from qualitynet.trainer.demo_data import DATASET_SOURCES, make_camera_series
 from qualitynet.trainer.evaluate import evaluate_checkpoint
 from qualitynet.trainer.metrics import within_srocc
-
-
-def corner_boxes(size: tuple[int, int], side: int) -> list[tuple[int, int, int, int]]:
-    """The centre and the four corners of an image of ``size``, as ``side``-pixel squares."""
-    w, h = size
-    if min(w, h) < side:
-        raise SystemExit(f"an image of {w}x{h} is smaller than the {side}-pixel crops")
-    origins = [((w - side) // 2, (h - side) // 2), (0, 0), (w - side, 0), (0, h - side), (w - side, h - side)]
-    return [(x, y, x + side, y + side) for x, y in origins]
-
-
-@torch.inference_mode()
-def score_crops(checkpoint_path: Path, paths: list[Path]) -> np.ndarray:
-    """Each file's mean score over its five native-resolution crops (MOS scale, mapping applied)."""
-    checkpoint = load_checkpoint(checkpoint_path)
-    model, cfg = checkpoint.build_model(), checkpoint.preprocess
-    scores = []
-    for path in progress(paths, desc="crops", unit="img"):
-        image = load_rgb(path)
-        batch = np.stack([image_to_tensor(image.crop(box), cfg) for box in corner_boxes(image.size, cfg.width)])
-        scores.append(float(model(torch.from_numpy(batch)).float().mean()))
-    return np.asarray(scores)
 
 
 def per_reference(pred: np.ndarray, target: np.ndarray, references: list[str]) -> dict[str, float]:
@@ -93,19 +71,24 @@ def main() -> None:
         make_camera_series(data, photos, (width, height))
     index = load_dataset("csv", csv_path=csv_path)
     references = [index.reference(i) for i in range(len(index))]
-    record = evaluate_checkpoint(args.checkpoint, index, workers=0)
-    crops = score_crops(args.checkpoint, index.paths)
+    cfg = load_checkpoint(args.checkpoint).preprocess
+    views = {"record": cfg, "native crops": cfg.with_decode("full").with_view("crops", FIVE_CROPS, 0),
+             "whole image": cfg.with_view("resize").with_decode("full")}
+    other = "full" if cfg.decode == "dct" else "dct"
+    if other == "full" or cfg.view == "resize" or cfg.short_side:
+        views[f"record, {other} decode"] = cfg.with_decode(other)
     result: dict[str, object] = {"checkpoint": str(args.checkpoint), "photos": list(photos),
                                  "frame": f"{width}x{height}", "files": len(index)}
     print(f"| view | mean within-photo SROCC | worst | {' | '.join(sorted(set(references)))} |")
     print("|---|---|---|" + "---|" * len(set(references)))
-    for view, pred in (("record", record.predictions), ("crops", crops)):
+    for view, view_cfg in views.items():
+        pred = evaluate_checkpoint(args.checkpoint, index, workers=0, preprocess=view_cfg).predictions
         summary = within_srocc(pred, index.mos, references)
         each = per_reference(pred, index.mos, references)
-        result[view] = {**summary, "per_reference": each, "scores": dict(zip(map(index.key, range(len(index))),
-                                                                              pred.tolist()))}
+        result[view] = {**summary, "preprocess": view_cfg.describe(), "per_reference": each,
+                        "scores": dict(zip(map(index.key, range(len(index))), pred.tolist()))}
         print(f"| {view} | {summary['within_srocc']:.3f} | {summary['within_srocc_min']:.3f} | "
-              + " | ".join(f"{v:.2f}" for v in each.values()) + " |")
+              + " | ".join(f"{v:.2f}" for v in each.values()) + " |", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "camera_eval.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
 

@@ -16,10 +16,16 @@ from qualitynet.trainer.checkpoint import load_checkpoint
 
 @pytest.mark.slow
 def test_demo_chain_hand_offs(tmp_path: Path) -> None:
-    # the demo's own config (pretrained EfficientNet-Lite, frozen), on five photos to keep it short
-    result = run_demo(tmp_path, config="lite", epochs=5, crops=1, side=64, bench_iters=2, quiet=True,
-                      sources=("astronaut", "chelsea", "coffee", "rocket", "camera"), scales=(1.0,))
+    # the demo's own config (pretrained EfficientNet-Lite, frozen, crops view), on five photos and one crop
+    result = run_demo(tmp_path, config="lite", epochs=20, bench_iters=2, quiet=True,
+                      sources=("astronaut", "chelsea", "coffee", "rocket", "camera"), scales=(2.0,),
+                      overrides={"short_side": 224, "crops": ("center", "top-left", "bottom-right")})
     checkpoint = load_checkpoint(result.train.out_dir / "model.pt")
+    # the data is at the view's scale and the record carries the view every front end scores with
+    cfg = checkpoint.preprocess
+    assert (cfg.view, cfg.crops, cfg.short_side, cfg.decode) == ("crops", ("center", "top-left", "bottom-right"), 224,
+                                                                 "dct")
+    assert f"view           {cfg.describe()}" in format_summary(result)
 
     # the checkpoint loaded in export, and every export check passed on real photos
     assert result.export.passed and result.export.config_name == "lite"

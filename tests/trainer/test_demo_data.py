@@ -6,15 +6,21 @@ import csv
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
+from qualitynet.artifact import FIVE_CROPS, PreprocessCfg
+from qualitynet.errors import QualityNetError
+from qualitynet.runtime.preprocess import view_scaled
 from qualitynet.trainer.datasets import load_dataset, make_split
 from qualitynet.trainer.demo_data import (
     CAMERA_SERIES,
     DATASET_SOURCES,
     DISTORTIONS,
+    camera_frame,
     make_camera_series,
     make_demo_dataset,
+    make_view_dataset,
     native_photo,
 )
 
@@ -78,3 +84,21 @@ def test_camera_series_ranks_each_photos_files(tmp_path: Path) -> None:
         assert image.size == (400, 300) and image.format == "JPEG"
     noisy = [row for row in rows if row["reference"] == "chelsea_noise"]
     assert [int(row["level"]) for row in noisy] == list(CAMERA_SERIES["noise"])
+
+
+def test_view_data_is_distorted_at_frame_size_and_brought_to_the_views_scale(tmp_path: Path) -> None:
+    cfg = PreprocessCfg().with_view("crops", FIVE_CROPS, 256)
+    csv_path = make_view_dataset(tmp_path, cfg, sources=("coffee",), frame_scales=(2.0,))
+    rows = _rows(csv_path)
+    assert len(rows) == 1 + 4 * 4 and {row["reference"] for row in rows} == {"coffee_f2"}
+    assert sorted({float(row["score"]) for row in rows}) == [1.0, 2.0, 3.0, 4.0, 5.0]
+    frame = camera_frame(native_photo("coffee"), 512)  # 600x400 -> short side 2 x 256, with grain
+    assert frame.size == (768, 512)
+    for name, level in (("pristine", 0), ("jpeg", 3), ("blur", 2)):
+        distort, values = DISTORTIONS.get(name, (lambda image, value: image, (0, 0, 0, 0)))
+        value = values[level - 1] * (2 if name == "blur" else 1)  # blur sigmas scale with the frame
+        expected = view_scaled(distort(frame, value) if level else frame, cfg)  # the runtime's own scaling
+        saved = Image.open(tmp_path / f"images/coffee_f2_{name}_{level}.png")
+        assert saved.size == (384, 256) and np.array_equal(np.asarray(saved), np.asarray(expected)), name
+    with pytest.raises(QualityNetError, match="needs a crops view at a stated short side"):
+        make_view_dataset(tmp_path, PreprocessCfg(), sources=("coffee",))

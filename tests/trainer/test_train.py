@@ -211,11 +211,18 @@ def test_paper_recipe_is_pretrained_and_fails_clearly_offline(tmp_path: Path, mo
     assert "cannot load ImageNet weights for resnet50" in result.output and "$TORCH_HOME" in result.output
 
 
+LITE_VIEW = {"view": "crops", "short_side": 768, "decode": "dct"}
+PAPER_VIEW = {"view": "resize", "short_side": 0, "decode": "full"}
+
+
 @pytest.mark.parametrize(("args", "expected"), [
-    (["--config", "lite"], {"pretrained": True, "freeze_backbones": True, "lr": 1e-3}),  # the lite recipe
+    (["--config", "lite"], {"pretrained": True, "freeze_backbones": True, "lr": 1e-3, **LITE_VIEW}),  # the recipe
     (["--config", "lite02", "--lr", "3e-4", "--train-backbones"],
-     {"pretrained": True, "freeze_backbones": False, "lr": 3e-4}),  # options given win over it
-    (["--config", "small"], {"pretrained": False, "freeze_backbones": False, "lr": 1e-4}),  # the paper's
+     {"pretrained": True, "freeze_backbones": False, "lr": 3e-4, **LITE_VIEW}),  # options given win over it
+    (["--config", "lite", "--view", "resize"], {"view": "resize", "decode": "dct"}),  # DCT-scaled to 224
+    (["--config", "lite", "--crop-scale", "native"], {"view": "crops", "short_side": 0, "decode": "full"}),
+    (["--config", "lite", "--crop-scale", "512", "--decode", "full"], {"short_side": 512, "decode": "full"}),
+    (["--config", "small"], {"pretrained": False, "freeze_backbones": False, "lr": 1e-4, **PAPER_VIEW}),  # the paper's
     (["--config", "deepfeat-lite"], {"pretrained": True, "freeze_backbones": True, "view": "resize"}),
     (["--config", "deepfeat"], {"pretrained": True, "freeze_backbones": True, "view": "crops"}),  # five crops
     (["--config", "deepfeat", "--view", "resize"], {"view": "resize"}),
