@@ -5,14 +5,14 @@
 # alternating rounds, on 1024x768 JPEGs and on camera-size (4000x3000, grain, quality 90) JPEGs,
 # generated offline into $WORK. Model-only points are kept to one short batch size: only the
 # end-to-end rows matter here. Run after `bash scripts/demo.sh` (the model is demo-output/run/model.pt),
-# on a quiet machine; writes benchmarks/results/e2e-<size>-demo-cpu.{md,json}.
+# on a quiet machine; writes results/e2e-<size>-demo-cpu.{md,json}.
 #   bash benchmarks/scripts/e2e_targets.sh            # about 4-6 minutes on 2 quiet cores
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 MODEL="${MODEL:-demo-output/run/model.pt}"
 WORK="${WORK:-runs/e2e-targets}"
 ROUNDS="${ROUNDS:-5}"
-RESULTS=benchmarks/results
+RESULTS=results
 BIN=.venv/bin
 START=$SECONDS
 [ -f "$MODEL" ] || { echo "[e2e_targets] $MODEL is missing: run bash scripts/demo.sh first" >&2; exit 1; }
