@@ -9,18 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from deepfeat_test_config import DEEPFEAT_TEST
 
-from qualitynet.trainer.backbones import LITE_MEAN, LITE_STD
 from qualitynet.trainer.checkpoint import save_untrained_checkpoint
 from qualitynet.trainer.datasets import load_dataset
-from qualitynet.trainer.deepfeat import DeepFeatConfig, register_deepfeat_config
 from qualitynet.trainer.demo_data import demo_photo, make_demo_dataset
 from qualitynet.trainer.train import TrainSettings, train
 
 TRAINED_EPOCHS = 20
-# deep features + GP at test size: ImageNet EfficientNet-Lite0 (offline weights) at 96 px, two candidate layers
-DEEPFEAT_TEST = register_deepfeat_config(DeepFeatConfig(
-    "deepfeat-test", (("efficientnet_lite0", ("block6", "head")),), image_size=96, mean=LITE_MEAN, std=LITE_STD))
 PHOTO_NAMES = ("astronaut", "chelsea", "coffee", "rocket", "camera", "hubble_deep_field", "coins", "retina")
 
 

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from deepfeat_test_config import DEEPFEAT_TEST
 
 from qualitynet.bench import gpu_check
 from qualitynet.bench.cli import main
 from qualitynet.trainer.checkpoint import load_checkpoint
 
-from conftest import DEEPFEAT_TEST
 from trt_stubs import REPO
 
 SCRIPT = REPO / "benchmarks" / "scripts" / "gpu_check.sh"

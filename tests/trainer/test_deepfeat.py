@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from deepfeat_test_config import DEEPFEAT_TEST
 
 from qualitynet.errors import QualityNetError
 from qualitynet.trainer.checkpoint import load_checkpoint
@@ -19,8 +20,6 @@ from qualitynet.trainer.deepfeat import DeepFeatGpr, deepfeat_gpr, pooled_layers
 from qualitynet.trainer.evaluate import evaluate_checkpoint
 from qualitynet.trainer.gpr import fit_gpr, gpr_kernel
 from qualitynet.trainer.train import TrainSettings, train
-
-from conftest import DEEPFEAT_TEST
 
 
 def test_matern_graph_equals_scikit_learns_predictive_mean() -> None:
