@@ -19,7 +19,6 @@ today.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
@@ -30,12 +29,10 @@ from PIL import Image
 
 from qualitynet.artifact import PreprocessCfg
 from qualitynet.errors import QualityNetError
-from qualitynet.runtime.decode_pool import Decoded, decode_path, precheck
+from qualitynet.runtime.decode_pool import Decoded, decode_bytes, precheck, with_decode_override
 from qualitynet.runtime.preprocess import image_to_inputs
 
 __all__ = ["KINDS", "MAX_MEAN_SHIFT", "DecodeAgreement", "NvImageCodecPool", "decode_agreement", "nvimgcodec_missing"]
-
-logger = logging.getLogger(__name__)
 
 KINDS = ("gpu", "cpu")
 _JPEG_MAGIC = b"\xff\xd8\xff"
@@ -86,7 +83,7 @@ class NvImageCodecPool:
             raise QualityNetError(missing)
         from nvidia import nvimgcodec
 
-        self.cfg = cfg.with_decode("full") if cfg.decode != "full" else cfg
+        self.cfg = with_decode_override(cfg, False)
         self.kind = kind
         self.batch = max(1, batch)
         device = nvimgcodec.NVIMGCODEC_DEVICE_CPU_ONLY if kind == "cpu" else device_id
@@ -111,19 +108,23 @@ class NvImageCodecPool:
     def decode_many(self, paths: list[str]) -> list[Decoded]:
         """Decode and preprocess ``paths`` in one nvImageCodec call (non-JPEGs and failures through Pillow)."""
         results: list[Decoded | None] = [None] * len(paths)
-        jpegs: list[tuple[int, bytes]] = []
+        contents: list[bytes] = []
+        jpegs: list[int] = []
         for i, path in enumerate(paths):
             data, reason = _read(path)
+            contents.append(data)
             if reason:
                 results[i] = (path, None, reason)
             elif data.startswith(_JPEG_MAGIC):
-                jpegs.append((i, data))
+                jpegs.append(i)
         if jpegs:
-            images = self._decoder.decode([data for _, data in jpegs], params=self._params)
-            for (i, _), image in zip(jpegs, images, strict=True):
+            images = self._decoder.decode([contents[i] for i in jpegs], params=self._params)
+            for i, image in zip(jpegs, images, strict=True):
                 if image is not None:
                     results[i] = self._inputs(paths[i], image)
-        return [item if item is not None else decode_path(path, self.cfg) for path, item in zip(paths, results)]
+        # what nvImageCodec did not decode goes through Pillow, from the bytes already read
+        return [item if item is not None else decode_bytes(data, self.cfg, name=path)
+                for path, data, item in zip(paths, contents, results, strict=True)]
 
     def _inputs(self, path: str, image: Any) -> Decoded:
         pixels = np.asarray(image.cpu())
