@@ -31,6 +31,7 @@ from qualitynet.artifact import PreprocessCfg
 from qualitynet.errors import QualityNetError
 from qualitynet.runtime.decode_pool import Decoded, decode_bytes, precheck, with_decode_override
 from qualitynet.runtime.preprocess import image_to_inputs
+from qualitynet.runtime.types import ScoreRecord
 
 __all__ = ["KINDS", "MAX_MEAN_SHIFT", "DecodeAgreement", "NvImageCodecPool", "decode_agreement", "nvimgcodec_missing"]
 
@@ -169,23 +170,22 @@ class DecodeAgreement:
                 f"{MAX_MEAN_SHIFT:.0%} of the MOS range)")
 
 
-def decode_agreement(score: Callable[[np.ndarray], np.ndarray], reference: list[Decoded], candidate: list[Decoded],
-                     score_range: float) -> DecodeAgreement:
+def decode_agreement(score: Callable[[list[Decoded]], list[ScoreRecord]], reference: list[Decoded],
+                     candidate: list[Decoded], score_range: float) -> DecodeAgreement:
     """Compare the scores of the same images decoded two ways (only images both decoded).
 
     Args:
-        score: the model, preprocessed ``(N, 3, H, W)`` inputs -> MOS scores (e.g. ``Scorer.score_arrays``).
+        score: the model, decoded items -> one record per image (``Scorer.score_decoded``: a crops
+            view's score is the mean of its crops').
         reference / candidate: the same paths decoded by Pillow and by nvImageCodec.
         score_range: the MOS range's width (the tolerance is a share of it).
     """
-    pairs = [(a, b) for (_, a, _), (_, b, _) in zip(reference, candidate, strict=True)
-             if a is not None and b is not None]
+    pairs = [(a, b) for a, b in zip(reference, candidate, strict=True) if a[1] is not None and b[1] is not None]
     if not pairs:
         return DecodeAgreement(0, float("nan"), float("nan"), score_range)
-    per_image = pairs[0][0].shape[0]
 
-    def image_scores(arrays: list[np.ndarray]) -> np.ndarray:
-        return np.asarray(score(np.concatenate(arrays))).reshape(-1, per_image).mean(axis=1)
+    def image_scores(items: list[Decoded]) -> np.ndarray:
+        return np.array([np.nan if r.score is None else r.score for r in score(items)], np.float64)
 
     shift = np.abs(image_scores([a for a, _ in pairs]) - image_scores([b for _, b in pairs]))
     return DecodeAgreement(len(pairs), float(shift.max()), float(shift.mean()), score_range)

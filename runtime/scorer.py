@@ -174,13 +174,13 @@ class Scorer:
             QualityNetError: the scores move more than the tolerance
                 (:data:`~qualitynet.runtime.nvimgcodec_decode.MAX_MEAN_SHIFT` of the MOS range).
         """
-        pool = self._decode_pool()
+        pool = self._pool  # made in __init__ for an nvImageCodec decoder; Pillow's workers are not started here
         if not isinstance(pool, NvImageCodecPool) or not paths:
             return None
         cfg = with_decode_override(self.meta.preprocess, self.fast_decode)
         reference = [decode_path(path, cfg) for path in paths]
         scale = self.meta.score_scale
-        agreement = decode_agreement(self.score_arrays, reference, pool.decode_many(paths), scale.high - scale.low)
+        agreement = decode_agreement(self.score_decoded, reference, pool.decode_many(paths), scale.high - scale.low)
         logger.info("%s", agreement.describe())
         if agreement.images and not agreement.passed:
             raise QualityNetError(f"{agreement.describe()}: too far from the decode this model was verified with; "

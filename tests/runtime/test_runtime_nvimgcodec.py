@@ -74,8 +74,8 @@ def test_scores_that_move_too_far_are_refused(onnx_models: tuple[Path, Path], ph
         shuffled = same[1:] + same[:1]  # another image's pixels: what a broken decoder would give
         scale = scorer.meta.score_scale
         width = scale.high - scale.low
-        assert decode_agreement(scorer.score_arrays, same, same, width).passed
-        moved = decode_agreement(scorer.score_arrays, same, shuffled, width)
+        assert decode_agreement(scorer.score_decoded, same, same, width).passed
+        moved = decode_agreement(scorer.score_decoded, same, shuffled, width)
         assert not moved.passed and moved.images == len(paths) and moved.max_abs > 0
 
 
