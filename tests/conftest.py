@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import xdist_pinning  # noqa: F401  (before anything imports torch: it pins an xdist worker)
 from deepfeat_test_config import DEEPFEAT_TEST
 
 from qualitynet.trainer.checkpoint import save_untrained_checkpoint

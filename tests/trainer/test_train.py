@@ -25,9 +25,11 @@ from qualitynet.trainer.train import BestEpoch, TrainSettings, train
 # A short run that learns on any CPU: the pretrained lite backbones, frozen, give features that
 # differ between photos by far more than float rounding, so the head's predictions vary after
 # every epoch (validation std ~0.1-1 MOS) and no figure below depends on the last bits of the
-# arithmetic. A from-scratch model this small collapses to constant predictions instead.
-SHORT_RUN = ["--config", "lite", "--pretrained", "--freeze-backbones", "--epochs", "3", "--batch-size", "8",
-             "--lr", "1e-3", "--workers", "0", "--quiet"]
+# arithmetic. A from-scratch model this small collapses to constant predictions instead. The whole
+# image is the view (one backbone pass per image, not the lite recipe's five crops): these tests are
+# about the loop; training on crops is tested in test_train_view.py.
+SHORT_RUN = ["--config", "lite", "--pretrained", "--freeze-backbones", "--view", "resize", "--epochs", "3",
+             "--batch-size", "8", "--lr", "1e-3", "--workers", "0", "--quiet"]
 
 
 @pytest.fixture(scope="module")
