@@ -29,7 +29,10 @@ echo "== type check: the TensorRT code against tensorrt-stubs" >&2
      -p qualitynet.export.trt_calibration -p qualitynet.runtime.trt_compat -p qualitynet.runtime.trt_runner \
      -p qualitynet.runtime.gpu -m fake_tensorrt; } || failed+=(mypy-tensorrt)
 bash scripts/test-serve.sh || failed+=(test-serve)
-.venv/bin/python -m pytest || failed+=(pytest)
+# pytest-xdist: one worker per CPU (at most 4, each pinned to its share by tests/xdist_pinning.py), whole
+# test files to a worker so that a file's fixtures are built once.
+workers=$(nproc); [ "$workers" -le 4 ] || workers=4
+.venv/bin/python -m pytest -n "$workers" --dist loadfile || failed+=(pytest)
 if [ "${#failed[@]}" -gt 0 ]; then
     echo "scripts/test.sh: failed: ${failed[*]}" >&2
     exit 1
