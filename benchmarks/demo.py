@@ -29,7 +29,7 @@ from qualitynet.runtime.scorer import Scorer
 from qualitynet.runtime.writer import ENCODING_ERRORS, RecordWriter
 from qualitynet.trainer.checkpoint import load_checkpoint
 from qualitynet.trainer.datasets import DatasetIndex, Split, load_dataset
-from qualitynet.trainer.demo_data import DATASET_SOURCES, FRAME_SCALES, make_demo_dataset, make_view_dataset
+from qualitynet.trainer.demo_dataset import DATASET_SOURCES, FRAME_SCALES, make_demo_dataset, make_view_dataset
 from qualitynet.trainer.metrics import compute_metrics, within_srocc
 from qualitynet.trainer.model import get_config
 from qualitynet.trainer.recipes import recipe_for

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from qualitynet.runtime.discovery import iter_folder
 from qualitynet.trainer.checkpoint import save_untrained_checkpoint
-from qualitynet.trainer.demo_data import make_photo_folder
+from qualitynet.trainer.demo_dataset import make_photo_folder
 
 __all__ = ["free_port", "photo_folder", "untrained_checkpoint", "untrained_onnx"]
 

@@ -46,7 +46,7 @@ from qualitynet.runtime.ort_runner import OrtRunner
 from qualitynet.trainer.checkpoint import load_checkpoint
 from qualitynet.trainer.datasets import load_dataset
 from qualitynet.trainer.deepfeat import DEEPFEAT_CONFIGS
-from qualitynet.trainer.demo_data import DEMO_SOURCES, make_demo_dataset
+from qualitynet.trainer.demo_dataset import DEMO_SOURCES, make_demo_dataset
 from qualitynet.trainer.model import MODEL_CONFIGS
 from qualitynet.trainer.train import TrainSettings, train
 
@@ -161,7 +161,7 @@ def _decode_checks(checkpoint: Path, work: Path, device: str, quick: bool) -> li
     from qualitynet.runtime.decode_pool import decode_path
     from qualitynet.runtime.nvimgcodec_decode import NvImageCodecPool, nvimgcodec_missing
     from qualitynet.runtime.scorer import Scorer
-    from qualitynet.trainer.demo_data import make_photo_folder
+    from qualitynet.trainer.demo_dataset import make_photo_folder
 
     if (missing := nvimgcodec_missing()) is not None:
         return [Check("nvImageCodec decode", "skipped", missing)]

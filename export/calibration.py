@@ -31,7 +31,7 @@ from qualitynet.artifact import PreprocessCfg
 from qualitynet.errors import QualityNetError
 from qualitynet.runtime.discovery import expand_photos
 from qualitynet.runtime.preprocess import image_to_inputs, load_rgb
-from qualitynet.trainer.demo_data import DEMO_SOURCES, DISTORTIONS, demo_photo
+from qualitynet.trainer.demo_dataset import DEMO_SOURCES, DISTORTIONS, demo_photo
 
 __all__ = [
     "CALIBRATION_SOURCES",

@@ -79,7 +79,7 @@ def load_photos(photos: str | Path | Sequence[str | Path] | None, cfg: Preproces
 
     Args:
         photos: a folder, a list of image files, or ``None`` for the photos bundled with
-            scikit-image (:func:`qualitynet.trainer.demo_data.demo_photo`).
+            scikit-image (:func:`qualitynet.trainer.demo_dataset.demo_photo`).
         cfg: the model's preprocessing.
         limit: use at most this many photos (the first in sorted order).
 
@@ -90,7 +90,7 @@ def load_photos(photos: str | Path | Sequence[str | Path] | None, cfg: Preproces
         QualityNetError: fewer than 2 photos, or a photo cannot be decoded.
     """
     if photos is None:
-        from qualitynet.trainer.demo_data import DEMO_SOURCES, demo_photo
+        from qualitynet.trainer.demo_dataset import DEMO_SOURCES, demo_photo
 
         names = list(DEMO_SOURCES[:limit])
         images = [demo_photo(name) for name in names]

@@ -1,6 +1,6 @@
 """Fixtures shared by every test package: real photos and small checkpoints.
 
-Photos are scikit-image's bundled ones (see qualitynet.trainer.demo_data for licences);
+Photos are scikit-image's bundled ones (see qualitynet.trainer.demo_dataset for licences);
 models are randomly initialised, since no weights can be downloaded here.
 """
 
@@ -14,7 +14,7 @@ from deepfeat_test_config import DEEPFEAT_TEST
 
 from qualitynet.trainer.checkpoint import save_untrained_checkpoint
 from qualitynet.trainer.datasets import load_dataset
-from qualitynet.trainer.demo_data import demo_photo, make_demo_dataset
+from qualitynet.trainer.demo_dataset import demo_photo, make_demo_dataset
 from qualitynet.trainer.train import TrainSettings, train
 
 TRAINED_EPOCHS = 20

@@ -45,7 +45,7 @@ _PROBE = """
 import json
 from qualitynet.cpus import usable_cpus
 from qualitynet.runtime.decode_pool import default_workers as decode_workers
-from qualitynet.trainer.data import default_workers as loader_workers
+from qualitynet.trainer.torch_data import default_workers as loader_workers
 from qualitynet.trainer.distributed import rank_threads
 print(json.dumps({"usable": usable_cpus(), "decode_workers": decode_workers(), "loader_workers": loader_workers(),
                   "rank_threads_1": rank_threads(1), "rank_threads_2": rank_threads(2)}))

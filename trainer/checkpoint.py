@@ -200,7 +200,7 @@ def save_untrained_checkpoint(path: Path, config: str, calibration: np.ndarray |
     preprocess = model.config.preprocess()
     if calibration is None:
         from qualitynet.runtime.preprocess import image_to_tensor
-        from qualitynet.trainer.demo_data import DEMO_SOURCES, demo_photo
+        from qualitynet.trainer.demo_dataset import DEMO_SOURCES, demo_photo
 
         calibration = np.stack([image_to_tensor(demo_photo(name), preprocess) for name in DEMO_SOURCES])
     calibrate_batchnorm(model, torch.from_numpy(calibration))

@@ -277,7 +277,7 @@ def demo_data_command(out_dir: Path, short_side: int, scales: str | None, side: 
       iqa-demo-data demo && iqa-train --dataset csv --csv demo/scores.csv --config lite --out runs/demo
       iqa-demo-data demo-small --short-side 0 --side 128   # for --config small (whole-image view)
     """
-    from qualitynet.trainer.demo_data import make_demo_dataset, make_view_dataset
+    from qualitynet.trainer.demo_dataset import make_demo_dataset, make_view_dataset
 
     try:
         factors = tuple(float(v) for v in (scales or ("2" if short_side else "1,2")).split(","))

@@ -34,8 +34,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from qualitynet.cpus import usable_cpus
 from qualitynet.errors import QualityNetError
-from qualitynet.trainer.data import IqaDataset, make_loader
 from qualitynet.trainer.loss import MaePlccLoss
+from qualitynet.trainer.torch_data import IqaDataset, make_loader
 
 __all__ = ["GlobalBatchLoss", "World", "check_global_batch", "init_world", "launch", "launched_by_torchrun",
            "rank_threads", "run_training", "train_worker"]

@@ -14,10 +14,10 @@ import numpy as np
 
 from qualitynet.artifact import PreprocessCfg
 from qualitynet.trainer.checkpoint import load_checkpoint
-from qualitynet.trainer.data import IqaDataset, crop_mean, default_workers, predict
 from qualitynet.trainer.datasets import DatasetIndex, Split, check_images
 from qualitynet.trainer.metrics import compute_metrics, degenerate_reason, within_srocc
 from qualitynet.trainer.mos_mapping import apply_mos_mapping
+from qualitynet.trainer.torch_data import IqaDataset, crop_mean, default_workers, predict
 from qualitynet.trainer.train import resolve_device
 
 __all__ = ["Evaluation", "evaluate_checkpoint"]

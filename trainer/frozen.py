@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from qualitynet._cli import progress
-from qualitynet.trainer.data import IqaDataset, ScoredDataset, make_loader
 from qualitynet.trainer.model import QualityNet
+from qualitynet.trainer.torch_data import IqaDataset, ScoredDataset, make_loader
 
 __all__ = ["PooledFeatures", "PooledHead", "cache_pooled_features", "pool_views"]
 

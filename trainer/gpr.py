@@ -31,7 +31,6 @@ from torch import nn
 
 from qualitynet.errors import QualityNetError
 from qualitynet.trainer.checkpoint import Checkpoint, save_checkpoint, software_versions
-from qualitynet.trainer.data import IqaDataset, ScoredDataset, default_workers, predict
 from qualitynet.trainer.datasets import DatasetIndex, check_images, make_split
 from qualitynet.trainer.deepfeat import (
     DeepFeatConfig,
@@ -46,6 +45,7 @@ from qualitynet.trainer.distributed import World
 from qualitynet.trainer.frozen import pool_views
 from qualitynet.trainer.metrics import compute_metrics, format_value, json_metrics
 from qualitynet.trainer.registry import ModelSpec, factory_reference
+from qualitynet.trainer.torch_data import IqaDataset, ScoredDataset, default_workers, predict
 from qualitynet.trainer.train import TrainResult, TrainSettings, resolve_device, score_run
 
 __all__ = ["TUNE_POINTS", "GprFit", "ViewFeatures", "candidate_features", "fit_gpr", "gpr_kernel", "train_gpr"]
@@ -155,7 +155,7 @@ def fit_gpr(features: np.ndarray, targets: np.ndarray, seed: int = 0, restarts: 
 
 
 class ViewFeatures(ScoredDataset):
-    """Cached pooled features as :func:`~qualitynet.trainer.data.predict` takes them: an item is
+    """Cached pooled features as :func:`~qualitynet.trainer.torch_data.predict` takes them: an item is
     ``(views, C)``, or ``(crops, views, C)`` under a crops view."""
 
     def __init__(self, features: torch.Tensor, dataset: IqaDataset) -> None:

@@ -38,7 +38,6 @@ from qualitynet._cli import progress
 from qualitynet.artifact import FIVE_CROPS, PreprocessCfg
 from qualitynet.errors import QualityNetError
 from qualitynet.trainer.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, software_versions
-from qualitynet.trainer.data import CropMean, IqaDataset, ScoredDataset, crop_mean, default_workers, predict
 from qualitynet.trainer.datasets import DatasetIndex, Split, check_images, make_split
 from qualitynet.trainer.deepfeat import DEEPFEAT_CONFIGS, DeepFeatConfig
 from qualitynet.trainer.distributed import World
@@ -48,6 +47,7 @@ from qualitynet.trainer.model import ModelConfig, QualityNet, create_model
 from qualitynet.trainer.mos_mapping import apply_mos_mapping, fit_mos_mapping
 from qualitynet.trainer.plots import plot_history, plot_scatter
 from qualitynet.trainer.rng import restore_rng_state, rng_state
+from qualitynet.trainer.torch_data import CropMean, IqaDataset, ScoredDataset, crop_mean, default_workers, predict
 
 __all__ = ["COLLAPSE_CAUSES", "BestEpoch", "TrainSettings", "TrainResult", "evaluate", "resolve_device", "score_run",
            "train", "train_one_epoch"]

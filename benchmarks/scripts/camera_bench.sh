@@ -16,7 +16,7 @@ START=$SECONDS
 import sys
 from pathlib import Path
 
-from qualitynet.trainer.demo_data import make_photo_folder
+from qualitynet.trainer.demo_dataset import make_photo_folder
 
 photos, count = Path(sys.argv[1]), int(sys.argv[2])
 if len(list(photos.glob("*.jpg"))) < count:

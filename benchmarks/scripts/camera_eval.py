@@ -1,7 +1,7 @@
 """How a trained model ranks the distortion levels of camera-size JPEGs of photos it never saw.
 
 Writes, offline, a 4000x3000 frame of each held-out photo (enlarged, with sensor-like grain;
-:func:`qualitynet.trainer.demo_data.make_camera_series`) saved at JPEG qualities 8-95 and
+:func:`qualitynet.trainer.demo_dataset.make_camera_series`) saved at JPEG qualities 8-95 and
 with added noise (sigma 0-40, quality 95), then scores every file with the checkpoint and
 reports the mean within-photo SROCC: per photo and series (JPEG, noise), the rank
 correlation of the scores with the distortion level, averaged.
@@ -33,7 +33,7 @@ import numpy as np
 from qualitynet.artifact import FIVE_CROPS
 from qualitynet.trainer.checkpoint import load_checkpoint
 from qualitynet.trainer.datasets import Split, load_dataset
-from qualitynet.trainer.demo_data import DATASET_SOURCES, make_camera_series
+from qualitynet.trainer.demo_dataset import DATASET_SOURCES, make_camera_series
 from qualitynet.trainer.evaluate import evaluate_checkpoint
 from qualitynet.trainer.metrics import within_srocc
 

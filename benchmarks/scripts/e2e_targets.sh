@@ -21,7 +21,7 @@ mkdir -p "$RESULTS"
 import sys
 from pathlib import Path
 
-from qualitynet.trainer.demo_data import make_photo_folder
+from qualitynet.trainer.demo_dataset import make_photo_folder
 
 work = Path(sys.argv[1])
 for name, count, size, grain in (("1024x768", 48, (1024, 768), 0.0), ("4000x3000", 24, (4000, 3000), 6.0)):

@@ -29,7 +29,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from qualitynet.trainer.demo_data import make_photo_folder
+from qualitynet.trainer.demo_dataset import make_photo_folder
 
 checkpoint, data, work = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 test = json.loads((checkpoint.parent / "split.json").read_text())["test"]

@@ -38,7 +38,7 @@ from qualitynet.runtime.preprocess import (
     load_rgb,
     view_scaled,
 )
-from qualitynet.trainer.demo_data import demo_photo
+from qualitynet.trainer.demo_dataset import demo_photo
 
 CASES = {"1024x768": ((1024, 768), 0.0), "4000x3000 grain": ((4000, 3000), 6.0)}
 

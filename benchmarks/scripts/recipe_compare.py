@@ -42,11 +42,11 @@ from qualitynet._cli import progress
 from qualitynet.artifact import FIVE_CROPS, PreprocessCfg
 from qualitynet.runtime.preprocess import file_to_inputs
 from qualitynet.trainer.checkpoint import load_checkpoint
-from qualitynet.trainer.data import IqaDataset
 from qualitynet.trainer.datasets import DatasetIndex, Split, load_dataset, make_split
-from qualitynet.trainer.demo_data import make_camera_series, make_demo_dataset, make_view_dataset
+from qualitynet.trainer.demo_dataset import make_camera_series, make_demo_dataset, make_view_dataset
 from qualitynet.trainer.metrics import within_srocc
 from qualitynet.trainer.model import QualityNet, create_model, get_config
+from qualitynet.trainer.torch_data import IqaDataset
 from qualitynet.trainer.train import TrainSettings, train
 
 LITE = get_config("lite").preprocess()

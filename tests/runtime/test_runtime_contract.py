@@ -32,10 +32,10 @@ from qualitynet.runtime.decode_pool import decode_bytes, decode_path
 from qualitynet.runtime.ray_scoring import ScoreActor
 from qualitynet.runtime.scorer import Scorer
 from qualitynet.trainer.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from qualitynet.trainer.data import IqaDataset
 from qualitynet.trainer.datasets import DatasetIndex, load_dataset
-from qualitynet.trainer.demo_data import demo_photo
+from qualitynet.trainer.demo_dataset import demo_photo
 from qualitynet.trainer.evaluate import evaluate_checkpoint
+from qualitynet.trainer.torch_data import IqaDataset
 
 from runtime_helpers import kill_after_rows, repeated_folder
 

@@ -11,8 +11,8 @@ from PIL import Image
 from qualitynet.artifact import PreprocessCfg, ScoreScale
 from qualitynet.runtime.decode_pool import DecodePool, decode_path
 from qualitynet.runtime.preprocess import image_to_tensor, load_rgb
-from qualitynet.trainer.data import IqaDataset
 from qualitynet.trainer.datasets import DatasetIndex
+from qualitynet.trainer.torch_data import IqaDataset
 
 CFG = PreprocessCfg(height=64, width=80)
 _EXIF_ORIENTATION = 0x0112

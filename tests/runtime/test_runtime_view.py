@@ -24,7 +24,7 @@ from qualitynet.runtime.preprocess import (
     view_scaled,
 )
 from qualitynet.trainer.checkpoint import load_checkpoint
-from qualitynet.trainer.demo_data import demo_photo
+from qualitynet.trainer.demo_dataset import demo_photo
 
 NEW_FIELDS = ("view", "crops", "short_side", "decode", "decode_side")
 CFG = PreprocessCfg(height=64, width=80)

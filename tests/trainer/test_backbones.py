@@ -10,7 +10,7 @@ from qualitynet.artifact import PreprocessCfg
 from qualitynet.errors import QualityNetError
 from qualitynet.runtime.preprocess import image_to_tensor
 from qualitynet.trainer.backbones import LITE_MEAN, LITE_STD, LITE_VARIANTS, create_lite, load_lite_weights
-from qualitynet.trainer.demo_data import demo_photo
+from qualitynet.trainer.demo_dataset import demo_photo
 
 # ImageNet class indices: 285 Egyptian cat, 967 espresso, 872 tripod.
 PHOTOS = {"chelsea": (285, 0.77), "coffee": (967, 0.90), "camera": (872, 0.94)}

@@ -16,10 +16,10 @@ from qualitynet.errors import QualityNetError
 from qualitynet.export.cli import main as export_command
 from qualitynet.trainer.checkpoint import load_checkpoint
 from qualitynet.trainer.cli import eval_command, train_command
-from qualitynet.trainer.data import IqaDataset
 from qualitynet.trainer.datasets import load_dataset
 from qualitynet.trainer.distributed import GlobalBatchLoss, World, launch, train_worker
 from qualitynet.trainer.loss import MaePlccLoss
+from qualitynet.trainer.torch_data import IqaDataset
 from qualitynet.trainer.train import TrainSettings
 
 EPOCHS, STEPS = 2, 2

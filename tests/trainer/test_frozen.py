@@ -7,10 +7,10 @@ from pathlib import Path
 import torch
 
 from qualitynet.trainer.checkpoint import load_checkpoint
-from qualitynet.trainer.data import IqaDataset
 from qualitynet.trainer.datasets import Split, load_dataset
 from qualitynet.trainer.frozen import cache_pooled_features
 from qualitynet.trainer.model import calibrate_batchnorm, create_model
+from qualitynet.trainer.torch_data import IqaDataset
 from qualitynet.trainer.train import TrainSettings, train
 
 

@@ -15,11 +15,11 @@ from click.testing import CliRunner
 from qualitynet.errors import QualityNetError
 from qualitynet.trainer.checkpoint import load_checkpoint
 from qualitynet.trainer.cli import eval_command, train_command
-from qualitynet.trainer.data import IqaDataset, predict
 from qualitynet.trainer.datasets import Split, load_dataset
-from qualitynet.trainer.demo_data import demo_photo
+from qualitynet.trainer.demo_dataset import demo_photo
 from qualitynet.trainer.model import create_model
 from qualitynet.trainer.mos_mapping import fit_mos_mapping
+from qualitynet.trainer.torch_data import IqaDataset, predict
 from qualitynet.trainer.train import BestEpoch, TrainSettings, train
 
 # A short run that learns on any CPU: the pretrained lite backbones, frozen, give features that

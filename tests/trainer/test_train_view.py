@@ -12,9 +12,9 @@ from click.testing import CliRunner
 
 from qualitynet.trainer.checkpoint import load_checkpoint
 from qualitynet.trainer.cli import eval_command, train_command
-from qualitynet.trainer.data import IqaDataset, crop_mean, predict
 from qualitynet.trainer.datasets import Split, load_dataset
 from qualitynet.trainer.mos_mapping import apply_mos_mapping
+from qualitynet.trainer.torch_data import IqaDataset, crop_mean, predict
 
 TRAIN = ["--config", "tiny", "--epochs", "2", "--batch-size", "8", "--lr", "1e-3", "--workers", "0", "--quiet"]
 # A run that ranks on any CPU (a from-scratch tiny model's predictions collapse to a constant, and

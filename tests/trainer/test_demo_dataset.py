@@ -13,7 +13,7 @@ from qualitynet.artifact import FIVE_CROPS, PreprocessCfg
 from qualitynet.errors import QualityNetError
 from qualitynet.runtime.preprocess import view_scaled
 from qualitynet.trainer.datasets import load_dataset, make_split
-from qualitynet.trainer.demo_data import (
+from qualitynet.trainer.demo_dataset import (
     CAMERA_SERIES,
     DATASET_SOURCES,
     DISTORTIONS,
