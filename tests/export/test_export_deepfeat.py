@@ -17,8 +17,10 @@ from click.testing import CliRunner, Result
 from qualitynet.bench.run import BenchSettings, run_bench
 from qualitynet.export import export_all, load_photos
 from qualitynet.export.cli import main as export_main
+from qualitynet.export.fp16 import convert_fp16, fp32_tail
 from qualitynet.export.onnx import read_meta
 from qualitynet.runtime.cli import main as run_main
+from qualitynet.runtime.ort_runner import OrtRunner
 from qualitynet.trainer.checkpoint import load_checkpoint
 
 
@@ -54,6 +56,26 @@ def test_onnx_agrees_with_torch(deepfeat_checkpoint: Path, photo_dir: Path, tmp_
     checkpoint = load_checkpoint(deepfeat_checkpoint)
     assert meta.config_name == "deepfeat-test" and meta.mos_mapping == checkpoint.mos_mapping
     assert meta.extra["model_config"]["factory"] == "qualitynet.trainer.deepfeat:deepfeat_gpr"
+
+
+def test_fp16_keeps_the_gaussian_process_in_fp32(deepfeat_onnx: Path, photo_dir: Path, tmp_path: Path) -> None:
+    """Its mean sums kernel values near 1 times weights summing to hundreds in absolute value: computed in FP16
+    (or from FP16-rounded intermediates or constants) it moved scores by 0.004-0.16 on the unit scale (issue 24);
+    kept FP32, 0.002-0.003."""
+    fp16_path = convert_fp16(deepfeat_onnx, tmp_path / "model.fp16.onnx")
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(fp16_path)))
+    types = {v.name: v.type.tensor_type.elem_type for v in [*model.graph.value_info, *model.graph.input]}
+    types |= {init.name: init.data_type for init in model.graph.initializer}
+    tail = set(fp32_tail(onnx.load(str(deepfeat_onnx))))
+    gp = [node for node in model.graph.node if node.name in tail and node.name.startswith("/model/regressor/")]
+    assert {"MatMul", "Sqrt", "Exp"} <= {node.op_type for node in gp}
+    fp16_inputs = [(node.name, name) for node in gp for name in node.input
+                   if types.get(name) == onnx.TensorProto.FLOAT16]
+    assert not fp16_inputs  # every input of every GP node is FP32: no FP16 round trip on the way
+    assert read_meta(model).extra["fp16_fp32_tail"] == fp32_tail(onnx.load(str(deepfeat_onnx)))
+    inputs, _ = load_photos(photo_dir, read_meta(model).preprocess)
+    with OrtRunner(deepfeat_onnx, provider="cpu") as fp32, OrtRunner(fp16_path, provider="cpu") as fp16:
+        assert np.abs(fp16.infer(inputs) - fp32.infer(inputs)).max() < 5e-3  # the FP16 gate: the backbone's share
 
 
 def test_iqa_run_scores_on_the_mos_scale_as_torch_does(deepfeat_onnx: Path, deepfeat_checkpoint: Path,
