@@ -34,7 +34,7 @@ from qualitynet.trainer.model import torchvision_classifier
 from qualitynet.trainer.registry import ModelSpec, factory_reference, register_spec
 
 __all__ = ["DEEPFEAT_CONFIGS", "DeepFeatConfig", "DeepFeatGpr", "Matern52Mean", "PooledLayers", "backbone_stages",
-           "deepfeat_gpr", "get_deepfeat_config", "pooled_layers", "register_deepfeat_config"]
+           "deepfeat_gpr", "get_deepfeat_config", "pooled_layers", "register_deepfeat_config", "stages_up_to"]
 
 
 @dataclass(frozen=True)
@@ -109,6 +109,18 @@ def backbone_stages(backbone: str, pretrained: bool) -> tuple[list[nn.Module], l
                           f"(torchvision) or one of {', '.join(LITE_VARIANTS)}")
 
 
+def stages_up_to(stages: Sequence[nn.Module], names: Sequence[str], layers: Sequence[str], what: str
+                 ) -> nn.ModuleList:
+    """The stages up to the deepest of ``layers`` (the rest never runs).
+
+    Raises:
+        QualityNetError: no layers, or one that is not a stage name (``what`` starts the message).
+    """
+    if not layers or any(layer not in names for layer in layers):
+        raise QualityNetError(f"{what} {list(layers)} are not among {', '.join(names)}")
+    return nn.ModuleList(stages[:max(names.index(layer) for layer in layers) + 1])
+
+
 class PooledLayers(nn.Module):
     """Global average pooling of chosen stage outputs of a backbone, concatenated: ``(N, sum of C)``.
 
@@ -117,12 +129,8 @@ class PooledLayers(nn.Module):
 
     def __init__(self, stages: Sequence[nn.Module], names: Sequence[str], layers: Sequence[str]) -> None:
         super().__init__()
-        unknown = [layer for layer in layers if layer not in names]
-        if unknown or not layers:
-            raise QualityNetError(f"deep features: layers {list(layers)} are not among {', '.join(names)}")
-        depth = max(names.index(layer) for layer in layers) + 1
-        self.stages = nn.ModuleList(stages[:depth])
-        self.names = list(names[:depth])
+        self.stages = stages_up_to(stages, names, layers, "deep features: layers")
+        self.names = list(names[:len(self.stages)])
         self.layers = tuple(layers)
         was_training = self.training
         with torch.no_grad():  # in eval mode: a probe must not move BatchNorm's running statistics

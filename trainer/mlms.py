@@ -35,13 +35,13 @@ from torch import nn
 from qualitynet.artifact import IMAGENET_MEAN, IMAGENET_STD, PreprocessCfg
 from qualitynet.errors import QualityNetError
 from qualitynet.trainer.backbones import LITE_MEAN, LITE_STD
-from qualitynet.trainer.deepfeat import backbone_stages
+from qualitynet.trainer.deepfeat import backbone_stages, stages_up_to
 from qualitynet.trainer.registry import ModelSpec, factory_reference, register_spec
 from qualitynet.trainer.swin import swin_block
 
 __all__ = ["MLMS_CONFIGS", "DualBranchHead", "LevelFeatures", "LevelFusion", "MlmsConfig", "MlmsIqa", "SwinScale",
            "Upsample",
-           "create_mlms", "get_mlms_config", "mlms_from_config", "register_mlms_config"]
+           "create_mlms", "mlms_from_config", "register_mlms_config"]
 
 
 @dataclass(frozen=True)
@@ -135,15 +135,6 @@ def register_mlms_config(config: MlmsConfig) -> MlmsConfig:
     return config
 
 
-def get_mlms_config(name: str) -> MlmsConfig:
-    """A multi-level, multi-scale configuration by name, with a helpful error."""
-    try:
-        return MLMS_CONFIGS[name]
-    except KeyError:
-        raise QualityNetError(f"unknown multi-level multi-scale config {name!r}; choose one of "
-                              f"{', '.join(MLMS_CONFIGS)}") from None
-
-
 class LevelFeatures(nn.Module):
     """The frozen part: a backbone's chosen stage outputs, those larger than the grid average-pooled to it.
 
@@ -154,11 +145,7 @@ class LevelFeatures(nn.Module):
     def __init__(self, stages: Sequence[nn.Module], names: Sequence[str], levels: Sequence[str], image_size: int,
                  grid: int) -> None:
         super().__init__()
-        unknown = [level for level in levels if level not in names]
-        if unknown or not levels:
-            raise QualityNetError(f"mlms: levels {list(levels)} are not among {', '.join(names)}")
-        depth = max(names.index(level) for level in levels) + 1
-        self.stages = nn.ModuleList(stages[:depth])
+        self.stages = stages_up_to(stages, names, levels, "mlms: levels")
         self.taps = [names.index(level) for level in levels]
         shapes = self._probe(image_size)
         bad = [f"{level} {side}x{side}" for level, (_, side) in zip(levels, shapes, strict=True)
@@ -329,7 +316,9 @@ def create_mlms(name: str, pretrained: bool = False) -> MlmsIqa:
         >>> model(torch.zeros(2, 3, 224, 224)).shape
         torch.Size([2, 1])
     """
-    return MlmsIqa(get_mlms_config(name), pretrained)
+    if name not in MLMS_CONFIGS:
+        raise QualityNetError(f"unknown multi-level multi-scale config {name!r}; choose {', '.join(MLMS_CONFIGS)}")
+    return MlmsIqa(MLMS_CONFIGS[name], pretrained)
 
 
 for _config in list(MLMS_CONFIGS.values()):

@@ -3,23 +3,20 @@ static graph (apart from the batch) at opset 17 whose operators TensorRT 8.6 par
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-import torch
 from click.testing import CliRunner, Result
 from mlms_test_config import MLMS_TEST
+from mos_scoring import assert_iqa_run_scores_as_torch
 
-from qualitynet.export import export_all, load_photos
+from qualitynet.export import export_all
 from qualitynet.export.cli import main as export_main
 from qualitynet.export.onnx import read_meta
 from qualitynet.export.tensorrt_ops import ops_tensorrt_8_6_cannot_parse
-from qualitynet.runtime.cli import main as run_main
 from qualitynet.trainer.checkpoint import load_checkpoint
 
 
@@ -76,16 +73,6 @@ def test_an_op_tensorrt_8_6_lacks_is_named() -> None:
 
 def test_iqa_run_scores_on_the_mos_scale_as_torch_does(mlms_onnx: Path, mlms_checkpoint: Path,
                                                       photo_dir: Path) -> None:
-    result = CliRunner().invoke(run_main, [str(mlms_onnx), str(photo_dir), "--format", "csv", "--quiet",
-                                           "--workers", "0"])
-    assert result.exit_code == 0, result.output
-    rows = {Path(r["path"]).name: float(r["score"]) for r in csv.DictReader(io.StringIO(result.stdout))}
-    checkpoint = load_checkpoint(mlms_checkpoint)
-    inputs, names = load_photos(photo_dir, checkpoint.preprocess)
-    with torch.no_grad():
-        mapped = checkpoint.build_model()(torch.from_numpy(inputs))[:, 0].numpy()
-        raw = checkpoint.build_model(mapped=False)(torch.from_numpy(inputs))[:, 0].numpy()
-    got = np.array([rows[Path(n).name] for n in names])
-    assert len(rows) == 8 and np.allclose(got, checkpoint.score_scale.to_mos(mapped), atol=1e-4)
-    assert not np.allclose(mapped, raw, atol=1e-4)  # the MOS mapping is in the graph, not the identity
+    got = assert_iqa_run_scores_as_torch(mlms_onnx, mlms_checkpoint, photo_dir)
+    assert len(got) == 8
     assert np.ptp(got) > 0.01  # scores differ from photo to photo
