@@ -3,7 +3,7 @@
 Run it as ``iqa-bench gpu-check``, or through ``benchmarks/scripts/gpu_check.sh`` (which
 installs the toolkit from the checkout first). With a CUDA device it measures, with ``iqa-bench``'s own harness
 (:func:`qualitynet.bench.run.run_bench`), the ``small`` and ``qualitynet`` configs (and
-``lite`` and ``deepfeat-lite`` where those configs exist) with untrained weights (a Gaussian
+``lite``, ``deepfeat-lite`` and ``mlms-lite`` where those configs exist) with untrained weights (a Gaussian
 process has no untrained state: ``deepfeat-lite`` is fitted on a small generated demo set):
 PyTorch eager FP32, FP16 autocast + channels_last, CUDA graphs and ``torch.compile`` (where
 they work), ONNX Runtime on every provider the installed build has (the CPU build's rows are
@@ -47,12 +47,13 @@ from qualitynet.trainer.checkpoint import load_checkpoint
 from qualitynet.trainer.datasets import load_dataset
 from qualitynet.trainer.deepfeat import DEEPFEAT_CONFIGS
 from qualitynet.trainer.demo_dataset import DEMO_SOURCES, make_demo_dataset
+from qualitynet.trainer.mlms import MLMS_CONFIGS
 from qualitynet.trainer.model import MODEL_CONFIGS
 from qualitynet.trainer.train import TrainSettings, train
 
 __all__ = ["run_gpu_check"]
 
-GPU_CONFIGS = ("small", "qualitynet", "lite", "deepfeat-lite")
+GPU_CONFIGS = ("small", "qualitynet", "lite", "deepfeat-lite", "mlms-lite")
 # torch.compile of the paper model takes minutes per batch shape: beyond this check's budget.
 COMPILE_CONFIGS = ("small", "tiny")
 # The paper model on ONNX Runtime's CPU provider: ~1 s per batch of 8 on 16 cores.
@@ -274,7 +275,7 @@ def run_gpu_check(device: str, quick: bool, out: Path, work: Path, budget: float
                   "Run it on a machine with an NVIDIA GPU, or --device cpu --quick for the CPU rehearsal.")
             return
         device = "cuda"
-    known = {*MODEL_CONFIGS, *DEEPFEAT_CONFIGS}
+    known = {*MODEL_CONFIGS, *DEEPFEAT_CONFIGS, *MLMS_CONFIGS}
     configs = ("tiny",) if quick else tuple(c for c in GPU_CONFIGS if c in known)
     name = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
     check = GpuCheck(device=name, machine=machine_info(torch.get_num_threads()),

@@ -46,6 +46,7 @@ from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, 
 from qualitynet.artifact import ArtifactMeta
 from qualitynet.errors import QualityNetError
 from qualitynet.export.calibration import DEFAULT_CALIB_COUNT, PhotoDataReader
+from qualitynet.export.graph import pooled_tail
 from qualitynet.export.onnx import read_meta, save_with_meta
 from qualitynet.export.targets import TARGETS
 from qualitynet.export.types import Int8Gate, Tolerance, Verification
@@ -317,36 +318,6 @@ def quantize(pre_path: Path, out_path: Path, target: Int8Target, cache: Path, ca
 
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-
-
-def pooled_tail(graph: onnx.GraphProto) -> list[str]:
-    """The nodes after the network's last spatial tensor: from which no path leads to a tensor with
-    spatial extent (a 4-D tensor larger than 1x1, or one of unknown shape).
-
-    In QualityNet that is everything after the backbones' global pooling: the attention
-    and the head, which work on pooled vectors. They cost a few million multiply-adds
-    against the backbones' hundreds of millions, so INT8 gains nothing there, while
-    rounding the pooled features and the attention weights, which every score depends on,
-    costs accuracy. (A squeeze-excitation branch inside a backbone leads back to spatial
-    tensors, so it is not part of the tail.) Needs the shapes ``quant_pre_process`` infers.
-    """
-    shapes = {info.name: [d.dim_value if d.HasField("dim_value") else -1 for d in info.type.tensor_type.shape.dim]
-              for info in [*graph.value_info, *graph.output] if info.type.tensor_type.HasField("shape")}
-
-    def spatial(tensor: str) -> bool:
-        dims = shapes.get(tensor)
-        return dims is None or (len(dims) == 4 and not (0 < dims[2] * dims[3] == 1 and min(dims[2:]) > 0))
-
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    leads_to_spatial: dict[str, bool] = {}
-    for node in reversed(graph.node):  # consumers come later in a topologically sorted graph
-        leads_to_spatial[node.name] = any(spatial(out) or any(leads_to_spatial.get(user.name, True)
-                                                              for user in consumers.get(out, []))
-                                          for out in node.output)
-    return [node.name for node in graph.node if not leads_to_spatial[node.name]]
 
 
 def score_chain(graph: onnx.GraphProto) -> list[str]:

@@ -22,6 +22,7 @@ from onnx import numpy_helper
 from qualitynet.artifact import ONNX_METADATA_KEY, ArtifactMeta, file_sha256
 from qualitynet.errors import QualityNetError
 from qualitynet.export._io import atomic_write_bytes, ensure_writable_dir
+from qualitynet.export.tensorrt_ops import ops_tensorrt_8_6_cannot_parse
 from qualitynet.trainer.backbones import static_same_padding
 from qualitynet.trainer.checkpoint import Checkpoint, load_checkpoint, software_versions
 
@@ -113,6 +114,10 @@ def export_onnx(checkpoint_path: str | Path, out_path: str | Path | None = None,
         log.debug("torch.onnx.export took %.1f s", time.perf_counter() - start)
         graph = onnx.load(str(tmp))
         fold_pads_into_convs(graph)
+        unparsed = ops_tensorrt_8_6_cannot_parse(graph)
+        if unparsed:
+            log.warning("%s: operators TensorRT 8.6 (the last release for Pascal GPUs) cannot parse: %s; ONNX Runtime "
+                        "and newer TensorRT releases may still run it", out, ", ".join(unparsed))
         save_with_meta(graph, artifact_meta(checkpoint, checkpoint_path, opset), out)
     finally:
         tmp.unlink(missing_ok=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import xdist_pinning  # noqa: F401  (before anything imports torch: it pins an xdist worker)
 from deepfeat_test_config import DEEPFEAT_TEST
+from mlms_test_config import MLMS_TEST
 
 from qualitynet.trainer.checkpoint import save_untrained_checkpoint
 from qualitynet.trainer.datasets import load_dataset
@@ -18,6 +19,7 @@ from qualitynet.trainer.demo_dataset import demo_photo, make_demo_dataset
 from qualitynet.trainer.train import TrainSettings, train
 
 TRAINED_EPOCHS = 20
+MLMS_EPOCHS = 8
 PHOTO_NAMES = ("astronaut", "chelsea", "coffee", "rocket", "camera", "hubble_deep_field", "coins", "retina")
 
 
@@ -68,6 +70,25 @@ def deepfeat_checkpoint(demo_dataset: Path, tmp_path_factory: pytest.TempPathFac
                              pretrained=True, freeze_backbones=True)
     result = train(load_dataset("csv", csv_path=demo_dataset), tmp_path_factory.mktemp("deepfeat"), settings)
     return result.out_dir / "model.pt"
+
+
+@pytest.fixture(scope="session")
+def mlms_checkpoint(demo_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A multi-level, multi-scale Swin checkpoint trained by iqa-train's loop on the demo dataset (the ``mlms-test``
+    config: frozen ImageNet Lite0 at 96 px, its level maps cached once, then fusion, Swin blocks and head trained),
+    with the MOS mapping fitted on its validation split."""
+    settings = TrainSettings(config=MLMS_TEST.name, epochs=MLMS_EPOCHS, batch_size=8, lr=1e-3, workers=0, quiet=True,
+                             device="cpu", pretrained=True, freeze_backbones=True)
+    result = train(load_dataset("csv", csv_path=demo_dataset), tmp_path_factory.mktemp("mlms"), settings)
+    return result.out_dir / "model.pt"
+
+
+@pytest.fixture(scope="session")
+def mlms_onnx(mlms_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The multi-level, multi-scale checkpoint exported to ONNX by the export stage's API."""
+    from qualitynet.export import export_onnx
+
+    return export_onnx(mlms_checkpoint, tmp_path_factory.mktemp("mlms-onnx") / "model.onnx")
 
 
 @pytest.fixture(scope="session")

@@ -27,13 +27,16 @@ from torch import nn
 import qualitynet
 from qualitynet.artifact import MosMapping, PreprocessCfg, ScoreScale
 from qualitynet.errors import QualityNetError
+from qualitynet.trainer.mlms import MLMS_CONFIGS, MlmsIqa, create_mlms
 from qualitynet.trainer.model import ModelConfig, QualityNet, calibrate_batchnorm, create_model
 from qualitynet.trainer.registry import ModelSpec, resolve_factory
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "Checkpoint",
+    "create_network",
     "load_checkpoint",
+    "network_entry",
     "save_checkpoint",
     "save_untrained_checkpoint",
     "software_versions",
@@ -183,6 +186,17 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     return checkpoint
 
 
+def create_network(name: str, pretrained: bool = False) -> QualityNet | MlmsIqa:
+    """A new network of a ``--config`` that trains by epochs: a QualityNet configuration or a multi-level,
+    multi-scale one (:mod:`qualitynet.trainer.mlms`)."""
+    return create_mlms(name, pretrained) if name in MLMS_CONFIGS else create_model(name, pretrained)
+
+
+def network_entry(model: QualityNet | MlmsIqa) -> ModelConfig | ModelSpec:
+    """What a checkpoint of ``model`` stores to rebuild it: QualityNet's config, or the registry spec."""
+    return model.config if isinstance(model, QualityNet) else model.config.spec()
+
+
 def save_untrained_checkpoint(path: Path, config: str, calibration: np.ndarray | None = None, seed: int = 0,
                               score_scale: ScoreScale = ScoreScale(1.0, 5.0, "untrained, MOS 1-5")) -> Path:
     """Write a randomly initialised model as a real checkpoint, for tests and benchmarks.
@@ -196,7 +210,7 @@ def save_untrained_checkpoint(path: Path, config: str, calibration: np.ndarray |
         score_scale: the MOS scale it claims.
     """
     torch.manual_seed(seed)
-    model = create_model(config)
+    model = create_network(config)
     preprocess = model.config.preprocess()
     if calibration is None:
         from qualitynet.runtime.preprocess import image_to_tensor
@@ -204,5 +218,6 @@ def save_untrained_checkpoint(path: Path, config: str, calibration: np.ndarray |
 
         calibration = np.stack([image_to_tensor(demo_photo(name), preprocess) for name in DEMO_SOURCES])
     calibrate_batchnorm(model, torch.from_numpy(calibration))
-    save_checkpoint(Path(path), Checkpoint(model.config, model.state_dict(), preprocess, score_scale, "untrained"))
+    save_checkpoint(Path(path), Checkpoint(network_entry(model), model.state_dict(), preprocess, score_scale,
+                                           "untrained"))
     return Path(path)

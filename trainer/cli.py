@@ -16,6 +16,7 @@ from qualitynet.errors import QualityNetError
 from qualitynet.trainer.datasets import DATASETS, DatasetIndex, load_dataset
 from qualitynet.trainer.deepfeat import DEEPFEAT_CONFIGS
 from qualitynet.trainer.metrics import format_value, json_metrics
+from qualitynet.trainer.mlms import MLMS_CONFIGS
 from qualitynet.trainer.model import MODEL_CONFIGS
 from qualitynet.trainer.recipes import recipe_for
 
@@ -89,12 +90,13 @@ def format_mapped_metrics(mapped: dict[str, float], raw: dict[str, float], kind:
 
 @click.command(context_settings=CONTEXT)
 @dataset_options
-@click.option("--config", type=click.Choice([*MODEL_CONFIGS, *DEEPFEAT_CONFIGS]),
+@click.option("--config", type=click.Choice([*MODEL_CONFIGS, *DEEPFEAT_CONFIGS, *MLMS_CONFIGS]),
               help="Model configuration: qualitynet (the default) is the paper's (ResNet-50 + "
                    "EfficientNet-B7); lite: ImageNet EfficientNet-Lite0 + Lite1, weights installed offline; "
                    "deepfeat / deepfeat-lite: pooled deep features (ResNet-50 / EfficientNet-Lite0 or Lite1) "
-                   "regressed by a Gaussian process, fitted in one step (epochs and lr do not apply). "
-                   "With --resume, the resumed run's.")
+                   "regressed by a Gaussian process, fitted in one step (epochs and lr do not apply); "
+                   "mlms / mlms-lite: multi-level features (ResNet-50 / EfficientNet-Lite0) through multi-scale "
+                   "Swin-Transformer blocks and a score-and-weight head. With --resume, the resumed run's.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Run folder.")
 @click.option("--epochs", type=click.IntRange(1), default=100, show_default=True)
 @click.option("--batch-size", type=click.IntRange(2), default=10, show_default=True)
@@ -161,6 +163,8 @@ def train_command(dataset: str, data_root: Path | None, csv_path: Path | None, p
     --config deepfeat-lite fits a Gaussian process on frozen EfficientNet-Lite features in one
     step (the backbone and layer chosen on the validation split; candidates.json lists them);
     --config deepfeat does so on ResNet-50 with five fixed crops per image.
+    --config mlms-lite trains the multi-level multi-scale Swin model on frozen EfficientNet-Lite0
+    feature maps, cached once (--config mlms: ResNet-50, torchvision's weights).
 
     \b
     Example:
@@ -168,6 +172,7 @@ def train_command(dataset: str, data_root: Path | None, csv_path: Path | None, p
       iqa-train --dataset csv --csv demo/scores.csv --config lite --epochs 60 --out runs/demo-lite
       iqa-train --dataset csv --csv demo/scores.csv --config small --epochs 8 --out runs/demo
       iqa-train --dataset csv --csv demo/scores.csv --config deepfeat-lite --out runs/demo-gpr
+      iqa-train --dataset csv --csv demo/scores.csv --config mlms-lite --epochs 30 --out runs/demo-mlms
       iqa-train --dataset csv --csv photos.csv --config lite --pretrained --view crops --crop-scale 512 \\
         --decode dct --out runs/crops   # 5 crops at short side 512, JPEGs DCT-scaled to >= 512
       iqa-train --nproc 4 --dataset koniq10k --data-root /data/koniq --out runs/koniq   # 4 GPUs, DDP
@@ -187,7 +192,7 @@ def train_command(dataset: str, data_root: Path | None, csv_path: Path | None, p
                              decode_side=decode_side, **recipe)  # type: ignore[arg-type]
     if resume is None:  # refuse bad view or decode options before anything is written
         name = settings.config or "qualitynet"
-        settings.preprocess(DEEPFEAT_CONFIGS[name] if name in DEEPFEAT_CONFIGS else MODEL_CONFIGS[name])
+        settings.preprocess({**MODEL_CONFIGS, **DEEPFEAT_CONFIGS, **MLMS_CONFIGS}[name])
     result = run_training(nproc, index, out_dir, settings, resume)
     if result is None:  # another rank of a torchrun job: rank 0 reports
         return

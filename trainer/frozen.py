@@ -1,4 +1,4 @@
-"""The frozen-backbone fast path: pooled backbone features computed once, then only the head trains.
+"""The frozen-backbone fast path: backbone features computed once, then only the rest trains.
 
 In QualityNet, attention and head see only globally pooled backbone features. With the
 backbones frozen (ImageNet weights, BatchNorm in eval mode) those features are a fixed
@@ -7,20 +7,44 @@ features are computed once; every epoch then trains attention and head on the ca
 vectors, which takes seconds on a CPU instead of minutes. This is exactly training with
 frozen backbones: the random flip picks the cached flipped view, and the checkpoint is
 the whole model (backbones included), as from the ordinary path.
+
+Any model with the :class:`FrozenSplit` methods trains this way: for the multi-level,
+multi-scale model (:mod:`qualitynet.trainer.mlms`) the cached row is its levels' feature maps,
+flattened, rather than pooled vectors.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
 from torch import nn
 
 from qualitynet._cli import progress
-from qualitynet.trainer.model import QualityNet
 from qualitynet.trainer.torch_data import IqaDataset, ScoredDataset, make_loader
 
-__all__ = ["PooledFeatures", "PooledHead", "cache_pooled_features", "pool_views"]
+__all__ = ["FrozenSplit", "PooledFeatures", "PooledHead", "cache_pooled_features", "pool_views"]
+
+
+class FrozenSplit(Protocol):
+    """A network cut into a frozen part whose output is cached and a trainable rest
+    (:class:`~qualitynet.trainer.model.QualityNet`, :class:`~qualitynet.trainer.mlms.MlmsIqa`)."""
+
+    def freeze_backbones(self) -> None:
+        """Stop gradients into the frozen part."""
+
+    def frozen_modules(self) -> list[nn.Module]:
+        """The modules that stay in eval mode while the rest trains."""
+
+    def forward_pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """The frozen part's output for a batch of inputs, one row per input: ``(N, F)``."""
+
+    def forward_from_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The unit-scale score ``(N, 1)`` from :meth:`forward_pooled`'s rows."""
+
+    def eval(self) -> nn.Module:
+        """``nn.Module.eval``."""
 
 
 class PooledFeatures(ScoredDataset):
@@ -43,21 +67,21 @@ class PooledFeatures(ScoredDataset):
 
 
 class PooledHead(nn.Module):
-    """The trainable part of a QualityNet, fed cached pooled features (see the module docstring)."""
+    """The trainable part of a model, fed cached features (see the module docstring)."""
 
-    def __init__(self, model: QualityNet) -> None:
+    def __init__(self, model: FrozenSplit) -> None:
         super().__init__()
         self.model = model
+        self.frozen = model.frozen_modules()
 
     def train(self, mode: bool = True) -> PooledHead:
         super().train(mode)
-        for stream in self.model.streams:
-            stream.features.eval()  # type: ignore[union-attr]  # frozen: BatchNorm keeps its ImageNet statistics
+        for module in self.frozen:
+            module.eval()  # frozen: BatchNorm keeps its ImageNet statistics
         return self
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
-        model = self.model
-        return model.mos_mapping(model.forward_head(model.attend_pooled(pooled)))
+        return self.model.forward_from_pooled(pooled)
 
 
 @torch.inference_mode()
@@ -83,15 +107,15 @@ def pool_views(pooled: Callable[[torch.Tensor], torch.Tensor], dataset: IqaDatas
     return torch.cat(features), torch.cat(targets)
 
 
-def _pool(model: QualityNet, dataset: IqaDataset, batch_size: int, device: str, workers: int,
+def _pool(model: FrozenSplit, dataset: IqaDataset, batch_size: int, device: str, workers: int,
           quiet: bool, desc: str) -> PooledFeatures:
     return PooledFeatures(*pool_views(model.forward_pooled, dataset, batch_size, device, workers, quiet, desc),
                           dataset)
 
 
-def cache_pooled_features(model: QualityNet, parts: dict[str, IqaDataset], batch_size: int, device: str,
+def cache_pooled_features(model: FrozenSplit, parts: dict[str, IqaDataset], batch_size: int, device: str,
                           workers: int, quiet: bool = False) -> tuple[PooledHead, dict[str, ScoredDataset]]:
-    """Freeze ``model``'s backbones and compute every split's pooled features once.
+    """Freeze ``model``'s backbones and compute every split's frozen features (pooled, for QualityNet) once.
 
     Args:
         model: the model to train (its backbones are frozen in place).

@@ -222,6 +222,14 @@ class QualityNet(nn.Module):
         for stream in self._streams():
             stream.features.requires_grad_(False)
 
+    def frozen_modules(self) -> list[nn.Module]:
+        """Both backbones: what stays in eval mode while attention and head train on cached features."""
+        return [stream.features for stream in self._streams()]
+
+    def forward_from_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The score from :meth:`forward_pooled`'s output (then the MOS mapping, if set)."""
+        return self.mos_mapping(self.forward_head(self.attend_pooled(pooled)))  # type: ignore[no-any-return]
+
     def forward_pooled(self, x: torch.Tensor) -> torch.Tensor:
         """Both streams' pooled backbone features, concatenated: ``(N, sum of C)``."""
         return torch.cat([torch.flatten(stream.pooled(x), 1) for stream in self._streams()], dim=1)

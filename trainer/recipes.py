@@ -25,6 +25,12 @@ RECIPES: dict[str, dict[str, object]] = {
     # the offline one keeps the whole-image view, so its CPU fit costs one backbone pass (and a flip) per image.
     "deepfeat": {"pretrained": True, "freeze_backbones": True, "view": "crops"},
     "deepfeat-lite": {"pretrained": True, "freeze_backbones": True},
+    # Multi-level, multi-scale Swin (trainer/mlms.py): the paper's config fine-tunes its ImageNet ResNet-50 end to
+    # end. The offline one trains fusion, Swin blocks and head on the frozen Lite0's level maps, cached once, on
+    # the whole image (a crops view would cache five times the maps); lr 3e-4, between the paper's 1e-4 and the
+    # lite head's 1e-3, for blocks trained from scratch without warm-up.
+    "mlms": {"pretrained": True},
+    "mlms-lite": {"pretrained": True, "freeze_backbones": True, "lr": 3e-4},
 }
 
 

@@ -37,13 +37,21 @@ import torch
 from qualitynet._cli import progress
 from qualitynet.artifact import FIVE_CROPS, PreprocessCfg
 from qualitynet.errors import QualityNetError
-from qualitynet.trainer.checkpoint import Checkpoint, load_checkpoint, save_checkpoint, software_versions
+from qualitynet.trainer.checkpoint import (
+    Checkpoint,
+    create_network,
+    load_checkpoint,
+    network_entry,
+    save_checkpoint,
+    software_versions,
+)
 from qualitynet.trainer.datasets import DatasetIndex, Split, check_images, make_split
 from qualitynet.trainer.deepfeat import DEEPFEAT_CONFIGS, DeepFeatConfig
 from qualitynet.trainer.distributed import World
 from qualitynet.trainer.loss import MaePlccLoss
 from qualitynet.trainer.metrics import compute_metrics, degenerate_reason, format_value, json_metrics
-from qualitynet.trainer.model import ModelConfig, QualityNet, create_model
+from qualitynet.trainer.mlms import MLMS_CONFIGS, MlmsConfig, MlmsIqa
+from qualitynet.trainer.model import ModelConfig, QualityNet
 from qualitynet.trainer.mos_mapping import apply_mos_mapping, fit_mos_mapping
 from qualitynet.trainer.plots import plot_history, plot_scatter
 from qualitynet.trainer.rng import restore_rng_state, rng_state
@@ -90,7 +98,7 @@ class TrainSettings:
     decode: str = "full"
     decode_side: int | None = None
 
-    def preprocess(self, config: ModelConfig | DeepFeatConfig) -> PreprocessCfg:
+    def preprocess(self, config: ModelConfig | DeepFeatConfig | MlmsConfig) -> PreprocessCfg:
         """``config``'s preprocessing with this run's view and decode (see :class:`PreprocessCfg`)."""
         cfg = config.preprocess().with_view(self.view, self.crops, self.short_side)
         return cfg.with_decode(self.decode, self.decode_side)
@@ -183,10 +191,10 @@ def _resumed_run(resume: Path, out: Path, settings: TrainSettings, copy_best: bo
     """Load ``last.pt``, check ``settings`` against it, and take over its run's split and (with ``copy_best``,
     the writing rank's job) best model."""
     resumed = load_checkpoint(resume)
-    if not isinstance(resumed.model_config, ModelConfig):
+    if not isinstance(resumed.model_config, ModelConfig) and resumed.model_config.name not in MLMS_CONFIGS:
         raise QualityNetError(f"{resume}: holds your own network ({resumed.model_config.factory}); iqa-train trains "
-                              "QualityNet configurations: train it in your own loop and save it with "
-                              "save_custom_checkpoint")
+                              "QualityNet and the multi-level multi-scale configurations: train it in your own loop "
+                              "and save it with save_custom_checkpoint")
     state = resumed.train_state
     if state is None:
         raise QualityNetError(f"{resume}: holds no training state; resume from the run's last.pt, not model.pt")
@@ -244,9 +252,8 @@ def train(index: DatasetIndex, out_dir: str | Path, settings: TrainSettings,
         split.save(out / "split.json")
     check_images(index.paths)
 
-    # _resumed_run refused any checkpoint but QualityNet's
-    model = (cast(QualityNet, resumed.build_model()) if resumed
-             else create_model(settings.config or "qualitynet", settings.pretrained)).to(device)
+    model = _trainable(resumed) if resumed else create_network(settings.config or "qualitynet", settings.pretrained)
+    model = model.to(device)
     settings = replace(settings, config=model.config.name)
     preprocess = resumed.preprocess if resumed else settings.preprocess(model.config)
     images = {name: IqaDataset(index, index.subset(getattr(split, name)), preprocess, index.score_scale,
@@ -282,8 +289,10 @@ def train(index: DatasetIndex, out_dir: str | Path, settings: TrainSettings,
     crops = parts["train"].crops  # a crops view trains on each image's mean crop score, as it is scored
     train_net, train_criterion = world.wrap(CropMean(net, crops) if crops else net), world.criterion(criterion)
 
+    entry = network_entry(model)
+
     def checkpoint(train_state: dict[str, object] | None, metrics: dict[str, float]) -> Checkpoint:
-        return Checkpoint(model.config, {k: v.detach().cpu() for k, v in model.state_dict().items()}, preprocess,
+        return Checkpoint(entry, {k: v.detach().cpu() for k, v in model.state_dict().items()}, preprocess,
                           index.score_scale, index.name, metrics, software_versions(), train_state)
 
     interrupted, epoch, warned = False, start_epoch - 1, False
@@ -338,6 +347,14 @@ def train(index: DatasetIndex, out_dir: str | Path, settings: TrainSettings,
                                           {"best_epoch": best.epoch, **({"collapsed": collapsed} if collapsed else {})})
     return TrainResult(out, best.epoch, len(history), interrupted, test_metrics, time.perf_counter() - started,
                        raw_metrics, collapsed)
+
+
+def _trainable(resumed: Checkpoint) -> QualityNet | MlmsIqa:
+    """The network of a ``last.pt`` (QualityNet or multi-level multi-scale: :func:`_resumed_run` refused others),
+    its weights loaded, without the MOS-mapping wrapper of :meth:`Checkpoint.build_model`."""
+    model = resumed.spec.build()
+    model.load_state_dict(resumed.state_dict)
+    return cast(QualityNet | MlmsIqa, model)
 
 
 def score_run(out: Path, kept: Checkpoint, net: torch.nn.Module, parts: dict[str, ScoredDataset], batch_size: int,

@@ -14,6 +14,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from deepfeat_test_config import DEEPFEAT_TEST
+from mlms_test_config import MLMS_TEST
 
 from qualitynet.bench import gpu_check
 from qualitynet.bench.cli import main
@@ -79,3 +80,13 @@ def test_deep_features_config_is_fitted_for_the_check(tmp_path: Path) -> None:
     checkpoint = load_checkpoint(gpu_check._checkpoint(tmp_path, DEEPFEAT_TEST.name))
     assert checkpoint.spec.factory == "qualitynet.trainer.deepfeat:deepfeat_gpr"
     assert checkpoint.spec.kwargs["train_points"] >= 50 and checkpoint.mos_mapping.fitted_on == "val"
+
+
+def test_multi_level_multi_scale_config_is_a_subject(tmp_path: Path) -> None:
+    """Measured untrained, as the QualityNet configs are (speed does not depend on the weights)."""
+    assert "mlms-lite" in gpu_check.GPU_CONFIGS
+    checkpoint = load_checkpoint(gpu_check._checkpoint(tmp_path, MLMS_TEST.name))
+    assert checkpoint.spec.factory == "qualitynet.trainer.mlms:mlms_from_config"
+    with torch.no_grad():
+        scores = checkpoint.build_model()(torch.rand(3, 3, 96, 96))
+    assert scores.shape == (3, 1) and float(scores.std()) > 0

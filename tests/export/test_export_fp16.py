@@ -1,11 +1,12 @@
-"""The FP16 ONNX model: FP32 I/O kept, FP16 inside, reductions kept FP32, verified against FP32."""
+"""The FP16 ONNX model: FP32 I/O kept, FP16 inside, reductions and the regressor after the last spatial tensor
+kept FP32, verified against FP32."""
 
 from __future__ import annotations
 
 import onnx
 
 from qualitynet.export import ExportResult
-from qualitynet.export.fp16 import FP16_OP_BLOCK_LIST
+from qualitynet.export.fp16 import FP16_OP_BLOCK_LIST, fp32_tail
 from qualitynet.export.onnx import read_meta
 
 FLOAT, FLOAT16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
@@ -17,8 +18,12 @@ def test_fp16_model_keeps_fp32_io_and_records_its_precision(tiny_export: ExportR
     onnx.checker.check_model(model, full_check=True)
     assert [i.type.tensor_type.elem_type for i in model.graph.input] == [FLOAT]
     assert [o.type.tensor_type.elem_type for o in model.graph.output] == [FLOAT]
-    weights = [t for t in model.graph.initializer if t.dims]
-    assert sum(t.data_type == FLOAT16 for t in weights) > 0.9 * len(weights)
+    tail = set(fp32_tail(onnx.load(str(tiny_export.onnx))))
+    weights = {t.name: t.data_type for t in model.graph.initializer if t.dims}
+    used_by_tail = {name for node in model.graph.node if node.name in tail for name in node.input}
+    backbone = [dtype for name, dtype in weights.items() if name not in used_by_tail]
+    assert tail and sum(dtype == FLOAT16 for dtype in backbone) > 0.9 * len(backbone)
+    assert all(weights[name] == FLOAT for name in used_by_tail if name in weights)  # the regressor stays FP32
     meta = read_meta(model)
     assert meta.precision == "fp16"
     assert meta.checkpoint_sha256 == read_meta(onnx.load(str(tiny_export.onnx))).checkpoint_sha256

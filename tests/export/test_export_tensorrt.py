@@ -30,7 +30,7 @@ import qualitynet.export.tensorrt as trt_export
 from qualitynet.artifact import ArtifactMeta, BatchProfile
 from qualitynet.errors import QualityNetError
 from qualitynet.export import ExportResult, TensorRTUnavailableError, build_engine, export_all, load_photos
-from qualitynet.export.fp16 import FP16_OP_BLOCK_LIST
+from qualitynet.export.fp16 import FP16_OP_BLOCK_LIST, fp32_tail
 from qualitynet.export.tensorrt import BuildSettings
 from qualitynet.runtime.trt_compat import INSTALL_HINT, tensorrt_status
 
@@ -105,16 +105,21 @@ def test_profile_workspace_level_and_timing_cache(fake_build: Any, tmp_path: Pat
 
 
 def test_tensorrt_8_6_keeps_the_fp16_block_list_in_fp32(fake_build: Any, tiny_export: ExportResult) -> None:
-    """The layers of the nodes fp16.py keeps in FP32 (the model's ReduceMean, and the second layer
-    TensorRT makes of each) are pinned to FP32 and obeyed; nothing else is, nor an int output."""
+    """The layers of the nodes fp16.py keeps in FP32 (the model's ReduceMean, the regressor after the last
+    spatial tensor, and the second layer TensorRT makes of each) are pinned to FP32 and obeyed; nothing else is,
+    nor an int output."""
     meta, fake = fake_build("8.6.1")
-    nodes = onnx.load(str(tiny_export.onnx)).graph.node
-    blocked = {n.name for n in nodes if n.op_type in FP16_OP_BLOCK_LIST}
-    assert {n.op_type for n in nodes if n.name in blocked} == {"ReduceMean"}  # what the tiny model has
+    model = onnx.load(str(tiny_export.onnx))
+    nodes = model.graph.node
+    tail = set(fp32_tail(model))
+    blocked = {n.name for n in nodes if n.op_type in FP16_OP_BLOCK_LIST} | tail
+    assert {n.op_type for n in nodes if n.op_type in FP16_OP_BLOCK_LIST} == {"ReduceMean"}  # what the tiny model has
+    assert {"Gemm", "Sigmoid"} <= {n.op_type for n in nodes if n.name in tail}  # attention and head
     pinned = {name for name, dtype in fake.values("precision")}
     assert {dtype for _, dtype in fake.values("precision")} == {"float32"}
     assert blocked < pinned and all(name in blocked or name.rsplit("_", 1)[0] in blocked for name in pinned)
-    assert len(pinned) == 2 * len(blocked) == meta.extra["fp32_layers"]
+    reductions = sum(n.op_type.startswith("Reduce") for n in nodes if n.name in blocked)  # two layers each
+    assert len(pinned) == len(blocked) + reductions == meta.extra["fp32_layers"]
     assert sorted(fake.values("output_type")) == sorted((name, 0, "float32") for name in pinned)
     assert "OBEY_PRECISION_CONSTRAINTS" in fake.values("set_flag")
 

@@ -30,8 +30,9 @@ def torch_reference(tiny_checkpoint: Path, photo_dir: Path) -> tuple[np.ndarray,
     return reference, float(floor)
 
 
-@pytest.fixture(params=["tiny", "deepfeat"])
+@pytest.fixture(params=["tiny", "deepfeat", "mlms"])
 def scored_onnx(request: pytest.FixtureRequest, onnx_models: tuple[Path, Path]) -> Path:
-    """An FP32 ONNX model of each family the chain must serve unchanged: the untrained ``tiny`` QualityNet, and
-    the fitted deep-features + Gaussian-process model (its flips and kernel in the graph)."""
-    return onnx_models[0] if request.param == "tiny" else Path(request.getfixturevalue("deepfeat_onnx"))
+    """An FP32 ONNX model of each family the chain must serve unchanged: the untrained ``tiny`` QualityNet, the
+    fitted deep-features + Gaussian-process model (its flips and kernel in the graph), and the trained
+    multi-level, multi-scale Swin model."""
+    return onnx_models[0] if request.param == "tiny" else Path(request.getfixturevalue(f"{request.param}_onnx"))
