@@ -100,7 +100,7 @@ def format_mapped_metrics(mapped: dict[str, float], raw: dict[str, float], kind:
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Run folder.")
 @click.option("--epochs", type=click.IntRange(1), default=100, show_default=True)
 @click.option("--batch-size", type=click.IntRange(2), default=10, show_default=True)
-@click.option("--lr", type=float, help="Adam learning rate [default: 1e-4, the paper's; lite configs: 1e-3].")
+@click.option("--lr", type=float, help="Adam learning rate [default: 1e-4, the paper's; lite: 1e-3; lite02: 3e-4].")
 @click.option("--lr-factor", type=float, default=0.1, show_default=True, help="LR reduction on plateau.")
 @click.option("--early-stop", type=click.IntRange(1), default=5, show_default=True,
               help="Stop after this many epochs without validation improvement.")
@@ -158,8 +158,9 @@ def train_command(dataset: str, data_root: Path | None, csv_path: Path | None, p
     checkpoint so far. The paper's recipe is the first example: --config qualitynet with
     --pretrained (torchvision's ImageNet weights; offline, copy them into $TORCH_HOME).
     --config lite and lite02 default to their measured recipe (ImageNet weights installed
-    offline, frozen backbones, lr 1e-3, each image scored as 5 crops at short side 768 with
-    JPEGs DCT-scaled to it; docs, "Choosing the lite recipe"); options given here override it.
+    offline, frozen backbones, lr 1e-3 for lite and 3e-4 for lite02, each image scored as 5 crops
+    at short side 768 with JPEGs DCT-scaled to it; docs, "Choosing the lite recipe"); options given
+    here override it.
     --config deepfeat-lite fits a Gaussian process on frozen EfficientNet-Lite features in one
     step (the backbone and layer chosen on the validation split; candidates.json lists them);
     --config deepfeat does so on ResNet-50 with five fixed crops per image.

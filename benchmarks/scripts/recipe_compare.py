@@ -68,6 +68,7 @@ ARMS: dict[str, tuple[str, dict[str, object], str, Callable[[str], bool]]] = {
     "lite, crops@768 frames x2+x4, lr 3e-4": ("lite", {"lr": 3e-4}, "s768", lambda ref: True),
     "lite, crops@1024 frames x2+x4, lr 1e-3": ("lite", {"lr": 1e-3}, "s1024", lambda ref: True),
     "lite, crops@768 frames x2 only, lr 1e-3": ("lite", {"lr": 1e-3}, "s768", lambda ref: ref.endswith("_f2")),
+    "lite02, crops@768, lr 3e-4": ("lite02", {"lr": 3e-4}, "s768", lambda ref: True),  # the demo's recipe
 }
 
 

@@ -16,7 +16,8 @@ from qualitynet.trainer.checkpoint import load_checkpoint
 
 @pytest.mark.slow
 def test_demo_chain_hand_offs(tmp_path: Path) -> None:
-    # the demo's own config (pretrained EfficientNet-Lite, frozen, crops view), on five photos and one crop
+    # a lite config with the demo's recipe (pretrained EfficientNet-Lite, frozen, crops view; the demo's own
+    # default is lite02, whose Lite2 stream costs more), on five photos and one crop
     result = run_demo(tmp_path, config="lite", epochs=20, bench_iters=2, quiet=True,
                       sources=("astronaut", "chelsea", "coffee", "rocket", "camera"), scales=(2.0,),
                       overrides={"short_side": 224, "crops": ("center", "top-left", "bottom-right")})

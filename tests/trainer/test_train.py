@@ -219,8 +219,9 @@ PAPER_VIEW = {"view": "resize", "short_side": 0, "decode": "full"}
 
 @pytest.mark.parametrize(("args", "expected"), [
     (["--config", "lite"], {"pretrained": True, "freeze_backbones": True, "lr": 1e-3, **LITE_VIEW}),  # the recipe
-    (["--config", "lite02", "--lr", "3e-4", "--train-backbones"],
-     {"pretrained": True, "freeze_backbones": False, "lr": 3e-4, **LITE_VIEW}),  # options given win over it
+    (["--config", "lite02"], {"pretrained": True, "freeze_backbones": True, "lr": 3e-4, **LITE_VIEW}),  # its own lr
+    (["--config", "lite02", "--lr", "1e-3", "--train-backbones"],
+     {"pretrained": True, "freeze_backbones": False, "lr": 1e-3, **LITE_VIEW}),  # options given win over it
     (["--config", "lite", "--view", "resize"], {"view": "resize", "decode": "dct"}),  # DCT-scaled to 224
     (["--config", "lite", "--crop-scale", "native"], {"view": "crops", "short_side": 0, "decode": "full"}),
     (["--config", "lite", "--crop-scale", "512", "--decode", "full"], {"short_side": 512, "decode": "full"}),
