@@ -94,7 +94,7 @@ def test_iqa_train_refuses_to_resume_a_custom_checkpoint(demo_dataset: Path, tmp
     path = save_custom_checkpoint(tmp_path / "mine.pt", custom_iqa.tiny_iqa(), "tiny_iqa", PRE, KONIQ)
     settings = TrainSettings(batch_size=8, workers=0, quiet=True, max_steps=1, device="cpu")
     with pytest.raises(QualityNetError, match=r"mine.pt: holds your own network \(custom_iqa:tiny_iqa\); iqa-train "
-                                              "trains QualityNet configurations"):
+                                              "trains QualityNet and the multi-level multi-scale configurations"):
         train(load_dataset("csv", csv_path=demo_dataset), tmp_path / "run", settings, resume=path)
     assert not (tmp_path / "run" / "model.pt").exists()
 
