@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
+from int8_cli import int8_export
 from mos_scoring import assert_iqa_run_scores_as_torch
 
 from qualitynet.bench.run import BenchSettings, run_bench
 from qualitynet.export import export_all, load_photos
-from qualitynet.export.cli import main as export_main
 from qualitynet.export.fp16 import convert_fp16, fp32_tail
 from qualitynet.export.onnx import read_meta
 from qualitynet.runtime.ort_runner import OrtRunner
@@ -25,10 +25,7 @@ from qualitynet.trainer.checkpoint import load_checkpoint
 def int8_cli(deepfeat_checkpoint: Path, photo_dir: Path, tmp_path_factory: pytest.TempPathFactory
              ) -> tuple[Result, Path]:
     """``iqa-export --int8`` of a copy of the fitted checkpoint in a folder of its own, with the default gates."""
-    checkpoint = tmp_path_factory.mktemp("deepfeat-int8") / "model.pt"
-    checkpoint.write_bytes(deepfeat_checkpoint.read_bytes())
-    args = [str(checkpoint), "--int8", "--calib-count", "8", "--photos", str(photo_dir)]
-    return CliRunner().invoke(export_main, args), checkpoint
+    return int8_export(deepfeat_checkpoint, tmp_path_factory.mktemp("deepfeat-int8"), photo_dir)
 
 
 def test_export_cli_with_int8_passes_the_gates(int8_cli: tuple[Result, Path]) -> None:

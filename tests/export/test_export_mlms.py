@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import Result
+from int8_cli import int8_export
 from mlms_test_config import MLMS_TEST
 from mos_scoring import assert_iqa_run_scores_as_torch
 
 from qualitynet.export import export_all
-from qualitynet.export.cli import main as export_main
 from qualitynet.export.onnx import read_meta
 from qualitynet.export.tensorrt_ops import ops_tensorrt_8_6_cannot_parse
 from qualitynet.trainer.checkpoint import load_checkpoint
@@ -23,10 +23,7 @@ from qualitynet.trainer.checkpoint import load_checkpoint
 @pytest.fixture(scope="module")
 def int8_cli(mlms_checkpoint: Path, photo_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Result, Path]:
     """``iqa-export --int8`` of a copy of the trained checkpoint in a folder of its own, with the default gates."""
-    checkpoint = tmp_path_factory.mktemp("mlms-int8") / "model.pt"
-    checkpoint.write_bytes(mlms_checkpoint.read_bytes())
-    args = [str(checkpoint), "--int8", "--calib-count", "8", "--gate-photos", str(photo_dir)]
-    return CliRunner().invoke(export_main, args), checkpoint
+    return int8_export(mlms_checkpoint, tmp_path_factory.mktemp("mlms-int8"), photo_dir)
 
 
 def test_int8_export_passes_both_gates(int8_cli: tuple[Result, Path]) -> None:
