@@ -17,6 +17,7 @@ features (measured in PyTorch, 12 bundled photos; issue 24).
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from pathlib import Path
 
 import onnx
@@ -26,7 +27,7 @@ from onnxruntime.transformers.onnx_model import OnnxModel
 from qualitynet.export.graph import pooled_tail
 from qualitynet.export.onnx import read_meta, save_with_meta
 
-__all__ = ["FP16_OP_BLOCK_LIST", "convert_fp16", "fp32_tail"]
+__all__ = ["FP16_OP_BLOCK_LIST", "convert_fp16", "fp32_nodes", "fp32_tail"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,13 @@ FP16_OP_BLOCK_LIST = sorted(
 def fp32_tail(model: onnx.ModelProto) -> list[str]:
     """The names of the regressor's nodes, kept FP32 in FP16 models (see the module docstring)."""
     return [name for name in pooled_tail(onnx.shape_inference.infer_shapes(model).graph) if name]
+
+
+def fp32_nodes(model: onnx.ModelProto, tail: Collection[str] | None = None) -> list[onnx.NodeProto]:
+    """The nodes an FP16 model keeps in FP32, in the ONNX graph and in a TensorRT FP16 engine alike: the
+    operators of :data:`FP16_OP_BLOCK_LIST` and the regressor (``tail``: :func:`fp32_tail`, if already known)."""
+    regressor = set(fp32_tail(model) if tail is None else tail)
+    return [node for node in model.graph.node if node.op_type in FP16_OP_BLOCK_LIST or node.name in regressor]
 
 
 def _cast_to(node: onnx.NodeProto) -> int | None:
@@ -102,10 +110,10 @@ def convert_fp16(onnx_path: str | Path, out_path: str | Path | None = None) -> P
     model = onnx.load(str(onnx_path))
     meta = read_meta(model, str(onnx_path))
     tail = fp32_tail(model)
-    fp32_nodes = {node.name for node in model.graph.node if node.op_type in FP16_OP_BLOCK_LIST} | set(tail)
+    kept = {node.name for node in fp32_nodes(model, tail)}
     fp16 = convert_float_to_float16(model, keep_io_types=True, op_block_list=FP16_OP_BLOCK_LIST,
                                     node_block_list=tail)
-    _drop_round_trips(fp16.graph, fp32_nodes)
+    _drop_round_trips(fp16.graph, kept)
     # The converter appends the input/output Casts at the end; ONNX requires nodes in order.
     OnnxModel.graph_topological_sort(fp16.graph, is_deterministic=True)
     meta.precision = "fp16"

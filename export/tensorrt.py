@@ -46,7 +46,7 @@ import onnx
 from qualitynet.artifact import ArtifactMeta, BatchProfile
 from qualitynet.errors import QualityNetError
 from qualitynet.export._io import atomic_write_bytes, ensure_writable_dir
-from qualitynet.export.fp16 import FP16_OP_BLOCK_LIST, fp32_tail
+from qualitynet.export.fp16 import FP16_OP_BLOCK_LIST, fp32_nodes
 from qualitynet.export.onnx import read_meta
 from qualitynet.export.trt_calibration import (
     CALIBRATION_BATCH,
@@ -417,7 +417,7 @@ def _optimization_profile(b: EngineBuilder, meta: ArtifactMeta, profile: BatchPr
 
 def _keep_fp32_layers(network: trt.INetworkDefinition, model: onnx.ModelProto) -> int:
     """Pin the layers of the ONNX nodes that the FP16 ONNX keeps in FP32 (``FP16_OP_BLOCK_LIST``'s operators and
-    the regressor after the last spatial tensor, :func:`~qualitynet.export.fp16.fp32_tail`) to FP32.
+    the regressor after the last spatial tensor: :func:`~qualitynet.export.fp16.fp32_nodes`) to FP32.
 
     TensorRT's ONNX parser names a node's layers after the node: its name (``node_of_<first
     output>`` when it has none), then ``<name>_<n>`` for further layers. Only float outputs are
@@ -425,8 +425,7 @@ def _keep_fp32_layers(network: trt.INetworkDefinition, model: onnx.ModelProto) -
     """
     import tensorrt as trt
 
-    blocked = {node.name or f"node_of_{node.output[0]}" for node in model.graph.node
-               if node.op_type in FP16_OP_BLOCK_LIST} | set(fp32_tail(model))
+    blocked = {node.name or f"node_of_{node.output[0]}" for node in fp32_nodes(model)}
     pinned = 0
     for index in range(network.num_layers):
         layer = network.get_layer(index)
