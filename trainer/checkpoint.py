@@ -82,6 +82,21 @@ class Checkpoint:
         from qualitynet.trainer.custom import ScoreOutput
         from qualitynet.trainer.mos_mapping import MosMappingLayer
 
+        model = self.build_network()
+        mapping = MosMappingLayer(self.mos_mapping, self.score_scale) \
+            if mapped and self.mos_mapping.kind != "identity" else None
+        if isinstance(model, QualityNet):
+            if mapping is not None:
+                model.set_mos_mapping(mapping)
+            return model.eval()
+        return ScoreOutput(model, self.spec, self.score_scale, self.preprocess, mapping).eval()
+
+    def build_network(self) -> nn.Module:
+        """The network its factory builds, with these weights, as it is (no MOS mapping, no output wrapper).
+
+        Raises:
+            QualityNetError: the factory cannot be imported, or the weights do not fit its network.
+        """
         spec = self.spec
         model = spec.build()
         try:
@@ -91,13 +106,7 @@ class Checkpoint:
             more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
             raise QualityNetError(f"the checkpoint's weights do not fit the network {spec.factory!r} builds "
                                   f"({problems[0]}{more}); save it again with the same factory arguments") from None
-        mapping = MosMappingLayer(self.mos_mapping, self.score_scale) \
-            if mapped and self.mos_mapping.kind != "identity" else None
-        if isinstance(model, QualityNet):
-            if mapping is not None:
-                model.set_mos_mapping(mapping)
-            return model.eval()
-        return ScoreOutput(model, spec, self.score_scale, self.preprocess, mapping).eval()
+        return model
 
 
 def software_versions() -> dict[str, str]:

@@ -352,9 +352,7 @@ def train(index: DatasetIndex, out_dir: str | Path, settings: TrainSettings,
 def _trainable(resumed: Checkpoint) -> QualityNet | MlmsIqa:
     """The network of a ``last.pt`` (QualityNet or multi-level multi-scale: :func:`_resumed_run` refused others),
     its weights loaded, without the MOS-mapping wrapper of :meth:`Checkpoint.build_model`."""
-    model = resumed.spec.build()
-    model.load_state_dict(resumed.state_dict)
-    return cast(QualityNet | MlmsIqa, model)
+    return cast(QualityNet | MlmsIqa, resumed.build_network())
 
 
 def score_run(out: Path, kept: Checkpoint, net: torch.nn.Module, parts: dict[str, ScoredDataset], batch_size: int,
