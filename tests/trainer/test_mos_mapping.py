@@ -8,7 +8,7 @@ import torch
 
 from qualitynet.artifact import MosMapping, ScoreScale
 from qualitynet.trainer.metrics import logistic4
-from qualitynet.trainer.mos_mapping import MosMappingLayer, apply_mos_mapping, fit_mos_mapping
+from qualitynet.trainer.mos_mapping import BOUNDED_PREFERENCE, MosMappingLayer, apply_mos_mapping, fit_mos_mapping
 
 SCALE = ScoreScale(1.0, 5.0, "MOS 1-5")
 
@@ -27,15 +27,30 @@ def test_off_scale_saturating_predictions_get_an_increasing_logistic_inside_the_
     assert np.all(np.diff(grid) >= 0) and np.all((grid >= 1.0) & (grid <= 5.0))
 
 
-def test_the_mapping_with_the_lower_error_wins() -> None:
+def test_a_line_that_fits_clearly_better_wins() -> None:
     rng = np.random.default_rng(1)
     raw = rng.uniform(0.0, 1.0, 200)
     mos = 1.5 + 3.0 * raw + rng.normal(0, 0.05, raw.size)  # a straight line inside the scale
     mapping = fit_mos_mapping(raw, mos, SCALE)
-    errors = {kind: np.sqrt(np.mean((apply_mos_mapping(m, SCALE, raw) - mos) ** 2))
-              for kind, m in [("chosen", mapping), ("linear", MosMapping("linear", tuple(np.polyfit(raw, mos, 1))))]}
-    assert errors["chosen"] <= errors["linear"] + 1e-9
-    assert np.all(np.diff(apply_mos_mapping(mapping, SCALE, np.sort(raw))) >= 0)
+    assert mapping.kind == "linear"
+    assert mapping.params == pytest.approx(tuple(np.polyfit(raw, mos, 1)))
+
+
+def test_a_noisy_validation_split_gets_the_logistic_that_keeps_unseen_scores_on_the_scale() -> None:
+    # 34 validation images of 5 levels, ranked noisily (a demo model's validation split): the line fits them
+    # slightly better than the logistic, and would put unseen images far off the 1-5 scale.
+    rng = np.random.default_rng(5)
+    mos = np.repeat([1.0, 2.0, 3.0, 4.0, 5.0], 7)[:34]
+    raw = (mos - 3.0) / 2.0 + rng.normal(0, 0.5, mos.size)
+    line = MosMapping("linear", tuple(np.polyfit(raw, mos, 1)))
+    assert not np.all((apply_mos_mapping(line, SCALE, np.array([-4.0, 4.0])) >= 1) &
+                      (apply_mos_mapping(line, SCALE, np.array([-4.0, 4.0])) <= 5))
+    mapping = fit_mos_mapping(raw, mos, SCALE)
+    assert mapping.kind == "logistic4"
+    errors = [np.sqrt(np.mean((apply_mos_mapping(m, SCALE, raw) - mos) ** 2)) for m in (line, mapping)]
+    assert errors[0] < errors[1] < errors[0] / (1 - BOUNDED_PREFERENCE)
+    unseen = apply_mos_mapping(mapping, SCALE, np.linspace(-4.0, 4.0, 81))
+    assert np.all((unseen >= 1.0) & (unseen <= 5.0)) and np.all(np.diff(unseen) > 0)
 
 
 def test_backward_predictions_keep_the_identity() -> None:
