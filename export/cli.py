@@ -158,15 +158,7 @@ def summary(result: ExportResult) -> str:
             f"{'ok' if check else 'FAILED'}"
         )
     for gate in result.int8.values():
-        figures = gate.figures()
-        kept = f", {len(gate.kept_in_float)} sensitive nodes kept in float" if gate.kept_in_float else ""
-        speed = gate.speed_img_s
-        faster = (f", {speed.get('int8', speed.get('int8_mixed', 0)) / speed['fp32']:.2f}x FP32 on this CPU at batch 8"
-                  if speed.get("fp32") else "")
-        lines.append(f"{gate.model}: INT8 ({gate.target}) vs model.onnx on {figures['photos']} held-out photos: "
-                     f"mean abs error {figures['mean_abs_mos']:.3f} MOS (bound {figures['mean_abs_bound_mos']:.3f}), "
-                     f"max {figures['max_abs_mos']:.3f}, SROCC {figures['srocc']:.4f}{kept}{faster}: "
-                     f"{'ok' if gate else 'FAILED'}")
+        lines.append(gate.describe())
         if gate.speed_note:
             lines.append(f"  note: {gate.speed_note}")
     lines.append(f"figures: {result.report}")

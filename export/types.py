@@ -189,6 +189,18 @@ class Int8Gate:
                 "mean_abs_bound_mos": self.mean_abs_bound_mos, "photos": check.photos,
                 "passed": check.passed and (check is not self.verification or not self.refusal)}
 
+    def describe(self) -> str:
+        """One line for humans: the gate's figures, what was kept in float, the speed-up, the verdict."""
+        figures = self.figures()
+        kept = f", {len(self.kept_in_float)} sensitive nodes kept in float" if self.kept_in_float else ""
+        speed = self.speed_img_s
+        faster = (f", {speed.get('int8', speed.get('int8_mixed', 0)) / speed['fp32']:.2f}x FP32 on this CPU at batch 8"
+                  if speed.get("fp32") else "")
+        return (f"{self.model}: INT8 ({self.target}) vs model.onnx on {figures['photos']} held-out photos: "
+                f"mean abs error {figures['mean_abs_mos']:.3f} MOS (bound {figures['mean_abs_bound_mos']:.3f}), "
+                f"max {figures['max_abs_mos']:.3f}, SROCC {figures['srocc']:.4f}{kept}{faster}: "
+                f"{'ok' if self else 'FAILED'}")
+
     def summary_dict(self) -> dict[str, Any]:
         """The figures the artifact record keeps (JSON-ready)."""
         ready: dict[str, Any] = _json_ready({

@@ -53,6 +53,12 @@ def test_demo_chain_hand_offs(tmp_path: Path) -> None:
     assert ("model-only", "torch-eager", "fp32") in modes and ("end-to-end", "onnxruntime", "fp16") in modes
     assert bench["machine"]["cpu_model"] and bench["skipped"]
     summary = format_summary(result)
+    # INT8 is gated on held-out photos and benchmarked only when its gate passed
+    int8_passed = not result.int8_failure
+    assert bool(result.export.int8) == int8_passed and all(result.export.int8.values())
+    assert (("model-only", "onnxruntime", "int8") in modes) == int8_passed
+    assert (("end-to-end", "onnxruntime", "int8") in modes) == int8_passed
+    assert "INT8 gate" in summary
     assert "held-out       SROCC" in summary and "% of scores inside the MOS range" in summary
     assert 0.0 <= result.heldout_in_range <= 1.0
     # every held-out reference image is ranked within itself (its pristine and distorted versions)
