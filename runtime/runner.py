@@ -133,7 +133,7 @@ def check_graph_input(meta: ArtifactMeta, dims: Sequence[object], model_path: Pa
 
 
 def runner_for(model_path: str | Path, provider: str | None = None, threads: int | None = None,
-               allow_host_code: bool = False) -> BaseRunner:
+               allow_host_code: bool = False, shares_cpus: bool = False) -> BaseRunner:
     """The runner for an artifact, chosen by its suffix (not yet activated).
 
     Args:
@@ -142,6 +142,8 @@ def runner_for(model_path: str | Path, provider: str | None = None, threads: int
             picks the best available. Refused for a TensorRT plan.
         threads: ONNX Runtime intra-op threads; ``None`` lets it choose.
         allow_host_code: TensorRT plans only: see :class:`~qualitynet.runtime.trt_runner.TrtRunner`.
+        shares_cpus: other processes (decode workers) work on this process's CPUs: ONNX Runtime's
+            idle threads then sleep instead of spinning.
 
     Raises:
         QualityNetError: an unknown suffix, or options the backend cannot honour.
@@ -157,7 +159,7 @@ def runner_for(model_path: str | Path, provider: str | None = None, threads: int
     if suffix == ".onnx":
         from qualitynet.runtime.ort_runner import OrtRunner
 
-        return OrtRunner(path, provider=provider, threads=threads)
+        return OrtRunner(path, provider=provider, threads=threads, spin=not shares_cpus)
     raise QualityNetError(
         f"{path}: unknown model type {suffix or '(no suffix)'!r}; pass a .onnx or a .plan written by iqa-export"
     )

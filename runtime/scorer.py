@@ -81,7 +81,8 @@ class Scorer:
         self.workers = default_workers() if workers is None else workers
         self.fast_decode = fast_decode
         self._pool: DecodePool | NvImageCodecPool | None = None
-        self.runner: BaseRunner = runner_for(model_path, provider, threads, allow_host_code)
+        self.runner: BaseRunner = runner_for(model_path, provider, threads, allow_host_code,
+                                             shares_cpus=decoder == "pillow" and self.workers > 0)
         self.runner.activate()
         try:
             with_decode_override(self.meta.preprocess, fast_decode)

@@ -4,9 +4,11 @@
 # per-image loop (Pillow full decode, the record's view, PyTorch eager one image at a time), in
 # alternating rounds, on 1024x768 JPEGs and on camera-size (4000x3000, grain, quality 90) JPEGs,
 # generated offline into $WORK. Model-only points are kept to one short batch size: only the
-# end-to-end rows matter here. Run after `bash scripts/demo.sh` (the model is demo-output/run/model.pt),
+# end-to-end rows matter here. 96 files per size: three of iqa-run's batches of 32, so that the decoding of
+# one batch overlaps the inference of the one before, as on any real folder (24 camera files made one batch:
+# all decoded, then all scored, nothing overlapped). Run after `bash scripts/demo.sh` (the model is demo-output/run/model.pt),
 # on a quiet machine; writes results/e2e-<size>-demo-cpu.{md,json}.
-#   bash benchmarks/scripts/e2e_targets.sh            # about 4-6 minutes on 2 quiet cores
+#   bash benchmarks/scripts/e2e_targets.sh            # about 8-10 minutes on 2 quiet cores
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 MODEL="${MODEL:-demo-output/run/model.pt}"
@@ -24,7 +26,7 @@ from pathlib import Path
 from qualitynet.trainer.demo_dataset import make_photo_folder
 
 work = Path(sys.argv[1])
-for name, count, size, grain in (("1024x768", 48, (1024, 768), 0.0), ("4000x3000", 24, (4000, 3000), 6.0)):
+for name, count, size, grain in (("1024x768", 96, (1024, 768), 0.0), ("4000x3000", 96, (4000, 3000), 6.0)):
     if len(list((work / name).glob("*.jpg"))) < count:
         make_photo_folder(work / name, count=count, size=size, quality=90, grain=grain)
 PY

@@ -104,6 +104,25 @@ def test_warm_up_starts_every_worker_and_changes_no_score(onnx_models: tuple[Pat
     assert warm == cold
 
 
+def _spins(runner: object) -> bool:
+    options = runner._session.get_session_options()  # type: ignore[attr-defined]  # noqa: SLF001
+    try:
+        return bool(options.get_session_config_entry("session.intra_op.allow_spinning") != "0")
+    except RuntimeError:  # not set: ONNX Runtime's default, spinning
+        return True
+
+
+def test_inference_threads_sleep_when_decode_workers_share_the_cpus(onnx_models: tuple[Path, Path],
+                                                                   photo_dir: Path) -> None:
+    paths = photo_paths(photo_dir)
+    with Scorer(onnx_models[0], workers=0, threads=1) as alone:
+        assert _spins(alone.runner)
+        scores = [r.score for r in alone.score_paths(paths)]
+    with Scorer(onnx_models[0], workers=1, threads=1) as shared:
+        assert not _spins(shared.runner)
+        assert [r.score for r in shared.score_paths(paths)] == scores
+
+
 def test_provider_order_and_choice() -> None:
     assert choose_providers([CPU], None) == [CPU]
     assert choose_providers([TRT, CUDA, CPU], None) == [TRT, CUDA, CPU]
