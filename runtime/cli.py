@@ -46,7 +46,8 @@ def _open_writer(output: Path | None, fmt: str, resume: bool, overwrite: bool, m
               help="Output format (default: from the --output suffix, .jsonl/.ndjson or else csv).")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(1), help="Images per inference.")
 @click.option("--workers", type=click.IntRange(0),
-              help="Decode processes (default: every core but one; 0 decodes in the main process).")
+              help="Decode processes (default: every core when the model runs on the CPU, else every core but one; "
+                   "0 decodes in the main process).")
 @click.option("--recursive/--no-recursive", default=True, show_default=True, help="Walk sub-folders.")
 @click.option("--resume", is_flag=True,
               help="Skip files already in --output (error rows included) and append the rest.")

@@ -78,9 +78,15 @@ def with_decode_override(cfg: PreprocessCfg, fast: bool | None) -> PreprocessCfg
     return cfg.with_decode("dct" if fast else "full")
 
 
-def default_workers() -> int:
-    """Decode processes by default: every usable CPU but one for inference, at least 1, at most 16."""
-    return max(1, min(16, usable_cpus() - 1))
+def default_workers(inference_on_cpu: bool = False) -> int:
+    """Decode processes by default, at most 16: every usable CPU when the model runs on the CPU too
+    (inference and decoding take turns on the same cores, its idle threads sleeping), else every
+    usable CPU but one, for the process that feeds the GPU (at least 1).
+
+    On 2 cores, the demo's INT8 model scored camera-size JPEGs at 20.6 img/s with 2 workers against
+    17.6 with 1, and 1024x768 JPEGs at 36.1 against 37.2 (one run under load).
+    """
+    return max(1, min(16, usable_cpus() if inference_on_cpu else usable_cpus() - 1))
 
 
 def precheck(path: str) -> str:

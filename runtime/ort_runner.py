@@ -76,20 +76,18 @@ class OrtRunner(BaseRunner):
             CPUs this process may use (:func:`~qualitynet.cpus.usable_cpus`) when its affinity or
             cgroup quota leaves fewer than the machine has, else ONNX Runtime's default (one per
             physical core).
-        spin: let idle intra-op threads spin (ONNX Runtime's default: lower latency). ``False``
-            when other processes work on the same CPUs, such as the scorer's decode workers:
-            spinning threads take their time (on 2 cores, camera-size JPEGs scored 16.8 img/s
-            spinning, 19.0 not).
+
+    With :attr:`~qualitynet.runtime.runner.BaseRunner.shares_cpus` set, idle intra-op threads
+    sleep instead of spinning (ONNX Runtime's default, for latency): spinning threads take the
+    decode workers' time (on 2 cores, camera-size JPEGs scored 16.8 img/s spinning, 19.0 not).
     """
 
     name = "onnxruntime"
 
-    def __init__(self, model_path: str | Path, provider: str | None = None, threads: int | None = None,
-                 spin: bool = True) -> None:
+    def __init__(self, model_path: str | Path, provider: str | None = None, threads: int | None = None) -> None:
         super().__init__(model_path)
         self.provider = provider
         self.threads = threads
-        self.spin = spin
         self._session: Any = None
         self._input: tuple[str, Any] = ("", np.float32)
         self._output = ""
@@ -102,7 +100,7 @@ class OrtRunner(BaseRunner):
         threads = self.threads or (usable if usable < (os.cpu_count() or usable) else None)
         if threads:
             options.intra_op_num_threads = threads
-        if not self.spin:
+        if self.shares_cpus:
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             session = ort.InferenceSession(str(self.model_path), options, providers=providers)
@@ -126,6 +124,11 @@ class OrtRunner(BaseRunner):
         self._session = session
         logger.info("onnxruntime providers: %s", ", ".join(session.get_providers()))
         return meta
+
+    @property
+    def runs_on_cpu(self) -> bool:
+        """Whether the first provider this runner takes (known before activation) is the CPU's."""
+        return choose_providers(_import_onnxruntime().get_available_providers(), self.provider)[0] == PROVIDERS["cpu"]
 
     @property
     def intra_op_threads(self) -> int:

@@ -37,10 +37,18 @@ class BaseRunner(abc.ABC):
     """
 
     name = "base"
+    shares_cpus = False
+    """Set before :meth:`activate` when other processes (decode workers) work on this process's
+    CPUs: a runner whose idle threads can yield them then does."""
 
     def __init__(self, model_path: str | Path) -> None:
         self.model_path = Path(model_path)
         self._meta: ArtifactMeta | None = None
+
+    @property
+    def runs_on_cpu(self) -> bool:
+        """Whether inference runs on the CPU (then it competes with decoding for the cores)."""
+        return False
 
     @property
     def is_active(self) -> bool:
@@ -133,7 +141,7 @@ def check_graph_input(meta: ArtifactMeta, dims: Sequence[object], model_path: Pa
 
 
 def runner_for(model_path: str | Path, provider: str | None = None, threads: int | None = None,
-               allow_host_code: bool = False, shares_cpus: bool = False) -> BaseRunner:
+               allow_host_code: bool = False) -> BaseRunner:
     """The runner for an artifact, chosen by its suffix (not yet activated).
 
     Args:
@@ -142,8 +150,6 @@ def runner_for(model_path: str | Path, provider: str | None = None, threads: int
             picks the best available. Refused for a TensorRT plan.
         threads: ONNX Runtime intra-op threads; ``None`` lets it choose.
         allow_host_code: TensorRT plans only: see :class:`~qualitynet.runtime.trt_runner.TrtRunner`.
-        shares_cpus: other processes (decode workers) work on this process's CPUs: ONNX Runtime's
-            idle threads then sleep instead of spinning.
 
     Raises:
         QualityNetError: an unknown suffix, or options the backend cannot honour.
@@ -159,7 +165,7 @@ def runner_for(model_path: str | Path, provider: str | None = None, threads: int
     if suffix == ".onnx":
         from qualitynet.runtime.ort_runner import OrtRunner
 
-        return OrtRunner(path, provider=provider, threads=threads, spin=not shares_cpus)
+        return OrtRunner(path, provider=provider, threads=threads)
     raise QualityNetError(
         f"{path}: unknown model type {suffix or '(no suffix)'!r}; pass a .onnx or a .plan written by iqa-export"
     )

@@ -54,7 +54,8 @@ class Scorer:
         threads: ONNX Runtime intra-op threads; ``None`` lets it choose.
         batch_size: network inputs per inference call (with a crops view, whole images' crops:
             ``batch_size // crops`` images, at least one).
-        workers: decode processes; ``None`` for every core but one, 0 to decode in this process.
+        workers: decode processes; ``None``: :func:`~qualitynet.runtime.decode_pool.default_workers`,
+            0 to decode in this process.
         fast_decode: None decodes as the model's record says; True/False override it with
             DCT-scaled / full JPEG decoding (see :func:`~qualitynet.runtime.decode_pool.with_decode_override`).
         allow_host_code: let the full TensorRT run the lean runtime embedded in a plan built
@@ -78,11 +79,11 @@ class Scorer:
             raise QualityNetError(f"unknown decoder {decoder!r}; choose one of {', '.join(DECODER_CHOICES)}")
         self.decoder = decoder
         self.batch_size = max(1, batch_size)
-        self.workers = default_workers() if workers is None else workers
         self.fast_decode = fast_decode
         self._pool: DecodePool | NvImageCodecPool | None = None
-        self.runner: BaseRunner = runner_for(model_path, provider, threads, allow_host_code,
-                                             shares_cpus=decoder == "pillow" and self.workers > 0)
+        self.runner: BaseRunner = runner_for(model_path, provider, threads, allow_host_code)
+        self.workers = default_workers(self.runner.runs_on_cpu) if workers is None else workers
+        self.runner.shares_cpus = decoder == "pillow" and self.workers > 0
         self.runner.activate()
         try:
             with_decode_override(self.meta.preprocess, fast_decode)

@@ -16,6 +16,7 @@ from PIL import Image
 from scipy.stats import spearmanr
 
 from qualitynet.artifact import ArtifactMeta
+from qualitynet.cpus import usable_cpus
 from qualitynet.errors import QualityNetError
 from qualitynet.runtime import Scorer
 from qualitynet.runtime.cli import main
@@ -121,6 +122,9 @@ def test_inference_threads_sleep_when_decode_workers_share_the_cpus(onnx_models:
     with Scorer(onnx_models[0], workers=1, threads=1) as shared:
         assert not _spins(shared.runner)
         assert [r.score for r in shared.score_paths(paths)] == scores
+    with Scorer(onnx_models[0], threads=1) as default:  # the model on the CPU: one decode worker per CPU
+        assert default.runner.runs_on_cpu and default.workers == min(16, usable_cpus())
+        assert not _spins(default.runner)
 
 
 def test_provider_order_and_choice() -> None:
