@@ -68,7 +68,8 @@ def main() -> None:
 @click.option("--photos", type=click.Path(path_type=Path), help="Photos for inputs and accuracy (default: bundled).")
 @click.option("--images", type=click.Path(path_type=Path), help="Folder for the end-to-end run (decode included).")
 @click.option("--e2e-batch-size", type=click.IntRange(1), default=8, show_default=True)
-@click.option("--e2e-workers", type=click.IntRange(0), help="Decode processes (default: cores - 1).")
+@click.option("--e2e-workers", type=click.IntRange(0),
+              help="Decode processes (default: iqa-run's, one per core with the model on the CPU, else cores - 1).")
 @click.option("--e2e-limit", type=click.IntRange(1), help="Use at most N images of --images.")
 @click.option("--e2e-rounds", type=click.IntRange(1), default=3, show_default=True,
               help="Alternating rounds of the naive loop and each pipeline; the speed-up is their median ratio.")
