@@ -104,7 +104,7 @@ SENSITIVITY_INPUTS = 8
 SPEED_BATCH = 8
 # The block-wise ranking: at most this many blocks (module scopes), each measured on this many calibration inputs.
 MAX_BLOCKS = 32
-BLOCK_INPUTS = 32
+BLOCK_INPUTS = 16
 
 
 @dataclass(frozen=True)
@@ -564,9 +564,8 @@ def quantize_and_gate(pre_path: Path, out_path: Path, target: Int8Target, settin
                 found[unit] = (probe, _flat(groups[:probe.kept]))
         within = {unit: hit for unit, hit in found.items() if hit[0].kept <= bounds[unit]}
         if found and not within:
-            probe, _ = found.get("tensors", next(iter(found.values())))
             unit = "tensors" if "tensors" in found else "blocks"
-            total = len(ranked) if unit == "tensors" else len(blocks)
+            probe, total = found[unit][0], len(searches[unit])
             result.refusal = (f"it passes only with {probe.kept} of its {total} quantized {unit} in float "
                               f"(more than {settings.max_float_fraction:.0%}): not an INT8 model")
             result.verification = probe.verification
