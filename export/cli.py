@@ -100,9 +100,9 @@ def main(checkpoint: Path, fp16: bool, out_dir: Path | None, opset: int, profile
     (Q/DQ for TensorRT), each judged against model.onnx on held-out photos (--gate-photos; never
     the calibration photos, by content, nor their groups when both are dataset CSVs) by
     SROCC (--min-srocc) and mean abs error (--max-mean-error; also the max abs error with
-    --max-abs-error). A model that fails keeps its
-    most sensitive tensors in float until it passes; if only a mostly-float graph passes,
-    exits 1 with the figures (files and report kept).
+    --max-abs-error). A model that fails keeps its most sensitive tensors, or the blocks
+    that move its score most, in float until it passes (the fewer float nodes win); if only a
+    mostly-float graph passes, exits 1 with the figures (files and report kept).
 
     \b
     Example:

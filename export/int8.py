@@ -16,13 +16,18 @@ into a calibration cache that every later quantization reuses.
 
 Each graph then passes an accuracy gate on held-out photos against the FP32 model: SROCC
 (default >= 0.99) and, if asked, a bound on the max abs error on the MOS scale. A graph
-below the bound gets the standard remedy: its most sensitive nodes stay in float. The
-sensitivity of each quantized node is measured (the signal-to-quantization-noise ratio of
-its activations and weights on the calibration photos, with ONNX Runtime's
-``qdq_loss_debug``), and the number kept in float is found by doubling then bisection over
-that ranking, as Polygraphy's ``debug precision`` bisects over layers. The kept nodes and
-the speed they cost are recorded; if even that fails the files stay and the error carries
-the figures.
+below the bound gets the standard remedy: its most sensitive nodes stay in float. Two
+rankings are searched, and the passing graph with the fewest nodes in float is kept: each
+quantized tensor by its own signal-to-quantization-noise ratio on the calibration photos
+(ONNX Runtime's ``qdq_loss_debug``), and each block of the network (a module scope of the
+exported graph) by the error in the score when that block alone is quantized. The first
+finds a tensor that rounding damages locally; only the second sees an error that the layers
+after it amplify, which is where a Gaussian process's mean over pooled features (the
+deep-features model) is hurt: by its first blocks, while the SQNR ranks its last ones first
+(issue 24). Over each ranking, the number kept in float is found by doubling then bisection,
+as Polygraphy's ``debug precision`` bisects over layers. The kept nodes, the ranking that
+kept them and the speed they cost are recorded; if even that fails the files stay and the
+error carries the figures.
 """
 
 from __future__ import annotations
@@ -56,12 +61,15 @@ from qualitynet.runtime.ort_runner import OrtRunner
 from qualitynet.runtime.runner import runner_for
 
 __all__ = [
+    "Block",
+    "block_sensitivity",
     "CALIBRATION_METHODS",
     "calibrate",
     "DEFAULT_MIN_SROCC",
     "Int8Settings",
     "Int8Target",
     "cpu_target",
+    "network_blocks",
     "nodes_of",
     "pooled_tail",
     "score_chain",
@@ -94,6 +102,9 @@ GATE_BATCH_SIZES = (1, 8)
 # every input in memory (ONNX Runtime's qdq_loss_debug), ~18 GB for the lite model at 64.
 SENSITIVITY_INPUTS = 8
 SPEED_BATCH = 8
+# The block-wise ranking: at most this many blocks (module scopes), each measured on this many calibration inputs.
+MAX_BLOCKS = 32
+BLOCK_INPUTS = 16
 
 
 @dataclass(frozen=True)
@@ -506,12 +517,16 @@ class _Probe:
 def quantize_and_gate(pre_path: Path, out_path: Path, target: Int8Target, settings: Int8Settings,
                       cache: Path, meta: ArtifactMeta, reference: Reference,
                       calib_inputs: np.ndarray, work: Path, fp32_path: Path | None = None) -> Int8Gate:
-    """Quantize for ``target``, gate it, and if it fails keep the fewest sensitive tensors in float that pass.
+    """Quantize for ``target``, gate it, and if it fails keep the fewest sensitive nodes in float that pass.
 
-    The search ranges over every quantized tensor (activations, the graph's input, weights,
-    biases), so its last candidate is the float graph; it stops there. A graph that passes
-    only with more than ``settings.max_float_fraction`` of its tensors in float fails all
-    the same (it is not an INT8 model), with its figures recorded.
+    Two searches: over every quantized tensor (activations, the graph's input, weights,
+    biases) ranked by SQNR (:func:`sensitive_nodes`), and over the network's blocks ranked
+    by the score error each causes alone (:func:`block_sensitivity`); each one's last
+    candidate is the float graph, where it stops. Of the passing graphs, the one with the
+    fewest nodes in float is kept (``ranking`` says which search found it). A graph that
+    passes only with more than ``settings.max_float_fraction`` of its tensors (or of its
+    nodes, by blocks) in float fails all the same (it is not an INT8 model), with its
+    figures recorded.
 
     The final model is at ``out_path`` whatever the outcome (the passing mixed graph, else
     the plain INT8 one); its record holds the gate's figures. With ``fp32_path`` the
@@ -532,25 +547,38 @@ def quantize_and_gate(pre_path: Path, out_path: Path, target: Int8Target, settin
         ranked = sensitive_nodes(out_path, pre_path, calib_inputs[:SENSITIVITY_INPUTS], meta.preprocess.input_name,
                                  work)
         result.sensitivity_db = {item.tensor: round(item.sqnr_db, 2) for item in ranked}
-        probe = _bisect(lambda k: quantize(pre_path, work / f"k{k}{target.suffix}", target, cache, calibration, meta,
-                                           nodes_of(ranked[:k])),
-                        lambda path: gate(path, reference, settings, mos_range), len(ranked), result,
-                        int(settings.max_float_fraction * len(ranked)))
-        if probe is not None and probe.kept > settings.max_float_fraction * len(ranked):
-            result.refusal = (f"it passes only with {probe.kept} of its {len(ranked)} quantized tensors in float "
+        blocks = block_sensitivity(pre_path, target, cache, calibration, meta, calib_inputs[:BLOCK_INPUTS], work)
+        result.block_error_mos = {block.scope: round(block.error * mos_range, 4) for block in blocks}
+        searches = {"tensors": [item.nodes for item in ranked], "blocks": [block.nodes for block in blocks]}
+        bounds = {"tensors": int(settings.max_float_fraction * len(ranked)),
+                  "blocks": _fewest_over(searches["blocks"], settings.max_float_fraction * len(nodes_of(ranked)))}
+        found: dict[str, tuple[_Probe, list[str]]] = {}
+        for unit, groups in searches.items():
+            def build(k: int, unit: str = unit, groups: list[list[str]] = groups) -> Path:
+                return quantize(pre_path, work / f"{unit}{k}{target.suffix}", target, cache, calibration, meta,
+                                _flat(groups[:k]))
+
+            probe = _bisect(build, lambda path: gate(path, reference, settings, mos_range), len(groups), result,
+                            bounds[unit], unit)
+            if probe is not None:
+                found[unit] = (probe, _flat(groups[:probe.kept]))
+        within = {unit: hit for unit, hit in found.items() if hit[0].kept <= bounds[unit]}
+        if found and not within:
+            unit = "tensors" if "tensors" in found else "blocks"
+            probe, total = found[unit][0], len(searches[unit])
+            result.refusal = (f"it passes only with {probe.kept} of its {total} quantized {unit} in float "
                               f"(more than {settings.max_float_fraction:.0%}): not an INT8 model")
             result.verification = probe.verification
-            probe = None
-        if probe is not None:
+        if within:
+            result.ranking, (probe, kept) = min(within.items(), key=lambda item: len(item[1][1]))
             if fp32_path is not None:
                 result.speed_img_s["int8_plain"] = throughput(out_path, reference.inputs)
             probe.path.replace(out_path)
             result.verification = probe.verification
-            result.kept_in_float = nodes_of(ranked[:probe.kept])
-            log.info("%s: the %d most sensitive of %d quantized tensors kept in float, by %d nodes (%s%s): %s",
-                     out_path.name, probe.kept, len(result.sensitivity_db), len(result.kept_in_float),
-                     ", ".join(result.kept_in_float[:4]), ", ..." if len(result.kept_in_float) > 4 else "",
-                     _figures(probe.verification, mos_range))
+            result.kept_in_float = kept
+            log.info("%s: the %d most sensitive of %d quantized %s kept in float, by %d nodes (%s%s): %s",
+                     out_path.name, probe.kept, len(searches[result.ranking]), result.ranking, len(kept),
+                     ", ".join(kept[:4]), ", ..." if len(kept) > 4 else "", _figures(probe.verification, mos_range))
         else:
             quantize(pre_path, out_path, target, cache, calibration, meta)  # the plain graph, kept
     if fp32_path is not None:
@@ -575,6 +603,76 @@ def _judge_speed(result: Int8Gate, fp32_path: Path, path: Path, inputs: np.ndarr
         result.refusal = f"it runs {ratio:.2f}x FP32 on this CPU, below --require-speedup {required}"
 
 
+def _flat(groups: Sequence[Sequence[str]]) -> list[str]:
+    """The nodes of ``groups``, each once, in order."""
+    return list(dict.fromkeys(node for group in groups for node in group))
+
+
+def _fewest_over(groups: Sequence[Sequence[str]], nodes: float) -> int:
+    """The largest ``k`` whose first ``k`` groups hold at most ``nodes`` nodes."""
+    return next((k - 1 for k in range(1, len(groups) + 1) if len(_flat(groups[:k])) > nodes), len(groups))
+
+
+@dataclass
+class Block:
+    """One block of a network (a module scope of its exported graph) and what quantizing it alone costs.
+
+    Attributes:
+        scope: the scope, e.g. ``/model/features/stages.1/stages.1.0``.
+        error: mean abs error of the score, unit scale, with only this block quantized.
+        nodes: its quantizable nodes.
+    """
+
+    scope: str
+    error: float
+    nodes: list[str]
+
+
+def network_blocks(graph: onnx.GraphProto, exclude: Sequence[str] = (), most: int = MAX_BLOCKS
+                   ) -> dict[str, list[str]]:
+    """The graph's nodes (less ``exclude`` and Q/DQ) grouped by module scope, at the deepest level with at
+    most ``most`` groups.
+
+    An exporter names a node by the module path that made it (torch: ``/model/features/stages.1/
+    stages.1.0/conv_dw/Conv``): the scopes one level deep are the network's largest parts, each
+    level down finer blocks. A node with a shorter path is its own group at deeper levels.
+    """
+    skipped = set(exclude)
+    names = [node.name for node in graph.node if node.name and node.name not in skipped
+             and node.op_type not in ("QuantizeLinear", "DequantizeLinear")]
+    chosen: dict[str, list[str]] = {"": names}
+    for depth in range(1, max((name.count("/") for name in names), default=0) + 1):
+        groups: dict[str, list[str]] = {}
+        for name in names:
+            groups.setdefault("/".join(name.split("/")[:depth + 1]), []).append(name)
+        if len(groups) > most:
+            break
+        chosen = groups
+    return chosen
+
+
+def block_sensitivity(pre_path: Path, target: Int8Target, cache: Path, calibration: dict[str, Any],
+                      meta: ArtifactMeta, inputs: np.ndarray, work: Path) -> list[Block]:
+    """The network's blocks (:func:`network_blocks`), the one whose quantization alone moves the score most
+    first: each measured as a graph with only that block quantized, against the float graph, on ``inputs``
+    (calibration photos: the gate's stay unseen)."""
+    graph = onnx.load(str(pre_path), load_external_data=False).graph
+    tail = [*pooled_tail(graph), *score_chain(graph)]
+    groups = network_blocks(graph, tail)
+    every = _flat(list(groups.values()))
+    with OrtRunner(pre_path, provider="cpu") as runner:
+        reference = run_batched(runner.infer, inputs, SPEED_BATCH)
+    blocks = []
+    for scope, nodes in groups.items():
+        members = set(nodes)
+        path = quantize(pre_path, work / f"block{target.suffix}", target, cache, calibration, meta,
+                        [node for node in every if node not in members])
+        with OrtRunner(path, provider="cpu") as runner:
+            error = float(np.mean(np.abs(run_batched(runner.infer, inputs, SPEED_BATCH) - reference)))
+        blocks.append(Block(scope, error, nodes))
+    return sorted(blocks, key=lambda block: -block.error)
+
+
 def _is_float(path: Path) -> bool:
     """No quantization left in the graph."""
     return not any(node.op_type in ("QuantizeLinear", "DequantizeLinear")
@@ -582,8 +680,9 @@ def _is_float(path: Path) -> bool:
 
 
 def _bisect(build: Callable[[int], Path], judge: Callable[[Path], Verification], candidates: int,
-            result: Int8Gate, acceptable: int) -> _Probe | None:
-    """The smallest ``k <= candidates`` whose graph, with the ``k`` most sensitive tensors in float, passes:
+            result: Int8Gate, acceptable: int, unit: str = "tensors") -> _Probe | None:
+    """The smallest ``k <= candidates`` whose graph, with the ``k`` most sensitive ``unit`` (tensors or blocks)
+    in float, passes:
     doubling, then bisection (the search Polygraphy's ``debug precision`` runs over layers).
     ``None`` when even the graph with all of them in float (the float graph) fails. Once
     every ``k`` left exceeds ``acceptable`` the bisection stops: the passing graph found is
@@ -593,10 +692,10 @@ def _bisect(build: Callable[[int], Path], judge: Callable[[Path], Verification],
     def attempt(k: int) -> _Probe:
         path = build(k)
         tried[k] = _Probe(k, path, judge(path))
-        result.probes.append({"tensors_in_float": k, "srocc": _srocc(tried[k].verification),
+        result.probes.append({f"{unit}_in_float": k, "srocc": _srocc(tried[k].verification),
                               "max_abs_mos": tried[k].verification.worst.max_abs * result.mos_range,
                               "passed": tried[k].verification.passed, "float_graph": _is_float(path)})
-        log.info("keeping the %d most sensitive tensors in float: %s", k,
+        log.info("keeping the %d most sensitive %s in float: %s", k, unit,
                  "passes" if tried[k].verification else "still fails")
         return tried[k]
 

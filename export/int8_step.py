@@ -210,7 +210,7 @@ def _failure(gate: Int8Gate) -> str:
     figures = gate.figures()
     if gate.refusal:
         return f"{gate.model} fails the INT8 gate: {gate.refusal}"
-    most = max((probe["tensors_in_float"] for probe in gate.probes), default=0)
+    most = max((probe.get("tensors_in_float", 0) for probe in gate.probes), default=0)
     kept = f" even with its {most} most sensitive tensors in float" if most else ""
     return (f"{gate.model} fails the INT8 gate{kept}: SROCC {figures['srocc']:.4f} (needs >= {figures['min_srocc']}), "
             f"mean abs error {figures['mean_abs_mos']:.3f} MOS (needs <= {figures['mean_abs_bound_mos']:.3f}), max abs "

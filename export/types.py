@@ -149,7 +149,10 @@ class Int8Gate:
         mos_range: width of the MOS scale, to report errors on it.
         kept_in_float: nodes the remedy left in float, most sensitive first.
         sensitivity_db: SQNR of each quantized tensor, dB, when the remedy ran.
-        probes: each graph the remedy tried (tensors kept, SROCC, max abs MOS, passed).
+        block_error_mos: each block's score error (mean abs, MOS scale) when it alone is
+            quantized, when the remedy ran.
+        ranking: which ranking the kept nodes come from (``tensors`` or ``blocks``), when nodes are kept.
+        probes: each graph the remedy tried (tensors or blocks kept, SROCC, max abs MOS, passed).
         speed_img_s: ONNX Runtime CPU images/s at batch 8 (``fp32``, ``int8`` or
             ``int8_plain``/``int8_mixed``), for the CPU graph.
         refusal: why a graph whose figures pass is failed all the same (it passes only with
@@ -165,6 +168,8 @@ class Int8Gate:
     mos_range: float
     kept_in_float: list[str] = field(default_factory=list)
     sensitivity_db: dict[str, float] = field(default_factory=dict)
+    block_error_mos: dict[str, float] = field(default_factory=dict)
+    ranking: str = ""
     probes: list[dict[str, Any]] = field(default_factory=list)
     speed_img_s: dict[str, float] = field(default_factory=dict)
     refusal: str = ""
@@ -205,6 +210,7 @@ class Int8Gate:
         """The figures the artifact record keeps (JSON-ready)."""
         ready: dict[str, Any] = _json_ready({
             **self.figures(), "plain": self.figures(self.plain), "kept_in_float": self.kept_in_float,
+            **({"ranking": self.ranking} if self.ranking else {}),
             "speed_img_s": {k: round(v, 1) for k, v in self.speed_img_s.items()}, "probes": self.probes,
             **({"refusal": self.refusal} if self.refusal else {}),
             **({"speed_note": self.speed_note} if self.speed_note else {})})
@@ -214,7 +220,8 @@ class Int8Gate:
         """Everything, for ``<model>.export.json``."""
         ready: dict[str, Any] = _json_ready({
             "target": self.target, "model": self.model, **self.summary_dict(),
-            "sensitivity_db": self.sensitivity_db, "verification": self.verification.to_dict()})
+            "sensitivity_db": self.sensitivity_db, "block_error_mos": self.block_error_mos,
+            "verification": self.verification.to_dict()})
         return ready
 
 

@@ -9,16 +9,23 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from click.testing import Result
+from click.testing import CliRunner, Result
 from int8_cli import int8_export
 from mos_scoring import assert_iqa_run_scores_as_torch
 
 from qualitynet.bench.run import BenchSettings, run_bench
 from qualitynet.export import export_all, load_photos
+from qualitynet.export.cli import main as export_main
 from qualitynet.export.fp16 import convert_fp16, fp32_tail
+from qualitynet.export.int8 import network_blocks, pooled_tail, preprocess_for_quantization, score_chain
 from qualitynet.export.onnx import read_meta
 from qualitynet.runtime.ort_runner import OrtRunner
 from qualitynet.trainer.checkpoint import load_checkpoint
+from qualitynet.trainer.cli import train_command
+from qualitynet.trainer.demo_dataset import make_view_dataset
+from qualitynet.trainer.model import get_config
+from qualitynet.trainer.recipes import recipe_for
+from qualitynet.trainer.train import TrainSettings
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +94,42 @@ def test_bench_measures_model_only_and_end_to_end(int8_cli: tuple[Result, Path],
     assert model_only["onnxruntime", "fp32"].max_abs_error < 1e-3 and model_only["onnxruntime", "fp32"].srocc > 0.99
     assert any(p.mode != "model-only" for p in report.points)
     assert json.dumps(report.to_dict(), allow_nan=False)
+
+
+def test_int8_blocks_are_the_backbones_module_scopes(deepfeat_onnx: Path, tmp_path: Path) -> None:
+    """What the block-wise INT8 ranking quantizes one at a time: the backbone's blocks; the Gaussian process stays
+    out (it is never quantized)."""
+    graph = onnx.load(str(preprocess_for_quantization(deepfeat_onnx, tmp_path / "pre.onnx"))).graph
+    tail = [*pooled_tail(graph), *score_chain(graph)]
+    blocks = network_blocks(graph, tail)
+    assert "/model/features/stages.1/stages.1.0" in blocks and len(blocks) <= 32
+    backbone = [scope for scope in blocks if scope.startswith("/model/features/stages.")]
+    assert len(backbone) >= 8  # the stem, each MBConv block, ...; the rest is the flip before it
+    grouped = [node for nodes in blocks.values() for node in nodes]
+    assert sorted(grouped) == sorted(node.name for node in graph.node if node.name not in set(tail))
+    assert not any(node.startswith("/model/regressor/") for node in grouped)
+    stages = {scope.rsplit("/", 1)[0] for scope in backbone}
+    others = [scope for scope in blocks if scope not in backbone]
+    assert set(network_blocks(graph, tail, most=len(stages) + len(others))) == stages | set(others)
+
+
+@pytest.mark.slow
+def test_int8_of_the_demo_trained_model_passes_with_its_first_blocks_in_float(tmp_path: Path) -> None:
+    """deepfeat-lite fitted as iqa-train fits it on the demo's data (iqa-demo's photos and view, seed-0 split) misses
+    the INT8 SROCC gate plain (0.976 on the bundled held-out photos). Ranked by SQNR, the remedy passed only with 91 of
+    its 204 tensors (68 nodes) in float, and that graph ran 0.61x FP32 (issue 24): the late linear projections
+    round worst locally, but the score moves with the first blocks' rounding, which every later layer and the
+    Gaussian process's mean carry. Ranked by each block's effect on the score, two blocks in float pass."""
+    view = TrainSettings(config="lite02", **recipe_for("lite02")).preprocess(get_config("lite02"))  # type: ignore[arg-type]
+    csv_path = make_view_dataset(tmp_path / "data", view)
+    run = tmp_path / "run"
+    args = ["--dataset", "csv", "--csv", str(csv_path), "--config", "deepfeat-lite", "--pretrained",
+            "--freeze-backbones", "--out", str(run), "--quiet"]
+    trained = CliRunner().invoke(train_command, args)
+    assert trained.exit_code == 0, trained.output
+    exported = CliRunner().invoke(export_main, [str(run / "model.pt"), "--int8"])
+    assert exported.exit_code == 0, exported.output
+    cpu = json.loads((run / "model.export.json").read_text())["int8"]["cpu"]
+    assert not cpu["plain"]["passed"]  # the case this is about
+    assert cpu["passed"] and 0 < len(cpu["kept_in_float"]) <= 8 and cpu["ranking"] == "blocks"
+    assert max(cpu["block_error_mos"].values()) == cpu["block_error_mos"]["/model/features/stages.0/stages.0.0"]
