@@ -118,6 +118,9 @@ class ServeSettings:
     max_pixels: int = DEFAULT_MAX_PIXELS  # 0: only Pillow's decompression-bomb limit
     access_token: str | None = None  # of Triton's admin endpoints; None: a random one (ScoreServer.access_token)
     open_admin_endpoints: bool = False  # statistics, shared memory, trace, logging, repository without a token
+    # On stop, how long Triton waits for in-flight requests before it exits (tritonserver's own default, 30 s,
+    # plus PyTriton's 30-s wait before it kills the server, let a stop take over a minute).
+    exit_timeout_s: int = 5
 
 
 def pixel_limit_error(data: bytes, max_pixels: int) -> str:
@@ -198,7 +201,7 @@ class ScoreServer:
 
         s = self.settings
         config = TritonConfig(http_address=s.host, http_port=s.http_port, grpc_address=s.host, grpc_port=s.grpc_port,
-                              metrics_port=s.metrics_port)
+                              metrics_port=s.metrics_port, exit_timeout_secs=s.exit_timeout_s)
         # PyTriton guards these endpoints with a token (a random one unless given); [] leaves them open.
         security = (TritonSecurityConfig(restricted_endpoints=[]) if s.open_admin_endpoints
                     else TritonSecurityConfig(access_token=s.access_token))

@@ -100,12 +100,15 @@ def _access_token(token_file: Path | None, open_endpoints: bool, host: str) -> I
                    "a new token in a private temporary file, named at start-up.")
 @click.option("--open-admin-endpoints", is_flag=True,
               help="Leave the admin endpoints open, without a token; only with a loopback --host.")
+@click.option("--exit-timeout", type=click.IntRange(0), default=5, show_default=True,
+              help="On Ctrl-C or SIGTERM, seconds Triton waits for in-flight requests before it exits.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
 @click.version_option(package_name="qualitynet")
 @cli_errors
 def main(model: Path, name: str, host: str, http_port: int, grpc_port: int, metrics_port: int, max_batch_size: int,
          queue_delay_us: int, instances: int, provider: str, threads: int | None, fast_decode: bool | None,
-         max_pixels: int, access_token_file: Path | None, open_admin_endpoints: bool, quiet: bool) -> None:
+         max_pixels: int, access_token_file: Path | None, open_admin_endpoints: bool, exit_timeout: int,
+         quiet: bool) -> None:
     """Serve MODEL (.onnx or .plan) behind Triton Inference Server until Ctrl-C.
 
     Requests carry encoded images (input "image", BYTES, shape [N, 1]); each gets "score"
@@ -128,7 +131,7 @@ def main(model: Path, name: str, host: str, http_port: int, grpc_port: int, metr
                                  queue_delay_us=queue_delay_us, instances=instances,
                                  provider=None if provider == "auto" else provider, threads=threads,
                                  fast_decode=fast_decode, max_pixels=max_pixels, access_token=token,
-                                 open_admin_endpoints=open_admin_endpoints)
+                                 open_admin_endpoints=open_admin_endpoints, exit_timeout_s=exit_timeout)
         server = ScoreServer(model, settings)
         signal.signal(signal.SIGTERM, _stop_requested)  # a service manager's stop is Ctrl-C's
         try:
