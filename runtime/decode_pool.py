@@ -83,8 +83,9 @@ def default_workers(inference_on_cpu: bool = False) -> int:
     (inference and decoding take turns on the same cores, its idle threads sleeping), else every
     usable CPU but one, for the process that feeds the GPU (at least 1).
 
-    On 2 cores, the demo's INT8 model scored camera-size JPEGs at 20.6 img/s with 2 workers against
-    17.6 with 1, and 1024x768 JPEGs at 36.1 against 37.2 (one run under load).
+    On 2 quiet cores, the demo's INT8 model scored camera-size JPEGs at 25.0-25.1 img/s with 2 workers
+    against 18.1-18.6 with 1 (inference threads sleeping both times), 1024x768 JPEGs at 46.5-49.0
+    against 44.6-47.1 (BENCHMARKS.md, the runtime defaults' A/B).
     """
     return max(1, min(16, usable_cpus() if inference_on_cpu else usable_cpus() - 1))
 
