@@ -66,6 +66,7 @@ __all__ = [
     "CALIBRATION_METHODS",
     "calibrate",
     "DEFAULT_MIN_SROCC",
+    "float_tail",
     "Int8Settings",
     "Int8Target",
     "cpu_target",
@@ -305,8 +306,7 @@ def quantize(pre_path: Path, out_path: Path, target: Int8Target, cache: Path, ca
         ``out_path``.
     """
     tmp = out_path.with_name(out_path.name + ".quant.tmp")
-    graph = onnx.load(str(pre_path), load_external_data=False).graph
-    score_nodes = list(dict.fromkeys([*pooled_tail(graph), *score_chain(graph)]))
+    score_nodes = float_tail(onnx.load(str(pre_path), load_external_data=False).graph)
     try:
         with _ort_quiet():
             quantize_static(
@@ -329,6 +329,12 @@ def quantize(pre_path: Path, out_path: Path, target: Int8Target, cache: Path, ca
 
 
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def float_tail(graph: onnx.GraphProto) -> list[str]:
+    """The nodes no INT8 graph quantizes, each once: the pooled tail (:func:`pooled_tail`) and the score
+    chain (:func:`score_chain`)."""
+    return _flat([pooled_tail(graph), score_chain(graph)])
 
 
 def score_chain(graph: onnx.GraphProto) -> list[str]:
@@ -467,7 +473,7 @@ def _activation_bounds(model: onnx.ModelProto) -> dict[str, tuple[float, float]]
 
 def nodes_of(ranked: Sequence[Sensitivity]) -> list[str]:
     """The nodes that keep ``ranked`` tensors in float, each once, in rank order."""
-    return list(dict.fromkeys(node for item in ranked for node in item.nodes))
+    return _flat([item.nodes for item in ranked])
 
 
 def sqnr_db(signal: np.ndarray | Sequence[np.ndarray], quantized: np.ndarray | Sequence[np.ndarray]) -> float:
@@ -657,8 +663,7 @@ def block_sensitivity(pre_path: Path, target: Int8Target, cache: Path, calibrati
     first: each measured as a graph with only that block quantized, against the float graph, on ``inputs``
     (calibration photos: the gate's stay unseen)."""
     graph = onnx.load(str(pre_path), load_external_data=False).graph
-    tail = [*pooled_tail(graph), *score_chain(graph)]
-    groups = network_blocks(graph, tail)
+    groups = network_blocks(graph, float_tail(graph))
     every = _flat(list(groups.values()))
     with OrtRunner(pre_path, provider="cpu") as runner:
         reference = run_batched(runner.infer, inputs, SPEED_BATCH)
