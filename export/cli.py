@@ -12,7 +12,13 @@ from qualitynet.artifact import BatchProfile
 from qualitynet.errors import QualityNetError
 from qualitynet.export.calibration import DEFAULT_CALIB_COUNT
 from qualitynet.export.exporter import export_all
-from qualitynet.export.int8 import CALIBRATION_METHODS, DEFAULT_MEAN_ABS_FRACTION, DEFAULT_MIN_SROCC, Int8Settings
+from qualitynet.export.int8 import (
+    CALIBRATION_METHODS,
+    DEFAULT_MEAN_ABS_FRACTION,
+    DEFAULT_MIN_SROCC,
+    DEFAULT_RANK_RESOLUTION_FRACTION,
+    Int8Settings,
+)
 from qualitynet.export.onnx import DEFAULT_OPSET
 from qualitynet.export.targets import TARGETS
 from qualitynet.export.types import ExportResult, TensorRTUnavailableError, Verification
@@ -72,6 +78,11 @@ def _batch_profile(ctx: click.Context, param: click.Parameter, value: str) -> Ba
 @click.option("--max-mean-error", type=click.FloatRange(min=0, min_open=True),
               help=f"INT8 gate: highest mean abs error against the FP32 model, on the MOS scale [default: "
                    f"{DEFAULT_MEAN_ABS_FRACTION:.0%} of the model's MOS range].")
+@click.option("--rank-resolution", type=click.FloatRange(min=0),
+              help=f"INT8 gate: photos the FP32 model scores at most this far apart (MOS scale) are ties; with "
+                   f"SROCC under --min-srocc the ranks still pass when INT8 keeps the order of every two photos "
+                   f"further apart; 0: SROCC alone [default: {DEFAULT_RANK_RESOLUTION_FRACTION:.0%} of the MOS "
+                   f"range].")
 @click.option("--require-speedup", type=click.FloatRange(min=0, min_open=True),
               help="INT8: fail the CPU model if it is not at least this many times as fast as FP32 here (batch 8) "
                    "[default: a slower one passes, with a warning].")
@@ -84,7 +95,7 @@ def main(checkpoint: Path, fp16: bool, out_dir: Path | None, opset: int, profile
          timing_cache: Path | None, opt_level: int, version_compatible: bool, exclude_lean_runtime: bool,
          photos: Path | None, int8: bool, gate_photos: Path | None, calib_photos: Path | None, calib_count: int,
          calib_method: str, min_srocc: float, max_abs_error: float | None, max_mean_error: float | None,
-         require_speedup: float | None, triton_repo: Path | None, quiet: bool) -> None:
+         rank_resolution: float | None, require_speedup: float | None, triton_repo: Path | None, quiet: bool) -> None:
     """Export CHECKPOINT (a model.pt from iqa-train) to a verified ONNX model.
 
     Writes model.onnx (FP32, dynamic batch, preprocessing and score scale in its metadata)
@@ -99,10 +110,11 @@ def main(checkpoint: Path, fp16: bool, out_dir: Path | None, opset: int, profile
     --calib-photos and writes model.int8.onnx (ONNX Runtime on CPUs) and model.int8.trt.onnx
     (Q/DQ for TensorRT), each judged against model.onnx on held-out photos (--gate-photos; never
     the calibration photos, by content, nor their groups when both are dataset CSVs) by
-    SROCC (--min-srocc) and mean abs error (--max-mean-error; also the max abs error with
-    --max-abs-error). A model that fails keeps its most sensitive tensors, or the blocks
-    that move its score most, in float until it passes (the fewer float nodes win); if only a
-    mostly-float graph passes, exits 1 with the figures (files and report kept).
+    SROCC (--min-srocc; or, below it, no two photos more than --rank-resolution apart swapped)
+    and mean abs error (--max-mean-error; also the max abs error with --max-abs-error). A model
+    that fails keeps its most sensitive tensors, or the blocks that move its score most, in
+    float until it passes (the fewer float nodes win); if only a mostly-float graph passes,
+    exits 1 with the figures (files and report kept).
 
     \b
     Example:
@@ -119,7 +131,7 @@ def main(checkpoint: Path, fp16: bool, out_dir: Path | None, opset: int, profile
                    "--gate-photos (--photos is the verification photos)", err=True)
     int8_settings = Int8Settings(photos=calib_photos, gate_photos=gate_photos, count=calib_count, method=calib_method,
                                  min_srocc=min_srocc, max_abs_mos=max_abs_error, mean_abs_mos=max_mean_error,
-                                 require_speedup=require_speedup) if int8 else None
+                                 rank_resolution_mos=rank_resolution, require_speedup=require_speedup) if int8 else None
     try:
         result = export_all(checkpoint, out_dir, fp16=fp16, opset=opset, photos=photos, profile=profile,
                             workspace=workspace, timing_cache=timing_cache, opt_level=opt_level,

@@ -65,7 +65,9 @@ __all__ = [
     "block_sensitivity",
     "CALIBRATION_METHODS",
     "calibrate",
+    "DEFAULT_MEAN_ABS_FRACTION",
     "DEFAULT_MIN_SROCC",
+    "DEFAULT_RANK_RESOLUTION_FRACTION",
     "float_tail",
     "Int8Settings",
     "Int8Target",
@@ -97,6 +99,12 @@ DEFAULT_MIN_SROCC = 0.99
 # there moves far (the demo's lite model: mean 0.05, max 0.96 MOS at SROCC 0.99); the max is
 # reported, and bounded with --max-abs-error.
 DEFAULT_MEAN_ABS_FRACTION = 0.05
+# The gate's default rank resolution, as a fraction of the MOS scale's width (0.04 MOS on a 1-5
+# scale): two photos the FP32 model scores closer than this count as a tie. SROCC alone failed a
+# trained small model whose INT8 copy reversed only pairs at most 0.013 MOS apart (35 of its 48
+# gate photos sat within 0.004 MOS of its ceiling), while passing a lite02 one that reversed pairs
+# 0.27 MOS apart; the ranks pass on SROCC or on every order beyond the resolution kept.
+DEFAULT_RANK_RESOLUTION_FRACTION = 0.01
 CALIBRATOR_OPTIONS: dict[str, dict[str, Any]] = {"entropy": {"num_bins": 2048, "num_quantized_bins": 128}}
 GATE_BATCH_SIZES = (1, 8)
 # Calibration inputs the sensitivity ranking runs on: it keeps every intermediate tensor of
@@ -184,6 +192,10 @@ class Int8Settings:
         max_abs_mos: optional upper bound on the max abs error, MOS scale.
         mean_abs_mos: upper bound on the mean abs error, MOS scale; ``None``:
             :data:`DEFAULT_MEAN_ABS_FRACTION` of the model's MOS range.
+        rank_resolution_mos: photos the FP32 model scores at most this far apart (MOS scale)
+            are ties: the ranks pass with SROCC below ``min_srocc`` when the INT8 graph keeps
+            the order of every two photos further apart; ``None``:
+            :data:`DEFAULT_RANK_RESOLUTION_FRACTION` of the MOS range; 0: SROCC alone.
         remedy: keep the most sensitive tensors in float when the plain graph fails.
         max_float_fraction: a graph that passes only with more than this fraction of its
             quantized tensors in float is not worth calling INT8: the export fails (with
@@ -200,6 +212,7 @@ class Int8Settings:
     min_srocc: float = DEFAULT_MIN_SROCC
     max_abs_mos: float | None = None
     mean_abs_mos: float | None = None
+    rank_resolution_mos: float | None = None
     remedy: bool = True
     max_float_fraction: float = 0.5
     require_speedup: float | None = None
@@ -213,10 +226,18 @@ class Int8Settings:
         for name, bound in (("max", self.max_abs_mos), ("mean", self.mean_abs_mos)):
             if bound is not None and bound <= 0:
                 raise QualityNetError(f"{name} abs error bound {bound} must be positive")
+        if self.rank_resolution_mos is not None and self.rank_resolution_mos < 0:
+            raise QualityNetError(f"rank resolution {self.rank_resolution_mos} must not be negative")
 
     def mean_abs_bound(self, mos_range: float) -> float:
         """The gate's bound on the mean abs error, MOS scale."""
         return self.mean_abs_mos if self.mean_abs_mos is not None else DEFAULT_MEAN_ABS_FRACTION * mos_range
+
+    def rank_resolution(self, mos_range: float) -> float:
+        """The gate's rank resolution, MOS scale (0: SROCC alone judges the ranks)."""
+        if self.rank_resolution_mos is not None:
+            return self.rank_resolution_mos
+        return DEFAULT_RANK_RESOLUTION_FRACTION * mos_range
 
     def calibration_record(self, inputs: int) -> dict[str, Any]:
         """What the artifact record says about the calibration."""
@@ -364,13 +385,15 @@ def gate(path: Path, reference: Reference, settings: Int8Settings, mos_range: fl
          batch_sizes: Sequence[int] = GATE_BATCH_SIZES) -> Verification:
     """Score the held-out photos with an INT8 model (ONNX or TensorRT plan) and judge it against the FP32 reference.
 
-    Passes when SROCC >= ``settings.min_srocc`` at every batch size, the mean abs error is at
-    most :meth:`Int8Settings.mean_abs_bound` on the MOS scale and, with ``settings.max_abs_mos``,
-    no score is off by more than that.
+    Passes when at every batch size the ranks agree (SROCC >= ``settings.min_srocc``, or no two
+    photos the FP32 model scores more than :meth:`Int8Settings.rank_resolution` apart change
+    order), the mean abs error is at most :meth:`Int8Settings.mean_abs_bound` on the MOS scale
+    and, with ``settings.max_abs_mos``, no score is off by more than that.
     """
     start = time.perf_counter()
     atol = np.inf if settings.max_abs_mos is None else settings.max_abs_mos / mos_range
-    bounds = Tolerance(atol=atol, rtol=0.0, min_srocc=settings.min_srocc)
+    bounds = Tolerance(atol=atol, rtol=0.0, min_srocc=settings.min_srocc,
+                       rank_resolution=settings.rank_resolution(mos_range) / mos_range)
     mean_bound = settings.mean_abs_bound(mos_range) / mos_range
     label = f"{path.name} vs {reference.name}"
     with runner_for(path, provider="cpu" if path.suffix == ".onnx" else None) as runner:

@@ -45,7 +45,7 @@ from qualitynet.export.int8 import (
 from qualitynet.export.onnx import read_meta
 from qualitynet.export.targets import TARGETS
 from qualitynet.export.tensorrt import BuildSettings, build_int8_engine
-from qualitynet.export.types import ExportResult, Int8Gate, TensorRTUnavailableError, VerificationError
+from qualitynet.export.types import ExportResult, Int8Gate, TensorRTUnavailableError, VerificationError, ranks_line
 from qualitynet.export.verify import Reference, load_photos
 from qualitynet.runtime.discovery import expand_photos
 from qualitynet.runtime.ort_runner import OrtRunner
@@ -212,7 +212,8 @@ def _failure(gate: Int8Gate) -> str:
         return f"{gate.model} fails the INT8 gate: {gate.refusal}"
     most = max((probe.get("tensors_in_float", 0) for probe in gate.probes), default=0)
     kept = f" even with its {most} most sensitive tensors in float" if most else ""
-    return (f"{gate.model} fails the INT8 gate{kept}: SROCC {figures['srocc']:.4f} (needs >= {figures['min_srocc']}), "
+    return (f"{gate.model} fails the INT8 gate{kept}: SROCC {figures['srocc']:.4f} (needs >= {figures['min_srocc']}, "
+            f"or no order reversed beyond the resolution: {ranks_line(figures)}), "
             f"mean abs error {figures['mean_abs_mos']:.3f} MOS (needs <= {figures['mean_abs_bound_mos']:.3f}), max abs "
             f"error {figures['max_abs_mos']:.3f} MOS (bound {figures['max_abs_bound_mos']}) on {figures['photos']} "
             "held-out photos")

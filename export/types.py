@@ -22,6 +22,7 @@ __all__ = [
     "TensorRTUnavailableError",
     "Verification",
     "VerificationError",
+    "ranks_line",
 ]
 
 
@@ -47,7 +48,10 @@ class Tolerance:
 
     As in Polygraphy's ``CompareFunc.simple``, one score fails only if it exceeds *both*
     the absolute and the relative bound; the lists must also rank the photos alike,
-    ``SROCC >= min_srocc``. ``atol`` suits a trained model; a model that amplifies
+    ``SROCC >= min_srocc``, or, with a ``rank_resolution``, keep the order of every two photos
+    the reference scores more than ``rank_resolution`` apart (closer ones count as ties: a
+    model whose scores crowd at one end of its scale has SROCC measure the order of
+    differences nobody can see). ``atol`` suits a trained model; a model that amplifies
     rounding (an untrained one, typically) gets ``atol`` widened to ``sensitivity`` times
     its measured noise floor (see :meth:`widened`).
     """
@@ -56,6 +60,7 @@ class Tolerance:
     rtol: float
     min_srocc: float
     sensitivity: float = 10.0
+    rank_resolution: float = 0.0
 
     def widened(self, noise_floor: float) -> Tolerance:
         """This tolerance with ``atol >= sensitivity * noise_floor``."""
@@ -78,6 +83,7 @@ class Comparison:
         median_abs: median absolute difference.
         p90_abs: 90th percentile of the absolute difference.
         srocc: Spearman rank correlation of the two score lists.
+        flipped_gap: the largest gap between two reference scores whose order the candidate reverses.
         mismatches: how many scores exceed both ``atol`` and ``rtol``.
         passed: no mismatch and ``srocc >= tolerance.min_srocc``.
     """
@@ -92,6 +98,7 @@ class Comparison:
     median_abs: float
     p90_abs: float
     srocc: float
+    flipped_gap: float
     mismatches: int
     passed: bool
 
@@ -104,8 +111,14 @@ class Comparison:
         return (
             f"{self.label}, batch {self.batch_size}: max abs {self.max_abs:.2e} (atol {self.tolerance.atol:.1e}), "
             f"max rel {self.max_rel:.2e} (rtol {self.tolerance.rtol:.0e}), SROCC {self.srocc:.4f} "
-            f"(>= {self.tolerance.min_srocc}): {verdict}"
+            f"(>= {self.tolerance.min_srocc}{self._resolution()}): {verdict}"
         )
+
+    def _resolution(self) -> str:
+        if not self.tolerance.rank_resolution:
+            return ""
+        return (f", or every order beyond {self.tolerance.rank_resolution:.2e} kept: "
+                f"largest reversed gap {self.flipped_gap:.2e}")
 
 
 @dataclass
@@ -135,6 +148,20 @@ class Verification:
         """JSON-serialisable form for ``<model>.export.json`` (NaN and infinity become null)."""
         ready: dict[str, Any] = _json_ready({**dataclasses.asdict(self), "passed": self.passed})
         return ready
+
+
+def _worst_gap(check: Verification) -> float:
+    gaps = [c.flipped_gap for c in check.comparisons]
+    return math.nan if any(math.isnan(gap) for gap in gaps) else max(gaps)
+
+
+def ranks_line(figures: dict[str, Any]) -> str:
+    """How far apart (MOS) the farthest two photos whose order INT8 reverses are, beside the gate's resolution."""
+    gap = figures["flipped_gap_mos"]
+    if gap is None or math.isnan(gap):
+        return "ranks undefined (constant scores)"
+    order = "every order kept" if gap == 0 else f"orders reversed only within {gap:.3f} MOS"
+    return f"{order} (resolution {figures['rank_resolution_mos']:.3f})"
 
 
 @dataclass
@@ -189,7 +216,9 @@ class Int8Gate:
         check = self.verification if check is None else check
         return {"srocc": min(c.srocc for c in check.comparisons), "max_abs_mos": check.worst.max_abs * self.mos_range,
                 "mean_abs_mos": max(c.mean_abs for c in check.comparisons) * self.mos_range,
+                "flipped_gap_mos": _worst_gap(check) * self.mos_range,
                 "min_srocc": check.comparisons[0].tolerance.min_srocc,
+                "rank_resolution_mos": check.comparisons[0].tolerance.rank_resolution * self.mos_range,
                 "max_abs_bound_mos": check.comparisons[0].tolerance.atol * self.mos_range,
                 "mean_abs_bound_mos": self.mean_abs_bound_mos, "photos": check.photos,
                 "passed": check.passed and (check is not self.verification or not self.refusal)}
@@ -203,8 +232,8 @@ class Int8Gate:
                   if speed.get("fp32") else "")
         return (f"{self.model}: INT8 ({self.target}) vs model.onnx on {figures['photos']} held-out photos: "
                 f"mean abs error {figures['mean_abs_mos']:.3f} MOS (bound {figures['mean_abs_bound_mos']:.3f}), "
-                f"max {figures['max_abs_mos']:.3f}, SROCC {figures['srocc']:.4f}{kept}{faster}: "
-                f"{'ok' if self else 'FAILED'}")
+                f"max {figures['max_abs_mos']:.3f}, SROCC {figures['srocc']:.4f}, {ranks_line(figures)}{kept}"
+                f"{faster}: {'ok' if self else 'FAILED'}")
 
     def summary_dict(self) -> dict[str, Any]:
         """The figures the artifact record keeps (JSON-ready)."""

@@ -187,8 +187,9 @@ def compare(reference: np.ndarray, candidate: np.ndarray, tolerance: Tolerance, 
         raise QualityNetError(f"{label}: {exc}") from None
     mismatches = int(np.count_nonzero((agreed.abs_error > tolerance.atol) & (agreed.rel_error > tolerance.rtol)))
     spread = float(np.ptp(reference))
-    ranks_ok = agreed.srocc >= tolerance.min_srocc or spread <= (
-        RANK_SPREAD * tolerance.atol if rank_spread is None else rank_spread)
+    ranks_ok = (agreed.srocc >= tolerance.min_srocc
+                or spread <= (RANK_SPREAD * tolerance.atol if rank_spread is None else rank_spread)
+                or 0 < tolerance.rank_resolution and agreed.flipped_gap <= tolerance.rank_resolution)
     return Comparison(
         label=label,
         batch_size=batch_size,
@@ -200,6 +201,7 @@ def compare(reference: np.ndarray, candidate: np.ndarray, tolerance: Tolerance, 
         median_abs=agreed.median_abs,
         p90_abs=agreed.p90_abs,
         srocc=agreed.srocc,
+        flipped_gap=agreed.flipped_gap,
         mismatches=mismatches,
         passed=bool(agreed.finite and mismatches == 0 and ranks_ok),
     )

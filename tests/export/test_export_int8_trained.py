@@ -23,6 +23,7 @@ from qualitynet.export import Reference, export_all
 from qualitynet.export.calibration import PhotoDataReader, calibration_inputs
 from qualitynet.export.int8 import (
     DEFAULT_MEAN_ABS_FRACTION,
+    DEFAULT_RANK_RESOLUTION_FRACTION,
     Int8Settings,
     calibrate,
     cpu_target,
@@ -36,8 +37,9 @@ from qualitynet.export.int8 import (
     sensitive_nodes,
     sqnr_db,
 )
-from qualitynet.export.int8_step import check_held_out
+from qualitynet.export.int8_step import check_held_out, gate_inputs
 from qualitynet.export.onnx import export_onnx, read_meta
+from qualitynet.export.types import Int8Gate
 from qualitynet.runtime.int8_fit import X86_NO_VNNI, X86_VNNI, int8_class, int8_concerns
 from qualitynet.runtime.ort_runner import OrtRunner
 from qualitynet.runtime.scorer import Scorer
@@ -101,6 +103,28 @@ def test_gate_bounds_the_error_on_the_mos_scale_by_default(prepared: tuple[Path,
     strict = gate(path, reference, Int8Settings(min_srocc=-1.0, mean_abs_mos=check.worst.mean_abs * mos_range / 2),
                   mos_range)
     assert not strict and all(c.srocc >= -1 for c in strict.comparisons)  # failed on the MOS-scale error alone
+
+
+def test_gate_forgives_only_swaps_of_photos_closer_than_the_rank_resolution(
+        prepared: tuple[Path, Path, np.ndarray], trained_onnx: Path, tmp_path: Path) -> None:
+    path = _quantized(prepared, trained_onnx, tmp_path / "model.int8.onnx")
+    meta = read_meta(onnx.load(str(trained_onnx)))
+    mos_range = meta.score_scale.high - meta.score_scale.low
+    assert Int8Settings().rank_resolution(mos_range) == pytest.approx(DEFAULT_RANK_RESOLUTION_FRACTION * mos_range)
+    held_out, _ = gate_inputs(check_held_out(None, None), meta.preprocess)  # 48 photos: 1128 pairs to keep in order
+    with OrtRunner(trained_onnx, provider="cpu") as runner:
+        reference = Reference("model.onnx", runner.infer, held_out)
+
+        def judged(resolution: float) -> Int8Gate:
+            settings = Int8Settings(min_srocc=1.0, rank_resolution_mos=resolution, mean_abs_mos=mos_range)
+            return Int8Gate("cpu", path.name, gate(path, reference, settings, mos_range), gate(path, reference,
+                            settings, mos_range), mos_range, mean_abs_bound_mos=mos_range)
+
+        gap = judged(0.0).figures()["flipped_gap_mos"]
+        assert gap > 0  # the INT8 copy of this trained model reverses some pairs: SROCC < 1
+        assert not judged(0.0) and not judged(gap * 0.99)
+        passing = judged(gap * 1.01)
+        assert passing and f"orders reversed only within {gap:.3f} MOS" in passing.describe()
 
 
 def test_strict_gate_searches_every_tensor_and_fails_cleanly(prepared: tuple[Path, Path, np.ndarray],

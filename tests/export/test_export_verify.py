@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -62,6 +63,25 @@ def test_constant_reference_checks_values_not_ranks() -> None:
     swapped[[2, 3]] = swapped[[3, 2]]
     check = compare(spread, swapped, Tolerance(atol=0.06, rtol=1.0, min_srocc=0.9995))
     assert check.mismatches == 0 and not check
+
+
+def test_a_rank_resolution_forgives_swaps_of_photos_scored_closer_than_it_and_no_others() -> None:
+    # 35 photos crowded within 0.001 of a ceiling and 13 spread below it, as a trained model's scores
+    reference = np.concatenate([np.linspace(0.0, 0.45, 13), 0.461 + np.linspace(0, 0.001, 35)])
+    near = reference.copy()
+    near[13:] = near[13:][::-1]  # the crowded photos in reverse order: SROCC 0.22
+    far = reference.copy()
+    far[[0, 12]] = far[[12, 0]]  # two photos 0.45 apart swapped
+    srocc_alone = Tolerance(atol=1.0, rtol=0.0, min_srocc=0.99)
+    resolved = dataclasses.replace(srocc_alone, rank_resolution=0.002)
+    assert not compare(reference, near, srocc_alone, rank_spread=0.0)  # judged on ranks, as the INT8 gate is
+    check = compare(reference, near, resolved, rank_spread=0.0)
+    assert check and check.srocc < 0.99 and check.flipped_gap == pytest.approx(0.001)
+    assert "largest reversed gap 1.00e-03" in check.summary()
+    check = compare(reference, far, resolved, rank_spread=0.0)
+    assert not check and check.mismatches == 0 and check.flipped_gap == pytest.approx(0.45)
+    exact = dataclasses.replace(srocc_alone, min_srocc=1.0, rank_resolution=1e-9)
+    assert compare(reference, reference + 1e-3, exact, rank_spread=0.0)
 
 
 def test_perturbed_onnx_weight_fails_verification(tiny_export: ExportResult, photo_dir: Path, tmp_path: Path) -> None:
