@@ -27,7 +27,7 @@ from qualitynet.agreement import agreement
 from qualitynet.artifact import file_sha256
 from qualitynet.bench.machine import machine_info
 from qualitynet.bench.measure import LatencyStats, time_iterations
-from qualitynet.bench.naive import NaiveResult, naive_loop
+from qualitynet.bench.naive import NaiveResult, keep_freed_memory, naive_loop
 from qualitynet.bench.subjects import Skipped, SubjectSpec, plan_subjects, runner_threads
 from qualitynet.cpus import usable_cpus
 from qualitynet.errors import QualityNetError
@@ -348,6 +348,7 @@ def run_bench(checkpoint_path: str | Path, settings: BenchSettings, onnx: Path |
     checkpoint = load_checkpoint(checkpoint_path)
     threads = settings.threads or usable_cpus()
     torch.set_num_threads(threads)
+    kept = keep_freed_memory()  # before any contender: PyTorch eager would time page faults otherwise
     device = ("cuda" if torch.cuda.is_available() else "cpu") if settings.device == "auto" else settings.device
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise QualityNetError(f"--device {device}: no CUDA device is available here; use --device cpu")
@@ -362,7 +363,8 @@ def run_bench(checkpoint_path: str | Path, settings: BenchSettings, onnx: Path |
                      **{f"{spec.backend}-int8": str(spec.model_path) for spec in specs
                         if spec.precision == "int8" and spec.model_path is not None}},
         settings={**{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(settings).items()},
-                  "threads": threads, "device": device, "photos": len(photo_names)},
+                  "threads": threads, "device": device, "photos": len(photo_names),
+                  "allocator": "freed memory kept (glibc mallopt)" if kept else "the C library's defaults"},
         machine=machine_info(threads), skipped=skipped)
     report.points, failed = measure_model_only(specs, inputs, settings, checkpoint.score_scale)
     report.skipped += failed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import json
 import math
@@ -18,6 +19,7 @@ from qualitynet.bench import run as bench_run
 from qualitynet.bench.cli import main
 from qualitynet.bench.compare import compare
 from qualitynet.bench.measure import LatencyStats
+from qualitynet.bench.naive import keep_freed_memory
 from qualitynet.bench.report import format_speedup, format_table
 from qualitynet.bench.run import BenchReport, BenchSettings, run_bench
 from qualitynet.export import load_photos
@@ -125,6 +127,12 @@ def test_end_to_end_speedup_is_the_median_of_the_rounds_and_a_wide_range_is_flag
     busy = dataclasses.replace(pipeline, speedup=2.0, speedup_rounds=[1.2, 2.0, 3.0], wide_spread=True)
     assert format_speedup(steady) == "2.00x [1.90-2.10]" and format_speedup(busy) == "2.00x [1.20-3.00] WIDE"
     assert "median of the 2 rounds' ratios" in format_table(report)
+
+
+@pytest.mark.skipif(not hasattr(ctypes.CDLL(None), "mallopt"), reason="the C library has no mallopt (not glibc)")
+def test_the_benchmark_process_keeps_freed_memory_and_says_so(report: BenchReport) -> None:
+    assert keep_freed_memory()  # glibc accepted both thresholds (mallopt returns 0 for a value it refuses)
+    assert report.settings["allocator"] == "freed memory kept (glibc mallopt)"
 
 
 def test_one_thread_count_reaches_every_backend_and_is_reported(report: BenchReport) -> None:
