@@ -85,7 +85,8 @@ class Comparison:
         srocc: Spearman rank correlation of the two score lists.
         flipped_gap: the largest gap between two reference scores whose order the candidate reverses.
         mismatches: how many scores exceed both ``atol`` and ``rtol``.
-        passed: no mismatch and ``srocc >= tolerance.min_srocc``.
+        passed: no mismatch, and ``srocc >= tolerance.min_srocc`` or (with a rank resolution)
+            ``flipped_gap <= tolerance.rank_resolution``.
     """
 
     label: str
