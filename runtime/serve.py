@@ -40,8 +40,8 @@ from qualitynet.errors import QualityNetError
 from qualitynet.runtime.decode_pool import FAST_DECODE_DEFAULT, Decoded, decode_bytes
 from qualitynet.runtime.scorer import Scorer
 
-__all__ = ["DEFAULT_MAX_PIXELS", "ERROR_SCORE", "ScoreServer", "ServeSettings", "check_python", "libpython_version",
-           "pixel_limit_error", "python_mismatch"]
+__all__ = ["DEFAULT_EXIT_TIMEOUT_S", "DEFAULT_MAX_PIXELS", "ERROR_SCORE", "ScoreServer", "ServeSettings",
+           "check_python", "libpython_version", "pixel_limit_error", "python_mismatch"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,9 @@ logger = logging.getLogger(__name__)
 ERROR_SCORE = float(np.finfo(np.float64).min)
 # Decoded pixels allowed per image: 50 M covers full-frame camera sensors (8256x5504 is 45 M).
 DEFAULT_MAX_PIXELS = 50_000_000
+# On stop, how long Triton waits for in-flight requests before it exits (tritonserver's own default, 30 s,
+# plus PyTriton's 30-s wait before it kills the server, let a stop take over a minute).
+DEFAULT_EXIT_TIMEOUT_S = 5
 
 # PyTriton 0.7 ships one stub per Python minor version.
 _STUB = Path("tritonserver") / "python_backend_stubs" / f"{sys.version_info[0]}.{sys.version_info[1]}" / \
@@ -118,9 +121,7 @@ class ServeSettings:
     max_pixels: int = DEFAULT_MAX_PIXELS  # 0: only Pillow's decompression-bomb limit
     access_token: str | None = None  # of Triton's admin endpoints; None: a random one (ScoreServer.access_token)
     open_admin_endpoints: bool = False  # statistics, shared memory, trace, logging, repository without a token
-    # On stop, how long Triton waits for in-flight requests before it exits (tritonserver's own default, 30 s,
-    # plus PyTriton's 30-s wait before it kills the server, let a stop take over a minute).
-    exit_timeout_s: int = 5
+    exit_timeout_s: int = DEFAULT_EXIT_TIMEOUT_S
 
 
 def pixel_limit_error(data: bytes, max_pixels: int) -> str:

@@ -19,7 +19,7 @@ from qualitynet._cli import cli_errors, setup_logging
 from qualitynet.errors import QualityNetError
 from qualitynet.runtime.decode_pool import FAST_DECODE_DEFAULT, FAST_DECODE_HELP
 from qualitynet.runtime.ort_runner import PROVIDERS
-from qualitynet.runtime.serve import DEFAULT_MAX_PIXELS
+from qualitynet.runtime.serve import DEFAULT_EXIT_TIMEOUT_S, DEFAULT_MAX_PIXELS
 
 __all__ = ["TOKEN_ENV", "main"]
 
@@ -100,7 +100,7 @@ def _access_token(token_file: Path | None, open_endpoints: bool, host: str) -> I
                    "a new token in a private temporary file, named at start-up.")
 @click.option("--open-admin-endpoints", is_flag=True,
               help="Leave the admin endpoints open, without a token; only with a loopback --host.")
-@click.option("--exit-timeout", type=click.IntRange(0), default=5, show_default=True,
+@click.option("--exit-timeout", type=click.IntRange(0), default=DEFAULT_EXIT_TIMEOUT_S, show_default=True,
               help="On Ctrl-C or SIGTERM, seconds Triton waits for in-flight requests before it exits.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
 @click.version_option(package_name="qualitynet")
