@@ -15,16 +15,21 @@ flattened, rather than pooled vectors.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
 from qualitynet._cli import progress
+from qualitynet.artifact import PreprocessCfg
+from qualitynet.trainer.datasets import DatasetIndex
 from qualitynet.trainer.torch_data import IqaDataset, ScoredDataset, make_loader
 
-__all__ = ["FrozenSplit", "PooledFeatures", "PooledHead", "cache_pooled_features", "pool_views"]
+__all__ = ["FrozenSplit", "PooledFeatures", "PooledHead", "SharedFeatures", "cache_pooled_features", "pool_views",
+           "scores_from_features"]
 
 
 class FrozenSplit(Protocol):
@@ -132,3 +137,68 @@ def cache_pooled_features(model: FrozenSplit, parts: dict[str, IqaDataset], batc
         name: _pool(model, dataset, batch_size, device, workers, quiet, f"backbone features ({name})")
         for name, dataset in parts.items()}
     return PooledHead(model), cached
+
+
+class SharedFeatures:
+    """One pass of frozen backbones over a whole dataset, served to many :func:`~qualitynet.trainer.train.train` runs.
+
+    For comparisons that train one recipe's head on many splits or settings: the features
+    of every image of ``index`` (and of its flip) are computed on the first run, from that
+    run's model, and every run then gets the rows of its own splits, as
+    :func:`cache_pooled_features` would have computed them. Valid only while every run's
+    backbones are the same (pretrained weights, frozen): use it through :meth:`serving`.
+
+    Args:
+        index: the dataset every run trains on (runs may split it differently).
+        preprocess: the view the runs train with.
+        features: features computed before, ``(N, views, C)`` or ``(N, views, crops, C)`` in
+            ``index`` order (view 1, when present, the flipped image; without it, training sees
+            no flips); None computes them, flips included.
+    """
+
+    def __init__(self, index: DatasetIndex, preprocess: PreprocessCfg, features: torch.Tensor | None = None) -> None:
+        self.index = index
+        self.preprocess = preprocess
+        self.features = features
+
+    def __call__(self, model: FrozenSplit, parts: dict[str, IqaDataset], batch_size: int, device: str,
+                 workers: int, quiet: bool = False) -> tuple[PooledHead, dict[str, ScoredDataset]]:
+        """:func:`cache_pooled_features`' contract, served from the shared pass."""
+        model.freeze_backbones()
+        model.eval()
+        if self.features is None:
+            everything = IqaDataset(self.index, range(len(self.index)), self.preprocess, self.index.score_scale,
+                                    flip=True)
+            self.features = pool_views(model.forward_pooled, everything, batch_size, device, workers, quiet,
+                                       "backbone features (all splits)")[0]
+        cached: dict[str, ScoredDataset] = {}
+        for name, dataset in parts.items():
+            rows = torch.as_tensor(dataset.indices)
+            if dataset.flip and self.features.shape[1] == 1:  # features given without a flipped view
+                dataset = IqaDataset(dataset.index, dataset.indices, dataset.preprocess, dataset.scale)
+            views = self.features[rows] if dataset.flip else self.features[rows, :1]
+            targets = torch.tensor(self.index.score_scale.to_unit(self.index.mos[dataset.indices]),
+                                   dtype=torch.float32)
+            cached[name] = PooledFeatures(views, targets, dataset)
+        return PooledHead(model), cached
+
+    @contextlib.contextmanager
+    def serving(self) -> Iterator[SharedFeatures]:
+        """Within the block, training with frozen backbones takes its features from this pass."""
+        original = globals()["cache_pooled_features"]
+        globals()["cache_pooled_features"] = self
+        try:
+            yield self
+        finally:
+            globals()["cache_pooled_features"] = original
+
+
+def scores_from_features(model: FrozenSplit, features: torch.Tensor) -> np.ndarray:
+    """Each image's score from its frozen features, ``(N, K, C)``: the mean of its K inputs' scores.
+
+    ``model`` is a trained checkpoint's model (:meth:`~qualitynet.trainer.checkpoint.Checkpoint.build_model`);
+    its score mapping applies to each input, as in the exported graph.
+    """
+    head = PooledHead(model).eval()
+    with torch.inference_mode():
+        return head(features.flatten(0, 1)).float().numpy().reshape(len(features), -1).mean(axis=1)

@@ -46,7 +46,6 @@ from qualitynet.trainer.datasets import DatasetIndex, Split, load_dataset, make_
 from qualitynet.trainer.demo_dataset import make_camera_series, make_demo_dataset, make_view_dataset
 from qualitynet.trainer.metrics import within_srocc
 from qualitynet.trainer.model import QualityNet, create_model, get_config
-from qualitynet.trainer.torch_data import IqaDataset
 from qualitynet.trainer.train import TrainSettings, train
 
 LITE = get_config("lite").preprocess()
@@ -105,27 +104,9 @@ def config_features(config: str, key: str, inputs: Callable[[int], np.ndarray], 
     return features
 
 
-def cached_pooling(features: torch.Tensor, index: DatasetIndex) -> Callable[..., object]:
-    """A stand-in for ``cache_pooled_features`` that serves ``features`` (``(N, K, C)``, rows in ``index`` order)."""
-    def serve(model: QualityNet, parts: dict[str, IqaDataset], *args: object, **kwargs: object) -> object:
-        model.freeze_backbones()
-        model.eval()
-        cached = {}
-        for name, dataset in parts.items():
-            rows = torch.as_tensor(dataset.indices)
-            targets = torch.tensor(index.score_scale.to_unit(index.mos[dataset.indices]), dtype=torch.float32)
-            unflipped = IqaDataset(dataset.index, dataset.indices, dataset.preprocess, dataset.scale)
-            served = features[rows] if dataset.crops else features[rows, 0]
-            cached[name] = frozen.PooledFeatures(served[:, None], targets, unflipped)
-        return frozen.PooledHead(model), cached
-    return serve
-
-
 def image_scores(run: Path, features: torch.Tensor) -> np.ndarray:
     """Each image's score from its cached ``(K, C)`` features: the mean of its inputs' scores (mapped per input)."""
-    head = frozen.PooledHead(load_checkpoint(run / "model.pt").build_model()).eval()
-    with torch.inference_mode():
-        return head(features.flatten(0, 1)).float().numpy().reshape(len(features), -1).mean(axis=1)
+    return frozen.scores_from_features(load_checkpoint(run / "model.pt").build_model(), features)
 
 
 def camera_within(scores: np.ndarray, camera: DatasetIndex, photos: set[str]) -> float:
@@ -190,7 +171,7 @@ def main() -> None:
                 config, f"camera-{'-'.join(photos)}-{data}-{decode}", lambda i: file_to_inputs(camera.paths[i], cfg),
                 len(camera), args.out / "features")
         sub = index
-        frozen.cache_pooled_features = cached_pooling(features, sub)  # type: ignore[assignment]
+        shared = frozen.SharedFeatures(sub, train_cfg, features[:, None] if train_cfg.view == "crops" else features)
         figures = results.setdefault(arm, {"srocc": [], "within": [], "best_epoch": [],
                                            **{f"camera_{d}": [] for d in camera_features}})
         view = {"view": train_cfg.view, "crops": train_cfg.crops or FIVE_CROPS, "short_side": train_cfg.short_side}
@@ -198,7 +179,8 @@ def main() -> None:
             run = args.out / "runs" / f"{arm.replace(' ', '').replace(',', '_').replace('@', '')}-seed{seed}"
             settings = TrainSettings(config=config, epochs=args.epochs, pretrained=True, freeze_backbones=True,
                                      seed=seed, workers=0, quiet=True, **view, **overrides)  # type: ignore[arg-type]
-            result = train(sub, run, settings)
+            with shared.serving():
+                result = train(sub, run, settings)
             test_rows = sub.subset(Split.load(run / "split.json").test)
             pred = image_scores(run, features[test_rows])
             within = within_srocc(pred, sub.mos[test_rows], [sub.reference(i) for i in test_rows])["within_srocc"]

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from qualitynet.trainer.checkpoint import load_checkpoint
 from qualitynet.trainer.datasets import Split, load_dataset
-from qualitynet.trainer.frozen import cache_pooled_features
-from qualitynet.trainer.model import calibrate_batchnorm, create_model
+from qualitynet.trainer.frozen import SharedFeatures, cache_pooled_features
+from qualitynet.trainer.model import calibrate_batchnorm, create_model, get_config
 from qualitynet.trainer.torch_data import IqaDataset
 from qualitynet.trainer.train import TrainSettings, train
 
@@ -46,3 +47,25 @@ def test_frozen_training_changes_only_attention_and_head(demo_dataset: Path, tmp
     assert not torch.equal(initial["output.weight"], trained.state_dict["output.weight"])
     assert result.epochs_run >= 1 and "srocc" in result.test_metrics and "srocc" in result.raw_test_metrics
     assert Split.load(tmp_path / "split.json").val  # the mapping was fitted on a real validation split
+
+
+def test_shared_features_train_the_same_head_as_each_runs_own_pass(demo_dataset: Path, tmp_path: Path) -> None:
+    index = load_dataset("csv", csv_path=demo_dataset)
+    settings = TrainSettings(config="tiny", epochs=2, batch_size=8, lr=1e-3, workers=0, quiet=True,
+                             freeze_backbones=True)
+    own = train(index, tmp_path / "own", settings)
+    shared = SharedFeatures(index, settings.preprocess(get_config("tiny")))
+    with shared.serving():
+        served = train(index, tmp_path / "shared", settings)
+        first_pass = shared.features
+        again = train(index, tmp_path / "again", replace(settings, seed=1))
+    assert first_pass is not None and first_pass.shape[:2] == (len(index), 2)  # every image and its flip
+    assert shared.features is first_pass and again.epochs_run >= 1  # the second run reused the pass
+    expected, got = (load_checkpoint(tmp_path / run / "model.pt").state_dict for run in ("own", "shared"))
+    assert all(torch.allclose(expected[k].float(), got[k].float(), atol=1e-5) for k in expected)
+    assert abs(own.test_metrics["srocc"] - served.test_metrics["srocc"]) < 1e-6
+    from qualitynet.trainer import frozen
+    assert frozen.cache_pooled_features is cache_pooled_features  # restored after the block
+    unflipped = SharedFeatures(index, shared.preprocess, first_pass[:, :1])  # features given without flips
+    with unflipped.serving():
+        assert train(index, tmp_path / "unflipped", replace(settings, epochs=1)).epochs_run == 1
