@@ -190,7 +190,8 @@ def format_summary(result: DemoResult) -> str:
         f"{result.run_img_s:.1f} img/s through the runtime, worker start-up included)",
         f"  held-out       SROCC {result.heldout_srocc:.3f}, PLCC {result.heldout_plcc:.3f}, RMSE "
         f"{result.heldout_rmse:.3f}; {100 * result.heldout_in_range:.1f} % of scores inside the MOS range "
-        "(runtime scores vs the generated MOS)",
+        "(runtime scores vs the generated MOS; one split of the photos: benchmarks/scripts/split_spread.py "
+        "measures many)",
         f"  within image   SROCC {result.heldout_within_srocc:.3f} (mean over {result.heldout_references} held-out "
         "reference images of how each one's distortion levels are ranked)",
         "  bench          ONNX Runtime FP32 vs PyTorch eager, model-only: batch 1 "
