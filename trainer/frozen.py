@@ -25,6 +25,7 @@ from torch import nn
 
 from qualitynet._cli import progress
 from qualitynet.artifact import PreprocessCfg
+from qualitynet.errors import QualityNetError
 from qualitynet.trainer.datasets import DatasetIndex
 from qualitynet.trainer.torch_data import IqaDataset, ScoredDataset, make_loader
 
@@ -164,6 +165,11 @@ class SharedFeatures:
     def __call__(self, model: FrozenSplit, parts: dict[str, IqaDataset], batch_size: int, device: str,
                  workers: int, quiet: bool = False) -> tuple[PooledHead, dict[str, ScoredDataset]]:
         """:func:`cache_pooled_features`' contract, served from the shared pass."""
+        for name, dataset in parts.items():
+            if dataset.index is not self.index or dataset.preprocess != self.preprocess:
+                raise QualityNetError(f"the shared features are of {self.index.name} seen as "
+                                      f"{self.preprocess.describe()}; the {name} split is of {dataset.index.name} "
+                                      f"seen as {dataset.preprocess.describe()}")
         model.freeze_backbones()
         model.eval()
         if self.features is None:

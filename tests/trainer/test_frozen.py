@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
 import torch
 
+from qualitynet.errors import QualityNetError
 from qualitynet.trainer.checkpoint import load_checkpoint
 from qualitynet.trainer.datasets import Split, load_dataset
 from qualitynet.trainer.frozen import SharedFeatures, cache_pooled_features
@@ -69,3 +71,6 @@ def test_shared_features_train_the_same_head_as_each_runs_own_pass(demo_dataset:
     unflipped = SharedFeatures(index, shared.preprocess, first_pass[:, :1])  # features given without flips
     with unflipped.serving():
         assert train(index, tmp_path / "unflipped", replace(settings, epochs=1)).epochs_run == 1
+    other_view = SharedFeatures(index, shared.preprocess.with_view("crops", ("center",), 0), first_pass)
+    with other_view.serving(), pytest.raises(QualityNetError, match="shared features are of"):
+        train(index, tmp_path / "other", settings)  # features of another view are refused, not served
